@@ -1,0 +1,92 @@
+"""Data layer: offline QuickDraw/Tux Paint data, augmentation, research-dataset layouts.
+
+Datasets yield RGB PIL images on white plus integer labels; the model's image processor
+turns them into tensors. Training must use :func:`check_classes_allowed` (done by
+:meth:`TripletDataset.offline`) and select models on :func:`train_val_split` classes.
+"""
+
+from .augment import (
+    PhotoAugment,
+    SketchAugment,
+    as_generator,
+    augment_photo,
+    augment_sketch,
+    color_jitter,
+    random_affine,
+    random_background,
+    random_hflip,
+    random_resized_crop,
+    stroke_jitter,
+)
+from .layouts import (
+    LAYOUTS,
+    QUICKDRAW_25,
+    QUICKDRAW_30_ZSE,
+    SKETCHY_21,
+    SKETCHY_25,
+    TUBERLIN_30,
+    ZERO_SHOT_SPLITS,
+    DatasetLayout,
+    DatasetNotFoundError,
+    ImageListDataset,
+    ResolvedLayout,
+    from_filelists,
+    open_dataset,
+    read_class_list,
+    read_filelist,
+    read_layout,
+    read_quickdraw_ext,
+    read_sketchy,
+    read_tuberlin,
+    resolve_layout,
+    scan_class_folders,
+    sketchy_instance_pairs,
+)
+from .offline import (
+    OfflinePhotoDataset,
+    OfflineSketchDataset,
+    PhotoRecord,
+    PhotoVerificationError,
+    RetrievalDataset,
+    RetrievalPair,
+    TripletDataset,
+    TripletSampler,
+    canonical_class,
+    check_classes_allowed,
+    check_split,
+    collate_retrieval,
+    collate_triplets,
+    composite_on_white,
+    crop_to_alpha,
+    evaluation_set,
+    load_photo,
+    load_photo_rgba,
+    load_photo_table,
+    load_split,
+    open_image_on_white,
+    pad_to_square,
+    photo_to_pseudo_sketch,
+    photos_by_class,
+    quickdraw_classes,
+    read_quickdraw,
+    render_sketch,
+    train_val_split,
+)
+
+__all__ = [
+    # offline
+    "OfflinePhotoDataset", "OfflineSketchDataset", "PhotoRecord", "PhotoVerificationError", "RetrievalDataset",
+    "RetrievalPair", "TripletDataset", "TripletSampler", "canonical_class", "check_classes_allowed", "check_split",
+    "collate_retrieval", "collate_triplets", "composite_on_white", "crop_to_alpha", "evaluation_set", "load_photo",
+    "load_photo_rgba", "load_photo_table", "load_split", "open_image_on_white", "pad_to_square",
+    "photo_to_pseudo_sketch", "photos_by_class", "quickdraw_classes", "read_quickdraw", "render_sketch",
+    "train_val_split",
+    # augment
+    "PhotoAugment", "SketchAugment", "as_generator", "augment_photo", "augment_sketch", "color_jitter",
+    "random_affine", "random_background", "random_hflip", "random_resized_crop", "stroke_jitter",
+    # layouts
+    "LAYOUTS", "QUICKDRAW_25", "QUICKDRAW_30_ZSE", "SKETCHY_21", "SKETCHY_25", "TUBERLIN_30", "ZERO_SHOT_SPLITS",
+    "DatasetLayout", "DatasetNotFoundError", "ImageListDataset", "ResolvedLayout", "from_filelists", "open_dataset",
+    "read_class_list", "read_filelist", "read_layout", "read_quickdraw_ext", "read_sketchy", "read_tuberlin",
+    "resolve_layout", "scan_class_folders", "sketchy_instance_pairs",
+]
