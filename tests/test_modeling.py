@@ -240,6 +240,9 @@ def test_save_load_round_trip_auto_classes(tmp_path, pixels):
     assert auto_map == {"AutoConfig": "configuration_zse.ZseConfig", "AutoModel": "modeling_zse.ZseModel"}
     for name in ("configuration_zse.py", "modeling_zse.py", "processing_zse.py", "image_processing_zse.py"):
         assert (tmp_path / name).exists(), name
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())  # raw loaders need no mapping
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, ZseModel)
     _assert_same_state(model, loaded)

@@ -446,7 +446,7 @@ def compute_metrics(
         true_index: optional ``[Q]`` true gallery index per query -> ``"acc@k"``.
         acc_ks: cut-offs for ``"acc@k"``.
         pr_points: recall levels of ``"PR_curve"``.
-        n_bootstrap, seed, alpha: class bootstrap of ``"mAP@all"``.
+        n_bootstrap, seed, alpha: class bootstrap of ``"mAP@all"`` (``n_bootstrap=0`` skips it).
         descending: ranking direction (see :func:`rank_gallery`).
         chunk_size: queries per chunk.
 
@@ -517,9 +517,10 @@ def compute_metrics(
             out[f"P@{k}"] = _nanmean(p_min[k])
             out[f"P@{k}(÷k)"] = _nanmean(p_div[k])
         pc, counts = per_class_ap(ap_all, ql, return_counts=True)
-        out["mAP@all_CI"] = list(
-            bootstrap_ci(pc, n=n_bootstrap, seed=seed, alpha=alpha, weights=counts)
-        )
+        if n_bootstrap > 0:  # 0 skips the interval (e.g. frequent validation)
+            out["mAP@all_CI"] = list(
+                bootstrap_ci(pc, n=n_bootstrap, seed=seed, alpha=alpha, weights=counts)
+            )
         out["mAP@all_class_mean"] = _nanmean(np.asarray(list(pc.values()), dtype=np.float64))
         out["per_class_AP"] = pc
         out["PR_curve"] = {

@@ -379,6 +379,12 @@ class ZsePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["ZseCrossAttentionLayer"]
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, but keys are saved exactly as `state_dict()` names
+        them (transformers would otherwise rename the DINOv2 backbone's keys to their legacy
+        form, which raw `load_state_dict` users such as `Trainer` checkpoints do not map back)."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     def _init_weights(self, module):
         std = self.config.initializer_range
         if isinstance(module, ZseTokenizer):  # visited after its convs: override them

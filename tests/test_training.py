@@ -1,0 +1,125 @@
+"""Training: presets, exact resume, kill-safe checkpoints, validation on training classes only."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Dinov2Config, Dinov2Model, TrainerCallback
+
+from zse_hf.data import load_split
+from zse_hf.training import (
+    COMPLETE_MARKER,
+    PRESETS,
+    TrainConfig,
+    build_datasets,
+    last_complete_checkpoint,
+    load_train_config,
+    train,
+)
+
+pytestmark = pytest.mark.slow  # needs the real QuickDraw / Tux Paint data
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                       image_size=56, mlp_ratio=2)
+    folder = tmp_path_factory.mktemp("backbone")
+    Dinov2Model(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+def _cfg(backbone, **kw):
+    base = dict(backbone=backbone, image_size=56, relation_grid=2, freeze_blocks=1, batch_size=3, max_steps=4,
+                eval_steps=2, save_steps=2, val_classes=3, val_sketches_per_class=2, pseudo_sketch_prob=0.5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resume_is_exact(tiny_backbone, tmp_path):
+    cfg = _cfg(tiny_backbone)
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "split", callbacks=[StopAt(2)])
+    assert last_complete_checkpoint(tmp_path / "split").name == "checkpoint-2"
+    train(cfg, tmp_path / "split", resume=True)
+    a = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "checkpoint-4" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_mAP@all" in r for r in log) and any("loss" in r for r in log)
+    best = tmp_path / "straight" / "best"
+    assert (best / "model.safetensors").exists() and (best / "processor_config.json").exists()
+    summary = json.loads((best / "training_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["best_checkpoint"]
+
+
+def test_frozen_blocks_do_not_change(tiny_backbone, tmp_path):
+    cfg = _cfg(tiny_backbone, max_steps=2, freeze_blocks=1)
+    train(cfg, tmp_path / "run")
+    start = load_file(f"{tiny_backbone}/model.safetensors")
+    end = load_file(tmp_path / "run" / "checkpoint-2" / "model.safetensors")
+    frozen = [k for k in end if k.startswith("encoder.backbone.encoder.layer.0.")]
+    assert frozen
+    moved = [k for k in end if k.startswith("encoder.backbone.encoder.layer.1.")]
+    assert any(not torch.equal(end[k], _start(start, k)) for k in moved)
+    for k in frozen:
+        assert torch.equal(end[k], _start(start, k)), k
+
+
+def _start(start, key):
+    name = key.removeprefix("encoder.backbone.")
+    legacy = (name.replace("attention.q_proj", "attention.attention.query")
+              .replace("attention.k_proj", "attention.attention.key")
+              .replace("attention.v_proj", "attention.attention.value")
+              .replace("attention.o_proj", "attention.output.dense"))
+    return start[name] if name in start else start[legacy]
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    good = tmp_path / "checkpoint-2"
+    good.mkdir()
+    (good / COMPLETE_MARKER).write_text("2")
+    half = tmp_path / "checkpoint-4"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    assert last_complete_checkpoint(tmp_path) == good
+    assert not half.exists()
+
+
+def test_validation_uses_training_classes_only(tiny_backbone):
+    cfg = _cfg(tiny_backbone)
+    triplets, val_q, val_g = build_datasets(cfg)
+    split = load_split()
+    unseen = set(split["unseen_all"])
+    val_classes = {val_q.class_names[i] for i in range(len(val_q))}
+    train_classes = set(triplets.classes)
+    assert val_classes <= set(split["train"]) and not val_classes & unseen
+    assert not train_classes & unseen and not train_classes & val_classes
+    assert len(val_classes) == 3
+
+
+def test_presets_and_yaml(tmp_path):
+    assert {"offline-cpu", "paper"} <= set(PRESETS)
+    assert PRESETS["paper"].batch_size == 15 and PRESETS["paper"].lr == 1e-5
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: paper\nmax_steps: 7\n")
+    cfg = load_train_config(str(path), batch_size=2)
+    assert (cfg.max_steps, cfg.batch_size, cfg.image_size) == (7, 2, 224)
+    path.write_text("max_stepz: 7\n")
+    with pytest.raises(ValueError, match="max_stepz"):
+        load_train_config(str(path))
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_train_config("nope")

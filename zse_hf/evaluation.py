@@ -1,0 +1,287 @@
+"""Category-level and fine-grained evaluation of ZSE models (SPEC section 4).
+
+Two ranking modes:
+
+* ``ret``: cosine of the L2-normalised [Ret] embeddings over the whole gallery.
+* ``rn``: the top-K of ``ret`` re-ranked by the relation network, scored from each photo's
+  stored local tokens (nothing is re-encoded per query); items below K keep their ``ret`` order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import compute_metrics, rank_gallery
+from .modeling_zse import ZseImageFeatures, ZseModel
+
+RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
+
+
+def _images(dataset, indices):
+    return [dataset.load(int(i)) if hasattr(dataset, "load") else dataset[int(i)]["image"] for i in indices]
+
+
+@torch.inference_mode()
+def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_size: int = 32,
+                   keep_local: bool = True, desc: str | None = None) -> ZseImageFeatures:
+    """Encode every image of a dataset (items with ``"image"``, or a ``load(i)`` method).
+
+    Returns:
+        [`ZseImageFeatures`] on the CPU: ``ret_embeds [N, D]`` fp32 and, when ``keep_local``,
+        ``local_tokens [N, T, D]`` fp16 and ``token_mask [N, T]``.
+    """
+    device = next(model.parameters()).device
+    rets, locs, masks, grid = [], [], [], None
+    n = len(dataset)
+    for start in tqdm(range(0, n, batch_size), desc=desc or f"encoding {modality}s", unit="batch", leave=False):
+        batch = _images(dataset, range(start, min(n, start + batch_size)))
+        pixels = processor(batch, modality=modality, return_tensors="pt")["pixel_values"].to(device)
+        feats = model.get_image_features(pixels)
+        rets.append(feats.ret_embeds.float().cpu())
+        grid = feats.grid_size
+        if keep_local:
+            locs.append(feats.local_tokens.to(torch.float16).cpu())
+            masks.append(feats.token_mask.cpu())
+    return ZseImageFeatures(
+        ret_embeds=torch.cat(rets),
+        local_tokens=torch.cat(locs) if keep_local else None,
+        token_mask=torch.cat(masks) if keep_local else None,
+        grid_size=grid,
+    )
+
+
+def _rows(features: ZseImageFeatures, index: torch.Tensor, dtype, device) -> ZseImageFeatures:
+    return ZseImageFeatures(
+        ret_embeds=features.ret_embeds[index].to(device),
+        local_tokens=features.local_tokens[index].to(device=device, dtype=dtype),
+        token_mask=features.token_mask[index].to(device),
+        grid_size=features.grid_size,
+    )
+
+
+@torch.inference_mode()
+def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageFeatures,
+                  ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int = 256) -> np.ndarray:
+    """Scores `[Q, G]` whose top-K per query are ordered by the relation network.
+
+    Args:
+        queries, gallery: features with local tokens (see :func:`encode_dataset`).
+        ret_scores: `[Q, G]` [Ret] cosines.
+        rerank_k: K (None = the whole gallery).
+
+    Returns:
+        `[Q, G]` float64: `RN_OFFSET + relation score` for each query's top-K by cosine, the
+        cosine elsewhere, so a descending sort ranks the top-K by relation score first.
+    """
+    q_n, g_n = ret_scores.shape
+    k = g_n if rerank_k is None else min(int(rerank_k), g_n)
+    top = rank_gallery(ret_scores, k=k)  # [Q, K]
+    param = next(model.parameters())
+    qi = torch.arange(q_n).repeat_interleave(k)
+    gi = torch.from_numpy(top.reshape(-1).astype(np.int64))
+    rel = []
+    for start in tqdm(range(0, len(qi), pair_batch), desc="relation re-rank", unit="batch", leave=False):
+        sl = slice(start, start + pair_batch)
+        q = _rows(queries, qi[sl], param.dtype, param.device)
+        g = _rows(gallery, gi[sl], param.dtype, param.device)
+        rel.append(model.relation_score(q, g).float().cpu())
+    rel = torch.cat(rel).view(q_n, k).numpy().astype(np.float64)
+    out = ret_scores.astype(np.float64).copy()
+    np.put_along_axis(out, top, RN_OFFSET + rel, axis=1)
+    return out
+
+
+def raw_pixel_features(processor, dataset, modality: str, size: int = 32) -> np.ndarray:
+    """Baseline features `[N, size*size]`: inverted grey pixels (ink/dark = 1) after the
+    processor's ink crop (sketches) or padding (photos), L2-normalised."""
+    feats = []
+    for i in range(len(dataset)):
+        image = _images(dataset, [i])[0]
+        prepared = processor.prepare_sketch(image) if modality == "sketch" else processor.prepare_photo(image)
+        grey = np.asarray(prepared.convert("L").resize((size, size)), dtype=np.float32) / 255.0
+        feats.append(1.0 - grey.reshape(-1))
+    x = np.stack(feats)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+
+def fine_grained_targets(queries, gallery) -> np.ndarray | None:
+    """`[Q]` index of each query's true photo (by instance id), or None when unknown."""
+    index = {inst: i for i, inst in enumerate(gallery.instances) if inst is not None}
+    if not index or any(inst is None for inst in queries.instances):
+        return None
+    return np.array([index.get(inst, -1) for inst in queries.instances])
+
+
+def model_hash(model: ZseModel) -> str:
+    """sha256 over the model's tensors (names, dtypes, bytes), first 16 hex digits."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_hash(queries, gallery) -> str:
+    """sha256 of the query and gallery ids and labels, first 16 hex digits."""
+    h = hashlib.sha256()
+    for ds in (queries, gallery):
+        h.update(json.dumps([list(map(str, ds.ids)), np.asarray(ds.labels).tolist()]).encode())
+    return h.hexdigest()[:16]
+
+
+def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] = ("ret",),
+             rerank_k: int | None = 10, batch_size: int = 32, n_bootstrap: int = 1000) -> dict:
+    """Evaluate a model on a (queries, gallery) pair in one or more modes.
+
+    Returns:
+        ``{mode: metrics}`` with the keys of :func:`zse_hf.metrics.compute_metrics`, plus
+        ``"_scores"`` ({mode: `[Q, G]` array}) for pictures (drop it before saving JSON).
+    """
+    model.eval()
+    need_local = any(m == "rn" for m in modes)
+    q = encode_dataset(model, processor, queries, "sketch", batch_size, keep_local=need_local)
+    g = encode_dataset(model, processor, gallery, "photo", batch_size, keep_local=need_local)
+    ret = (q.ret_embeds @ g.ret_embeds.T).numpy()
+    targets = fine_grained_targets(queries, gallery)
+    results, scores = {}, {}
+    for mode in modes:
+        if mode == "ret":
+            s = ret
+        elif mode == "rn":
+            s = rerank_scores(model, q, g, ret, rerank_k)
+        else:
+            raise ValueError(f"unknown mode {mode!r}: use 'ret' or 'rn'")
+        key = mode if mode == "ret" else f"rn@{rerank_k or 'all'}"
+        results[key] = compute_metrics(s, queries.labels, gallery.labels, true_index=targets, n_bootstrap=n_bootstrap)
+        scores[key] = s
+    results["_scores"] = scores
+    return results
+
+
+def baseline_scores(processor, queries, gallery, seed: int = 0) -> dict[str, np.ndarray]:
+    """`[Q, G]` scores of the two reference baselines: chance (uniform random, fixed seed)
+    and the cosine of inverted 32x32 raw pixels."""
+    rng = np.random.default_rng(seed)
+    chance = rng.random((len(queries), len(gallery)))
+    qp = raw_pixel_features(processor, queries, "sketch")
+    gp = raw_pixel_features(processor, gallery, "photo")
+    return {"chance": chance, "raw_pixels_32": qp @ gp.T}
+
+
+def save_pictures(results: dict, queries, gallery, out_prefix: Path, n_queries: int = 6) -> list[Path]:
+    """Write a PR-curve PNG and a top-10 results grid (hits green, misses red) per mode."""
+    from .plots import plot_pr_curves, results_grid
+
+    paths = []
+    curves = {k: (np.asarray(v["PR_curve"]["recall"]), np.asarray(v["PR_curve"]["precision"]))
+              for k, v in results.items() if not k.startswith("_")}
+    pr = out_prefix.with_name(out_prefix.name + "_pr.png")
+    plot_pr_curves(curves, pr, title="precision-recall")
+    paths.append(pr)
+    # fixed queries: the first sketch of evenly spaced classes
+    labels = np.asarray(queries.labels)
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
+    picks = [firsts[i] for i in np.linspace(0, len(firsts) - 1, min(n_queries, len(firsts))).astype(int)]
+    for key, s in results["_scores"].items():
+        order = rank_gallery(s[picks], k=min(10, s.shape[1]))
+        hits = [[bool(gallery.labels[j] == labels[q]) for j in row] for q, row in zip(picks, order)]
+        grid = results_grid(_images(queries, picks), [_images(gallery, row) for row in order], hits)
+        path = out_prefix.with_name(f"{out_prefix.name}_top10_{key.replace('@', '-')}.png")
+        grid.save(path)
+        paths.append(path)
+    return paths
+
+
+def load_model_and_processor(path: str, device: str | None = None):
+    """A ZSE model folder/repo (or a plain backbone folder, wrapped untrained) and its processor."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    from .processing_zse import ZseProcessor
+
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "model_type", None) == "zse":
+        model = AutoModel.from_pretrained(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError):
+            processor = ZseProcessor.from_config(model.config)
+    else:
+        model = ZseModel.from_backbone(path)
+        processor = ZseProcessor.from_config(model.config)
+    model = model.float().eval()
+    if device:
+        model.to(device)
+    image_processor = getattr(processor, "image_processor", processor)
+    return model, image_processor
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`zse-sbir eval`: metrics JSON, PR curve and top-10 grids for a model on a dataset split."""
+    p = argparse.ArgumentParser(prog="zse-sbir eval", description=main.__doc__)
+    p.add_argument("--model", required=True, help="ZSE model folder or repo id (or a backbone folder: untrained head)")
+    p.add_argument("--data", default="offline", help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
+    p.add_argument("--split", default="test")
+    p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
+    p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
+    p.add_argument("--baselines", action="store_true", help="also report chance and raw-pixel baselines")
+    p.add_argument("--max-per-class", type=int, default=None, help="offline data: sketches per class")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="results.json")
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    model, processor = load_model_and_processor(args.model, args.device)
+    from .data import open_dataset
+
+    kwargs = {"max_per_class": args.max_per_class} if args.max_per_class and args.data == "offline" else {}
+    queries, gallery = open_dataset(args.data, args.split, **kwargs)
+    rerank_k = None if args.rerank_k == 0 else args.rerank_k
+    results = evaluate(model, processor, queries, gallery, args.mode or ["ret"], rerank_k, args.batch_size)
+    if args.baselines:
+        for name, s in baseline_scores(processor, queries, gallery).items():
+            results[name] = compute_metrics(s, queries.labels, gallery.labels)
+            results["_scores"][name] = s
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pictures = save_pictures(results, queries, gallery, out.with_suffix(""))
+    payload = {
+        "results": {k: v for k, v in results.items() if not k.startswith("_")},
+        "model": args.model,
+        "model_hash": model_hash(model),
+        "data": args.data,
+        "split": args.split,
+        "data_hash": data_hash(queries, gallery),
+        "n_queries": len(queries),
+        "n_gallery": len(gallery),
+        "image_size": model.config.image_size,
+        "command": "zse-sbir eval " + " ".join(sys.argv[2:] if argv is None else argv),
+        "seconds": round(time.time() - t0, 1),
+        "pictures": [str(x) for x in pictures],
+    }
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
+    tmp.replace(out)
+    rows = [(k, v) for k, v in payload["results"].items()]
+    print(f"{'mode':<16} {'mAP@all':>8} {'mAP@200':>8} {'P@100':>7} {'P@200':>7}  95% CI (mAP@all)")
+    for k, v in rows:
+        ci = v.get("mAP@all_CI") or [float("nan")] * 2
+        print(f"{k:<16} {v['mAP@all']:8.4f} {v.get('mAP@200', float('nan')):8.4f} {v.get('P@100', float('nan')):7.4f} "
+              f"{v.get('P@200', float('nan')):7.4f}  [{ci[0]:.3f}, {ci[1]:.3f}]")
+    print(f"wrote {out} ({payload['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

