@@ -11,6 +11,7 @@ COMMANDS = {
     "prepare": ("zse_hf.data.prepare", "main", "fetch the offline data and backbone, print a summary"),
     "train": ("zse_hf.training", "main", "train a ZSE model (HF Trainer)"),
     "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
+    "report": ("zse_hf.report", "main", "offline side-by-side table: baselines, head-only ablation, trained model"),
     "index": ("zse_hf.retrieval", "index_main", "build a faiss index of a photo folder"),
     "merge-index": ("zse_hf.retrieval", "merge_main", "merge sharded indexes"),
     "search": ("zse_hf.retrieval", "search_main", "search an index with a sketch"),
