@@ -1,0 +1,108 @@
+"""Seconds per training step and peak memory of the training presets.
+
+    python benchmarks/bench_training.py [--presets offline-cpu paper] [--steps 3] [--device cpu]
+
+Each preset runs in its own subprocess (so peak RSS is its own): it builds the preset's
+model (the `paper` preset uses a random DINOv2-small-shaped backbone, since no Hub access is
+assumed), samples real offline triplets, and times full optimiser steps (collate + forward +
+backward + AdamW) after one warm-up step. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def run_one(preset: str, steps: int, device: str, batch_size: int | None) -> dict:
+    """Time `steps` optimiser steps of `preset` in this process; returns a result row."""
+    import torch
+    from transformers import Dinov2Config
+
+    from zse_hf import ZseConfig, ZseModel
+    from zse_hf.image_processing_zse import ZseImageProcessor
+    from zse_hf.training import TripletCollator, build_datasets, freeze_early_blocks, load_train_config
+
+    cfg = load_train_config(preset, batch_size=batch_size)
+    if cfg.backbone == "offline":
+        from zse_hf.training import build_model
+
+        model = build_model(cfg)
+    else:  # no Hub here: same shape as facebook/dinov2-small, random weights
+        bb = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=518)
+        model = ZseModel(ZseConfig(backbone_config=bb, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
+                                   infonce_weight=cfg.infonce_weight))
+        freeze_early_blocks(model, cfg.freeze_blocks)
+    model.to(device).train()
+    cfg.data = "offline"
+    triplets, _, _ = build_datasets(cfg)
+    collate = TripletCollator(ZseImageProcessor.from_model_config(model.config))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    times, data_times = [], []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        batch = collate([triplets[step * cfg.batch_size + i] for i in range(cfg.batch_size)])
+        t1 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if step:  # the first step is warm-up
+            times.append(time.perf_counter() - t0)
+            data_times.append(t1 - t0)
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return {
+        "preset": preset,
+        "device": device,
+        "image_size": cfg.image_size,
+        "batch": cfg.batch_size,
+        "frozen_blocks": cfg.freeze_blocks,
+        "trainable_M": round(sum(p.numel() for p in params) / 1e6, 2),
+        "s_per_step": round(sorted(times)[len(times) // 2], 2),
+        "data_s_per_step": round(sorted(data_times)[len(data_times) // 2], 2),
+        "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_gpu_GiB": None if peak_gpu is None else round(peak_gpu, 2),
+    }
+
+
+def main() -> int:
+    """Run each preset in a subprocess and print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["offline-cpu", "paper"])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="override every preset's batch size")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.steps, args.device, args.batch_size)))
+        return 0
+    rows = []
+    for preset in args.presets:
+        cmd = [sys.executable, __file__, "--one", preset, "--steps", str(args.steps), "--device", args.device]
+        if args.batch_size:
+            cmd += ["--batch-size", str(args.batch_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    keys = ["preset", "device", "image_size", "batch", "frozen_blocks", "trainable_M", "s_per_step",
+            "data_s_per_step", "peak_rss_GiB", "peak_gpu_GiB"]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
