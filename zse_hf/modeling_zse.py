@@ -86,20 +86,42 @@ class ZseModelOutput(ModelOutput):
 # ----------------------------------------------------------------------------- backbone access
 
 
+def _is_clip(backbone: nn.Module) -> bool:
+    return getattr(backbone.config, "model_type", None) == "clip_vision_model"
+
+
+def _clip_tower(backbone: nn.Module) -> nn.Module:
+    """The CLIP module holding `embeddings`, `encoder.layers` and `post_layernorm`
+    (transformers 5 flattened `CLIPVisionModel`; older versions wrap it in `vision_model`)."""
+    return getattr(backbone, "vision_model", backbone)
+
+
+def backbone_embeddings(backbone: nn.Module) -> nn.Module:
+    """The patch + position embedding module of a DINOv2, ViT or CLIP backbone."""
+    return _clip_tower(backbone).embeddings if _is_clip(backbone) else backbone.embeddings
+
+
+def backbone_blocks(backbone: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a DINOv2, ViT or CLIP backbone, first to last."""
+    if _is_clip(backbone):
+        return _clip_tower(backbone).encoder.layers
+    if hasattr(backbone, "layers"):  # ViT
+        return backbone.layers
+    return backbone.encoder.layer  # DINOv2
+
+
 def _patch_embedding(backbone: nn.Module) -> nn.Module:
     """The module that turns pixels into patch tokens, for DINOv2, ViT and CLIP towers."""
-    if hasattr(backbone, "vision_model"):  # CLIPVisionModel
-        return backbone.vision_model.embeddings.patch_embedding
+    if _is_clip(backbone):  # a Conv2d: output [B, D, h, w]
+        return _clip_tower(backbone).embeddings.patch_embedding
     return backbone.embeddings.patch_embeddings
 
 
 def _last_attention(backbone: nn.Module) -> nn.Module:
     """The self-attention module of the backbone's last layer."""
-    if hasattr(backbone, "vision_model"):  # CLIP
-        return backbone.vision_model.encoder.layers[-1].self_attn
-    if hasattr(backbone, "layers"):  # ViT
-        return backbone.layers[-1].attention
-    return backbone.encoder.layer[-1].attention  # DINOv2
+    if _is_clip(backbone):
+        return backbone_blocks(backbone)[-1].self_attn
+    return backbone_blocks(backbone)[-1].attention
 
 
 def _check_pixels(pixel_values, name: str, min_size: int) -> None:
@@ -159,7 +181,7 @@ class ZseEncoder(nn.Module):
         self.config = config
         self.backbone = AutoModel.from_config(config.backbone_config)
         self.tokenizer = ZseTokenizer(config)
-        self.is_clip = hasattr(self.backbone, "vision_model")
+        self.is_clip = _is_clip(self.backbone)
         _patch_embedding(self.backbone).register_forward_hook(self._add_tokenizer_tokens)
         self._capture_ret_attention = False
         self._last_attention_input = None
@@ -205,9 +227,9 @@ class ZseEncoder(nn.Module):
             self._capture_ret_attention = False
             self._last_attention_input = None
         hidden = out.last_hidden_state
-        if self.is_clip:
+        if self.is_clip:  # last_hidden_state is before CLIP's post-layernorm; pooler_output after
             ret = out.pooler_output
-            local = self.backbone.vision_model.post_layernorm(hidden[:, 1:])
+            local = _clip_tower(self.backbone).post_layernorm(hidden[:, 1:])
         else:
             ret = hidden[:, 0]
             local = hidden[:, 1:]
@@ -429,16 +451,19 @@ class ZseModel(ZsePreTrainedModel):
         """Build a ZSE model around pretrained backbone weights.
 
         Args:
-            backbone_name_or_path: a Hub repo id (e.g. `facebook/dinov2-small`) or a local
-                folder holding a `Dinov2Model`, `ViTModel` or `CLIPVisionModel` checkpoint.
+            backbone_name_or_path: a Hub repo id (e.g. `facebook/dinov2-small`,
+                `openai/clip-vit-base-patch16`) or a local folder holding a `Dinov2Model`,
+                `ViTModel`, `CLIPVisionModel` or full `CLIPModel` checkpoint (a `CLIPModel`'s
+                vision tower is taken; its text tower and projections are dropped).
             **config_kwargs: other [`ZseConfig`] fields.
 
         The backbone weights are loaded unchanged; the tokenizer, cross-attention and relation
         network are freshly initialised (the tokenizer gate at zero).
         """
         backbone = AutoModel.from_pretrained(backbone_name_or_path)
-        if hasattr(backbone, "vision_model") or backbone.config.model_type == "clip":
-            backbone = getattr(backbone, "vision_model", backbone)
+        # CLIPModel / CLIPVisionModelWithProjection: keep the CLIPVisionModel inside
+        while isinstance(getattr(backbone, "vision_model", None), PreTrainedModel):
+            backbone = backbone.vision_model
         config = ZseConfig(backbone_config=backbone.config, **config_kwargs)
         model = cls(config)
         state = backbone.state_dict()
