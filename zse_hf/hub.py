@@ -144,7 +144,7 @@ def _dataset_info(payload: dict) -> tuple[str, str, str]:
     return dtype, name, str(payload.get("split", "test"))
 
 
-def eval_results_from_json(payload: dict, model_label: str = "ZSE-SBIR"):
+def eval_results_from_json(payload: dict):
     """`huggingface_hub.EvalResult`s (the card's `model-index`) built from an eval payload.
 
     Every metric value is copied from the JSON; baselines (`chance`, `raw_pixels_32`) are not
