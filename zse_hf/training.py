@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .configuration_zse import ZseConfig
 from .image_processing_zse import ZseImageProcessor
-from .modeling_zse import ZseModel
+from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
 from .processing_zse import ZseProcessor
 
 COMPLETE_MARKER = "zse_checkpoint_complete"
@@ -231,23 +231,14 @@ def build_model(cfg: TrainConfig) -> ZseModel:
     return model
 
 
-def _backbone_blocks(backbone) -> torch.nn.ModuleList:
-    if hasattr(backbone, "vision_model"):
-        return backbone.vision_model.encoder.layers
-    if hasattr(backbone, "layers"):
-        return backbone.layers
-    return backbone.encoder.layer
-
-
 def freeze_early_blocks(model: ZseModel, n: int) -> None:
     """Stop weight updates of the backbone's embeddings and first `n` blocks (n = 0: none)."""
     if n <= 0:
         return
     backbone = model.encoder.backbone
-    emb = backbone.vision_model.embeddings if hasattr(backbone, "vision_model") else backbone.embeddings
-    for p in emb.parameters():
+    for p in backbone_embeddings(backbone).parameters():
         p.requires_grad_(False)
-    for block in list(_backbone_blocks(backbone))[:n]:
+    for block in list(backbone_blocks(backbone))[:n]:
         for p in block.parameters():
             p.requires_grad_(False)
 
