@@ -52,6 +52,10 @@ def test_resume_is_exact(tiny_backbone, tmp_path):
     train(cfg, tmp_path / "straight")
     train(cfg, tmp_path / "split", callbacks=[StopAt(2)])
     assert last_complete_checkpoint(tmp_path / "split").name == "checkpoint-2"
+    from zse_hf.training import export_best
+
+    early = export_best(tmp_path / "split")  # a stopped run still yields a usable model folder
+    assert json.loads((early / "training_summary.json").read_text())["global_step"] == 2
     train(cfg, tmp_path / "split", resume=True)
     a = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
     b = load_file(tmp_path / "split" / "checkpoint-4" / "model.safetensors")

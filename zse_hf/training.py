@@ -400,20 +400,49 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if resume and checkpoint is None:
         print(f"no complete checkpoint in {out}; starting from scratch", file=sys.stderr)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    best = out / "best"
-    tmp = out / "best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    ZseProcessor(image_processor).save_pretrained(tmp)
-    (tmp / "training_summary.json").write_text(json.dumps({
+    return _save_best(out, trainer.model, image_processor, {
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_val_mAP@all": trainer.state.best_metric,
         "global_step": trainer.state.global_step,
         "config": dataclasses.asdict(cfg),
-    }, indent=1))
+    })
+
+
+def _save_best(out: Path, model: ZseModel, image_processor, summary: dict) -> Path:
+    """Atomically write `out/best`: model, processor and `training_summary.json`."""
+    best, tmp = out / "best", out / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    ZseProcessor(image_processor).save_pretrained(tmp)
+    (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(best, ignore_errors=True)
     os.replace(tmp, best)
     return best
+
+
+def export_best(out_dir: str | os.PathLike) -> Path:
+    """Write `out_dir/best` from the best complete checkpoint of a run that was stopped early.
+
+    The best checkpoint is the one `trainer_state.json` of the newest complete checkpoint names
+    (by validation mAP@all); the run's `train_config.json` is recorded in the summary.
+    """
+    out = Path(out_dir)
+    last = last_complete_checkpoint(out)
+    if last is None:
+        raise ValueError(f"no complete checkpoint in {out}")
+    state = json.loads((last / "trainer_state.json").read_text())
+    chosen = Path(state.get("best_model_checkpoint") or last)
+    if not chosen.is_absolute() and not chosen.exists():
+        chosen = out / chosen.name
+    model = ZseModel.from_pretrained(chosen)
+    config = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").exists() else None
+    return _save_best(out, model, ZseImageProcessor.from_model_config(model.config), {
+        "best_checkpoint": str(chosen),
+        "best_val_mAP@all": state.get("best_metric"),
+        "global_step": int(chosen.name.split("-")[-1]),
+        "stopped_at_step": state.get("global_step"),
+        "config": config,
+    })
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -422,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="offline-cpu", help=f"preset ({', '.join(PRESETS)}) or YAML file")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, best/)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--export-best", action="store_true",
+                   help="do not train: write OUT/best from the best checkpoint of a stopped run")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
@@ -430,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     args = p.parse_args(argv)
+    if args.export_best:
+        print(f"best model: {export_best(args.out)}")
+        return 0
     cfg = load_train_config(args.config, max_steps=args.max_steps, batch_size=args.batch_size,
                             image_size=args.image_size, backbone=args.backbone, data=args.data,
                             eval_steps=args.eval_steps, save_steps=args.save_steps)
