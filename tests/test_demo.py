@@ -1,0 +1,354 @@
+"""The Gradio demo (demo/app.py, `zse-sbir demo`): served on 127.0.0.1 with a tiny random model
+and a few bundled photos, driven through `gradio_client` (search, explanation, bad input,
+per-session galleries) and through a real headless Chromium (draw a stroke, search, results)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # pandas deprecations inside gradio
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+pytest.importorskip("faiss")
+pytest.importorskip("matplotlib")
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from zse_hf import ZseModel, ZseProcessor, demo_launcher  # noqa: E402
+from zse_hf.data import read_quickdraw, render_sketch  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "demo" / "gallery"
+GALLERY_CLASSES = ("giraffe", "airplane", "pineapple", "tree", "cow", "banana")
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _save_tiny_model(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = ZseModel(tiny_config()).eval()
+    model.save_pretrained(folder)
+    ZseProcessor.from_config(model.config).save_pretrained(folder)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _editor(path) -> dict:
+    """A `gr.Sketchpad` value as the client sends it."""
+    return {"background": None, "layers": [], "composite": handle_file(str(path)) if path else None, "id": None}
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    return demo_launcher.load_app()
+
+
+@pytest.fixture(scope="module")
+def served(app_module, tmp_path_factory):
+    """(app module, first DemoApp, served Blocks, url, tmp dir): a tiny model, 6 bundled photos."""
+    tmp = tmp_path_factory.mktemp("demo")
+    model_dir = _save_tiny_model(tmp / "model")
+    gallery = tmp / "gallery"
+    gallery.mkdir()
+    for cls in GALLERY_CLASSES:
+        photo = sorted(BUNDLED.glob(f"{cls}__*.jpg"))[0]
+        shutil.copy(photo, gallery / photo.name)
+    first = app_module.DemoApp(str(model_dir), gallery_dir=gallery, cache_root=tmp / "cache")
+    demo = app_module.build_demo(str(model_dir), gallery_dir=gallery, cache_root=tmp / "cache")
+    port = _free_port()
+    app_module.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    sketch = tmp / "giraffe.png"
+    render_sketch(read_quickdraw("giraffe")[5], size=256).save(sketch)  # a real drawing of a test class
+    try:
+        yield {"app": app_module, "first": first, "demo": demo, "url": f"http://127.0.0.1:{port}/", "tmp": tmp,
+               "sketch": sketch, "model_dir": model_dir}
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(served):
+    return Client(served["url"], verbose=False)
+
+
+def _search(client, sketch=None, upload=None, gallery="bundled", k=4, mode="ret", rerank_k=5):
+    up = handle_file(str(upload)) if upload else None
+    return client.predict(_editor(sketch), up, gallery, k, mode, rerank_k, api_name="/search")
+
+
+# ----------------------------------------------------------------------------- index cache
+
+
+def test_bundled_index_is_cached_by_model_hash(served):
+    first, demo = served["first"], served["demo"]
+    assert not first.index_from_cache and demo.zse.index_from_cache
+    assert len(demo.zse.index) == len(GALLERY_CLASSES)
+    folders = [p.name for p in (served["tmp"] / "cache").iterdir()]
+    assert folders == [demo.zse.dm.fingerprint[:16]]
+
+
+# ----------------------------------------------------------------------------- API
+
+
+@pytest.mark.parametrize("mode", ["ret", "rerank"])
+def test_search_with_a_quickdraw_sketch_returns_k_results(served, client, mode):
+    items, scores, status, rank = _search(client, served["sketch"], k=4, mode=mode)
+    assert len(items) == 4 and len(scores) == 4 and rank == 1
+    assert status.startswith("Top 4 of 6 photos")
+    for i, (item, row) in enumerate(zip(items, scores), start=1):
+        assert Path(item["image"]).is_file()
+        assert item["caption"].startswith(f"#{i} {row['class']}")
+        assert set(row) == {"rank", "photo", "class", "ret_score", "relation_score"}
+        assert row["rank"] == i and row["photo"] in {p.name for p in (served["tmp"] / "gallery").iterdir()}
+        assert row["class"] == row["photo"].split("__")[0].replace("_", " ")
+        assert -1.0 <= row["ret_score"] <= 1.0
+        if mode == "rerank":
+            assert 0.0 < row["relation_score"] < 1.0
+        else:
+            assert row["relation_score"] is None
+    if mode == "ret":
+        assert [r["ret_score"] for r in scores] == sorted((r["ret_score"] for r in scores), reverse=True)
+    else:
+        rel = [r["relation_score"] for r in scores]
+        assert rel == sorted(rel, reverse=True)
+
+
+def test_explain_endpoint_returns_images(served, client):
+    _search(client, served["sketch"], k=3, mode="rerank")
+    *pictures, summary = client.predict(2, api_name="/explain")
+    assert len(pictures) == 4
+    for path in pictures:
+        with Image.open(path) as im:
+            assert im.width > 300 and im.height > 200
+    assert summary.startswith("**Why #2") and "relation score" in summary
+
+
+def test_bad_input_gives_friendly_messages(served, client):
+    tmp = served["tmp"]
+    white = tmp / "white.png"
+    Image.new("RGB", (512, 512), "white").save(white)
+    text = tmp / "notes.txt"
+    text.write_text("not an image")
+    fake = tmp / "fake.png"
+    fake.write_bytes(b"\x89PNG but not really" * 10)
+    huge = tmp / "huge.png"
+    Image.new("1", (8000, 8000), 1).save(huge)  # 64 MP, small file
+
+    cases = [
+        ((None, None), "canvas is empty"),
+        ((white, None), "canvas is empty"),
+        ((None, text), "not an image"),
+        ((None, fake), "not an image"),
+        ((None, huge), "is huge (8000×8000 px"),
+    ]
+    for (sketch, upload), expected in cases:
+        items, scores, status, _ = _search(client, sketch, upload)
+        assert items == [] and scores == [] and status.startswith("⚠️") and expected in status, (sketch, upload, status)
+    items, _, status, _ = _search(client, served["sketch"], gallery="mine")
+    assert items == [] and "gallery is empty" in status
+    message, choice = client.predict([handle_file(str(text))], api_name="/index_photos")
+    assert "None of the 1 files could be read" in message and choice == "bundled"
+    *pictures, summary = Client(served["url"], verbose=False).predict(1, api_name="/explain")
+    assert pictures == [None] * 4 and "Search first" in summary
+    _search(client, served["sketch"], k=2)
+    assert "no result #9" in client.predict(9, api_name="/explain")[-1]
+
+
+def test_user_gallery_is_per_session(served, client):
+    uploads = sorted((served["tmp"] / "gallery").glob("*.jpg"))[:3]
+    message, choice = client.predict([handle_file(str(p)) for p in uploads], api_name="/index_photos")
+    assert message.startswith("Indexed 3 of your photos") and choice == "mine"
+    items, scores, status, _ = _search(client, served["sketch"], gallery="mine", k=5, mode="rerank")
+    assert len(items) == 3 and {r["photo"] for r in scores} == {p.name for p in uploads}
+    assert "your photos" in status
+    other = Client(served["url"], verbose=False)
+    assert "gallery is empty" in _search(other, served["sketch"], gallery="mine")[2]
+
+
+def test_uploads_are_read_only_from_the_gradio_temp_area(app_module):
+    with pytest.raises(app_module.UserError, match="not uploaded through this page"):
+        app_module.read_upload(sorted(BUNDLED.glob("*.jpg"))[0], "photo")
+
+
+# ----------------------------------------------------------------------------- model note
+
+
+def test_model_note_reads_the_eval_json(app_module, tmp_path):
+    from zse_hf.evaluation import model_hash
+
+    run = tmp_path / "run"
+    folder = _save_tiny_model(run / "best")
+    model = ZseModel.from_pretrained(folder).eval()
+    note = app_module.model_note(folder, model, True)
+    assert "not evaluated" in note and "unknown" in note
+    (run / "train_config.json").write_text(json.dumps({"data": "offline", "max_steps": 123}))
+    payload = {"results": {"ret": {"mAP@all": 0.4321, "mAP@all_CI": [0.31, 0.55], "mAP@200": 0.4},
+                           "rn@10": {"mAP@all": 0.5012}},
+               "model_hash": model_hash(model), "data": "offline", "split": "test", "image_size": 56,
+               "n_queries": 660, "n_gallery": 36}
+    (folder / "eval_results.json").write_text(json.dumps(payload))
+    note = app_module.model_note(folder, model, True)
+    assert "mAP@all 0.432" in note and "0.310–0.550" in note and "relation re-rank of the top 10" in note
+    assert "mAP@all 0.501" in note and "660 sketches vs 36 photos" in note
+    assert "exactly these weights" in note and "bundled offline data" in note and "123 steps" in note
+    payload["model_hash"] = "0" * 16
+    (folder / "eval_results.json").write_text(json.dumps(payload))
+    assert "may belong to another checkpoint" in app_module.model_note(folder, model, True)
+
+
+def test_model_path_resolution(app_module, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("ZSE_DEMO_MODEL", "/some/model")
+    assert app_module.resolve_model_path("/cli/model") == ("/cli/model", "--model")
+    assert app_module.resolve_model_path(None) == ("/some/model", "$ZSE_DEMO_MODEL")
+    monkeypatch.delenv("ZSE_DEMO_MODEL")
+    expected = (str(app_module.HUB_CARD_DIR), "hub_card/") if (app_module.HUB_CARD_DIR / "config.json").is_file() \
+        else (None, "fallback")
+    assert app_module.resolve_model_path(None) == expected
+
+
+def test_launcher_errors_clearly(monkeypatch, capsys, tmp_path):
+    assert demo_launcher.app_path() == REPO / "demo" / "app.py"
+    monkeypatch.setenv("ZSE_DEMO_APP", str(tmp_path / "missing.py"))
+    assert demo_launcher.main([]) == 2
+    assert "pip install -e" in capsys.readouterr().err
+    monkeypatch.delenv("ZSE_DEMO_APP")
+    from zse_hf import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--help"])
+    assert exit_info.value.code == 0 and "--model" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+def _chrome():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    opts.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="zse-chromium-"))
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _wait(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _brush_selected(driver) -> bool:
+    from selenium.webdriver.common.by import By
+
+    brushes = driver.find_elements(By.CSS_SELECTOR, '#sketchpad button[aria-label="Brush"]')
+    return bool(brushes) and "highlight" in (brushes[0].get_attribute("class") or "")
+
+
+def test_browser_draw_search_and_explain(served, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium binary at {CHROMIUM} (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = _chrome()
+    try:
+        driver.get(served["url"])
+        canvas = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#sketchpad canvas"), 30, "the canvas")[-1]
+        # the page selects the brush by itself
+        _wait(lambda: _brush_selected(driver), 15, "the brush tool to be selected")
+        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -90, -70).click_and_hold()
+        for dx, dy in ((45, 35), (45, 35), (45, 35), (0, 60), (-90, 0)):
+            stroke.move_by_offset(dx, dy)
+        stroke.release().perform()
+        driver.find_element(By.ID, "search-btn").click()
+        status = _wait(lambda: (t := driver.find_element(By.ID, "status").text).startswith(("Top", "⚠")) and t,
+                       60, "search results")
+        assert status.startswith("Top 6 of 6 photos"), status
+        images = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#results img"), 30, "result images")
+        assert len(images) == 6
+        _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#expl-correspondence img"), 60, "the explanation")
+        assert driver.find_element(By.ID, "explain-summary").text.startswith("Why #1")
+        shot = tmp_path / "demo.png"
+        driver.save_screenshot(str(shot))
+        with Image.open(io.BytesIO(shot.read_bytes())) as im:
+            assert im.width >= 1000 and im.height >= 600
+    finally:
+        driver.quit()
+
+
+# ----------------------------------------------------------------------------- docs/demo.png
+
+
+def docs_screenshot(out: str | Path, example: str = "airplane", width: int = 1400) -> Path:
+    """Serve the demo with its default model and the bundled gallery, click the `example` sketch
+    (which searches), select the first hit of that class (else #1) and save a full-page screenshot."""
+    from selenium.webdriver.common.by import By
+
+    app = demo_launcher.load_app()
+    demo = app.build_demo(None)
+    port = _free_port()
+    app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    driver = _chrome()
+    try:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+        driver.get(f"http://127.0.0.1:{port}/")
+        _wait(lambda: _brush_selected(driver), 60, "the brush tool")
+        examples = driver.find_elements(By.CSS_SELECTOR, "#examples button.gallery-item")
+        sources = [e.find_element(By.TAG_NAME, "img").get_attribute("src") for e in examples]
+        examples[[i for i, s in enumerate(sources) if f"/{example}__" in s][0]].click()
+        _wait(lambda: driver.find_element(By.ID, "status").text.startswith(("Top", "⚠")), 300, "results")
+        _wait(lambda: driver.find_element(By.ID, "explain-summary").text.startswith("Why #1"), 300, "an explanation")
+        items = driver.find_elements(By.CSS_SELECTOR, "#results button.thumbnail-item")
+        same = [i for i, item in enumerate(items) if item.text.split("\n")[0].split(" ", 1)[-1] == example]
+        if same and same[0] > 0:
+            items[same[0]].click()
+            _wait(lambda: driver.find_element(By.ID, "explain-summary").text.startswith(f"Why #{same[0] + 1} "),
+                  300, "the selected explanation")
+        time.sleep(2)
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_script("window.scrollTo(0, 0)")
+        time.sleep(2)
+        out = Path(out)
+        driver.save_screenshot(str(out))
+        return out
+    finally:
+        driver.quit()
+        demo.close()
+
+
+if __name__ == "__main__":  # python tests/test_demo.py docs/demo.png [example class]
+    import sys
+
+    print(docs_screenshot(*sys.argv[1:3]))
