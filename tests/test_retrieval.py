@@ -1,0 +1,362 @@
+"""faiss retrieval helper: exact recall, re-rank order, persistence, atomic save, shards, CLI."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from zse_hf import ZseModel, ZseProcessor
+from zse_hf import retrieval
+from zse_hf.retrieval import Hit, ZseIndex, auto_factory
+
+from conftest import tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:skipped .* unreadable")
+N_PHOTOS = 24
+
+
+def _photo(rng) -> Image.Image:
+    img = Image.new("RGB", (int(rng.integers(48, 90)), int(rng.integers(48, 90))), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(2):
+        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
+        box = [x0, y0, x0 + int(rng.integers(10, 40)), y0 + int(rng.integers(10, 40))]
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    return img
+
+
+def _sketch(rng) -> Image.Image:
+    img = Image.new("L", (80, 80), 255)
+    draw = ImageDraw.Draw(img)
+    draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
+    return img
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ZseModel(tiny_config(initializer_range=0.5)).eval()  # larger init: relation scores spread out
+
+
+@pytest.fixture(scope="module")
+def processor(model):
+    return ZseProcessor.from_config(model.config)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(N_PHOTOS):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        _photo(rng).save(sub / f"p{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sketches(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sketches")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        paths.append(str(folder / f"s{i}.png"))
+        _sketch(rng).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def index(model, processor, photo_dir):
+    return ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def saved(index, tmp_path_factory):
+    return index.save(tmp_path_factory.mktemp("saved") / "idx")
+
+
+def _direct_features(model, processor, paths):
+    with torch.no_grad():
+        return model.get_image_features(processor(photos=[str(p) for p in paths])["photo_pixel_values"])
+
+
+def test_flat_search_equals_brute_force(index, model, processor, photo_dir, sketches):
+    assert len(index) == N_PHOTOS and index.factory == "Flat" and not index.skipped
+    assert index.ids == sorted(index.ids) and index.ids[0] == "a/p01.png"
+    photos = _direct_features(model, processor, index.paths)
+    np.testing.assert_allclose(index.embeddings(), photos.ret_embeds.numpy(), atol=1e-6)
+    stored = index.local_tokens(index.ids[:3])
+    assert stored.local_tokens.dtype == torch.float16 and stored.grid_size == (4, 4)
+    torch.testing.assert_close(stored.local_tokens.float(), photos.local_tokens[:3], atol=2e-2, rtol=1e-3)
+    query = index.encode_sketches(sketches)
+    scores = query.ret_embeds @ photos.ret_embeds.T  # [Q, N]
+    results = index.search(sketches, k=7)
+    assert len(results) == 3
+    for q, hits in enumerate(results):
+        expected = torch.argsort(scores[q], descending=True)[:7].tolist()
+        assert [h.id for h in hits] == [index.ids[j] for j in expected]
+        assert [h.rank for h in hits] == list(range(1, 8))
+        np.testing.assert_allclose([h.ret_score for h in hits], scores[q, expected].numpy(), atol=1e-5)
+        assert all(h.relation_score is None and h.path.endswith(h.id) for h in hits)
+    assert index.search(sketches[0], k=2)[0] == results[0][:2]  # single sketch, batched = unbatched
+
+
+def test_rerank_order_equals_relation_scores(index, model, processor, sketches):
+    query = index.encode_sketches(sketches)
+    ann = index.search(query, k=10)
+    reranked = index.search(query, k=10, rerank_k=10)
+    for q in range(len(sketches)):
+        cands = [h.id for h in ann[q]]
+        one = retrieval.ZseImageFeatures(local_tokens=query.local_tokens[q:q + 1], token_mask=query.token_mask[q:q + 1],
+                                         grid_size=query.grid_size)
+        stored = index.local_tokens(cands)
+        stored.local_tokens = stored.local_tokens.float()
+        with torch.no_grad():
+            expected = model.relation_scores(one, stored)[0]
+            fresh = model.relation_scores(one, _direct_features(model, processor, [h.path for h in ann[q]]))[0]
+        order = torch.argsort(expected, descending=True, stable=True).tolist()
+        got = reranked[q]
+        assert [h.id for h in got] == [cands[j] for j in order]
+        np.testing.assert_allclose([h.relation_score for h in got], expected[order].numpy(), atol=1e-6)
+        np.testing.assert_allclose(expected.numpy(), fresh.numpy(), atol=5e-3)  # fp16 store is close to fp32
+        assert {h.id: h.ret_score for h in got} == {h.id: h.ret_score for h in ann[q]}
+        assert expected.std() > 1e-3  # the order is meaningful
+    # re-rank the head only: the tail keeps the [Ret] order without relation scores
+    part = index.search(query, k=10, rerank_k=4)[0]
+    assert {h.id for h in part[:4]} == {h.id for h in ann[0][:4]}
+    assert [h.relation_score is None for h in part] == [False] * 4 + [True] * 6
+    assert [h.id for h in part[4:]] == [h.id for h in ann[0][4:]]
+
+
+def test_k_larger_than_gallery_returns_all(index, sketches):
+    hits = index.search(sketches[0], k=1000)[0]
+    assert sorted(h.id for h in hits) == sorted(index.ids)
+    hits = index.search(sketches[0], k=1000, rerank_k=500)[0]
+    assert len(hits) == N_PHOTOS and all(h.relation_score is not None for h in hits)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(sketches[0], k=0)
+
+
+def test_empty_index_errors(model, processor, tmp_path, sketches):
+    empty = ZseIndex.build(model, processor, [], progress=False)
+    with pytest.raises(ValueError, match="index is empty"):
+        empty.search(sketches[0])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        bad = ZseIndex.build(model, processor, [tmp_path / "bad.png"], progress=False)
+    assert len(bad) == 0 and len(bad.skipped) == 1
+    with pytest.raises(ValueError, match="index is empty"):
+        bad.search(sketches, k=3)
+    with pytest.raises(ValueError, match="nothing to save"):
+        bad.save(tmp_path / "idx")
+
+
+def test_unreadable_files_are_skipped_and_reported(model, processor, photo_dir, tmp_path):
+    good = sorted(photo_dir.rglob("*.png"))[:5]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:60])
+    bad = [tmp_path / "missing.png", tmp_path / "empty.png", tmp_path / "text.png", tmp_path / "cut.png"]
+    items = [good[0], bad[0], good[1], bad[1], bad[2], good[2], good[3], bad[3], good[4]]
+    with pytest.warns(UserWarning, match="skipped 4 unreadable item"):
+        idx = ZseIndex.build(model, processor, items, batch_size=3, num_workers=2, progress=False)
+    assert idx.ids == [str(p) for p in good]
+    assert [s.path for s in idx.skipped] == [str(p) for p in bad]
+    assert [s.position for s in idx.skipped] == [1, 3, 4, 7]
+    reasons = [s.reason for s in idx.skipped]
+    assert "not found" in reasons[0] and "empty" in reasons[1] and "cannot read" in reasons[2] and "cannot read" in reasons[3]
+
+
+def test_save_load_round_trip(index, saved, model, processor, sketches):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["format_version"] == retrieval.FORMAT_VERSION and manifest["embedding_dim"] == 32
+    assert manifest["model"]["sha256"] == retrieval.model_fingerprint(model)
+    assert manifest["counts"] == {"rows": N_PHOTOS, "photos": N_PHOTOS, "removed": 0, "skipped": 0}
+    on_disk = {p.name for p in saved.iterdir()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk and {"index.faiss", "rows.json", "tokens-0000.npy"} <= on_disk
+    tokens = np.load(saved / "tokens-0000.npy", mmap_mode="r", allow_pickle=False)
+    assert tokens.shape == (N_PHOTOS, 16, 32) and tokens.dtype == np.float16
+    loaded = ZseIndex.load(saved, model=model, processor=processor)
+    assert loaded.ids == index.ids and loaded.paths == index.paths and loaded.factory == "Flat"
+    np.testing.assert_array_equal(loaded.embeddings(), index.embeddings())
+    assert loaded.search(sketches, k=5, rerank_k=8) == index.search(sketches, k=5, rerank_k=8)
+    bare = ZseIndex.load(saved)  # no model: [Ret] search on embeddings still works
+    scores, rows = bare.ann_search(index.embeddings()[:2], k=1)
+    assert rows[:, 0].tolist() == [0, 1] and np.allclose(scores[:, 0], 1, atol=1e-5)
+    with pytest.raises(ValueError, match="no model attached"):
+        bare.search(sketches[0])
+    assert bare.attach_model(model).search(sketches[0], k=3) == index.search(sketches[0], k=3)
+
+
+def test_load_errors(saved, model, tmp_path):
+    def copy(name):
+        return Path(shutil.copytree(saved, tmp_path / name))
+
+    other = ZseModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match="model mismatch"):
+        ZseIndex.load(saved, model=other)
+    cut = copy("cut")
+    with open(cut / "tokens-0000.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match="tokens-0000.npy is truncated"):
+        ZseIndex.load(cut)
+    flipped = copy("flipped")
+    data = bytearray((flipped / "embeddings-0000.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (flipped / "embeddings-0000.npy").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="embeddings-0000.npy is corrupt"):
+        ZseIndex.load(flipped)
+    ZseIndex.load(flipped, verify=False)  # sizes only
+    newer = copy("newer")
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["format_version"] = retrieval.FORMAT_VERSION + 1
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="newer than this zse_hf supports"):
+        ZseIndex.load(newer)
+    with pytest.raises(ValueError, match="not a ZseIndex directory"):
+        ZseIndex.load(tmp_path)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        ZseIndex.load(saved).save(tmp_path / "junk")
+
+
+@pytest.mark.parametrize("kill_at", ["tokens-0000.npy", "swap"])
+def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
+    target = Path(shutil.copytree(saved, tmp_path / "idx"))
+    before = ZseIndex.load(target)
+    script = textwrap.dedent(f"""
+        import sys, time
+        from zse_hf import retrieval
+        idx = retrieval.ZseIndex.load({str(target)!r})
+        idx.remove([idx.ids[0]])
+        def hook(name):
+            if name == {kill_at!r}:
+                print("KILL ME", flush=True)
+                time.sleep(120)
+        retrieval._SAVE_FILE_HOOK = hook
+        idx.save({str(target)!r})
+        print("SAVED", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "KILL ME"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")]
+    assert leftovers  # the killed save left its temporary / moved-aside directory behind
+    with pytest.warns(UserWarning, match="restored") if kill_at == "swap" else contextlib.nullcontext():
+        after = ZseIndex.load(target, model=model)  # the previous index, intact and verified
+    assert after.ids == before.ids and len(after) == N_PHOTOS
+    after.remove([after.ids[0]])
+    after.save(target)  # a later save cleans up and succeeds
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert len(ZseIndex.load(target)) == N_PHOTOS - 1
+
+
+def test_shards_merge_to_the_unsharded_index(model, processor, photo_dir, sketches, tmp_path):
+    full = ZseIndex.build(model, processor, photo_dir, batch_size=1, progress=False)
+    dirs = []
+    for i in range(3):
+        shard = ZseIndex.build(model, processor, photo_dir, batch_size=1, shard=(i, 3), progress=False)
+        assert len(shard) == N_PHOTOS // 3 and shard.ids == full.ids[i::3]
+        dirs.append(shard.save(tmp_path / f"shard{i}"))
+    merged = ZseIndex.merge(dirs, model=model)
+    assert merged.ids == full.ids and merged.paths == full.paths and merged.factory == full.factory == "Flat"
+    np.testing.assert_array_equal(merged.embeddings(), full.embeddings())
+    np.testing.assert_array_equal(merged.local_tokens(full.ids).local_tokens, full.local_tokens(full.ids).local_tokens)
+    assert merged.search(sketches, k=6, rerank_k=10) == full.search(sketches, k=6, rerank_k=10)
+    with pytest.raises(ValueError, match="missing \\[1\\]"):
+        ZseIndex.merge([dirs[0], dirs[2]])
+
+
+def test_remove_add_and_other_factories(model, processor, photo_dir, sketches, index):
+    paths = sorted(str(p) for p in photo_dir.rglob("*.png"))
+    idx = ZseIndex.build(model, processor, paths[:20], progress=False)
+    assert idx.remove(paths[:2]) == 2 and len(idx) == 18
+    assert not {h.id for h in idx.search(sketches[0], k=100)[0]} & set(paths[:2])
+    idx.add(paths[20:], progress=False)
+    assert len(idx) == 22 and {h.id for h in idx.search(sketches[0], k=100)[0]} == set(paths[2:])
+    with pytest.raises(ValueError, match="already in the index"):
+        idx.add(paths[20:21], progress=False)
+    # IVF with every list probed is exact; ids stay row numbers through removal
+    ivf = ZseIndex.build(model, processor, photo_dir, index_factory="IVF4,Flat", progress=False)
+    ivf.search_params["nprobe"] = 4
+    assert [h.id for h in ivf.search(sketches[0], k=10)[0]] == [h.id for h in index.search(sketches[0], k=10)[0]]
+    ivf.remove([index.ids[0]])
+    assert index.ids[0] not in {h.id for h in ivf.search(sketches[0], k=100)[0]}
+    # lossy PQ: hits are re-scored exactly from the stored embeddings
+    pq = ZseIndex.build(model, processor, photo_dir, index_factory="PQ4x4", progress=False)
+    exact = {h.id: h.ret_score for h in index.search(sketches[0], k=100)[0]}
+    hits = pq.search(sketches[0], k=5)[0]
+    assert all(abs(h.ret_score - exact[h.id]) < 1e-5 for h in hits)
+    assert [h.ret_score for h in hits] == sorted((h.ret_score for h in hits), reverse=True)
+    # HNSW cannot remove in place
+    hnsw = ZseIndex.build(model, processor, photo_dir, index_factory="HNSW32", progress=False)
+    assert {h.id for h in hnsw.search(sketches[0], k=100)[0]} == set(index.ids)
+    with pytest.raises(NotImplementedError, match="rebuild=True"):
+        hnsw.remove([index.ids[0]])
+    assert hnsw.remove([index.ids[0]], rebuild=True) == 1 and len(hnsw) == N_PHOTOS - 1
+    assert index.ids[0] not in {h.id for h in hnsw.search(sketches[0], k=100)[0]}
+    with pytest.raises(ValueError, match="cannot train"):
+        ZseIndex.build(model, processor, photo_dir, index_factory="IVF64,Flat", progress=False)
+    with pytest.raises(ValueError, match="invalid faiss index factory"):
+        ZseIndex.build(model, processor, photo_dir, index_factory="Nonsense12", progress=False)
+
+
+def test_auto_factory():
+    assert auto_factory(10, 384) == "Flat" and auto_factory(49_999, 384) == "Flat"
+    assert auto_factory(100_000, 384) == "IVF1024,SQ8" and auto_factory(1_000_000, 384) == "IVF4096,SQ8"
+    assert auto_factory(10_000_000, 384) == "IVF16384,PQ48"
+
+
+def test_cli_index_merge_search(model, processor, photo_dir, sketches, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    out = tmp_path / "index"
+    assert retrieval.index_main([str(photo_dir), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    assert "indexed 24 photos (0 skipped) with Flat" in capsys.readouterr().out
+    assert retrieval.search_main([str(out), *sketches[:2], "-k", "4", "--rerank-k", "6", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    api = ZseIndex.load(out, model=model).search(sketches[:2], k=4, rerank_k=6)
+    assert [r["sketch"] for r in printed] == sketches[:2]
+    assert [r["hits"] for r in printed] == [[asdict(h) for h in hits] for hits in api]
+    assert retrieval.search_main([str(out), sketches[0], "-k", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"# {sketches[0]}") and len(text.strip().splitlines()) == 4
+    for i in range(2):
+        assert retrieval.index_main([str(photo_dir), "--model", str(model_dir), "--out", str(tmp_path / f"s{i}"),
+                                     "--shard", f"{i}/2", "--quiet"]) == 0
+    merged = tmp_path / "merged"
+    assert retrieval.merge_main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(merged)]) == 0
+    capsys.readouterr()
+    assert retrieval.search_main([str(merged), sketches[0], "-k", "5", "--json", "--model", str(model_dir)]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["hits"]
+    want = ZseIndex.load(out, model=model).search(sketches[0], k=5)[0]  # other batches: scores equal up to rounding
+    assert [h["id"] for h in got] == [h.id for h in want]
+    np.testing.assert_allclose([h["ret_score"] for h in got], [h.ret_score for h in want], atol=1e-5)
+    assert retrieval.search_main([str(tmp_path / "nowhere"), sketches[0]]) == 2
+    assert "not a ZseIndex directory" in capsys.readouterr().err
