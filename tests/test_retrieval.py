@@ -118,7 +118,7 @@ def test_flat_search_equals_brute_force(index, model, processor, photo_dir, sket
         assert [h.id for h in hits] == [index.ids[j] for j in expected]
         assert [h.rank for h in hits] == list(range(1, 8))
         np.testing.assert_allclose([h.ret_score for h in hits], scores[q, expected].numpy(), atol=1e-5)
-        assert all(h.relation_score is None and h.path.endswith(h.id) for h in hits)
+        assert all(isinstance(h, Hit) and h.relation_score is None and h.path.endswith(h.id) for h in hits)
     assert index.search(sketches[0], k=2)[0] == results[0][:2]  # single sketch, batched = unbatched
 
 
@@ -360,3 +360,22 @@ def test_cli_index_merge_search(model, processor, photo_dir, sketches, tmp_path,
     np.testing.assert_allclose([h["ret_score"] for h in got], [h.ret_score for h in want], atol=1e-5)
     assert retrieval.search_main([str(tmp_path / "nowhere"), sketches[0]]) == 2
     assert "not a ZseIndex directory" in capsys.readouterr().err
+
+
+def test_gpu_move_when_faiss_reports_gpus(saved, model, sketches, monkeypatch):
+    """No GPU here: fake faiss-gpu's move (a CPU clone) to check the search path uses it."""
+    fresh = ZseIndex.load(saved, model=model)
+    cpu = fresh.search(sketches, k=5)
+    moved = []
+
+    def to_gpu(res, device, cpu_index):
+        moved.append(device)
+        return retrieval.faiss.clone_index(cpu_index)
+
+    monkeypatch.setattr(retrieval.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(retrieval.faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(retrieval.faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    assert fresh.search(sketches, k=5) == cpu and fresh.search(sketches, k=5) == cpu and moved == [0]
+    fresh.remove([cpu[0][0].id])  # invalidates the GPU copy
+    assert [h.id for h in fresh.search(sketches[0], k=5)[0][:4]] == [h.id for h in cpu[0][1:]]
+    assert moved == [0, 0]

@@ -1,0 +1,235 @@
+"""Scale benchmark of the two-stage retrieval in `zse_hf.retrieval` (not a test).
+
+Stage 1 (ANN on [Ret] embeddings): synthetic clustered unit-norm embeddings (D=384, the
+default DINOv2-S width) at 10k / 100k / 1M photos; for `Flat`, `HNSW32` and IVF settings
+(`IVF{nlist},PQ32` and `IVF{nlist},SQ8`, nlist ~ 4 sqrt(n): 4096 at 1M): faiss build time
+(train + add from the stored embeddings), index bytes per photo, ms/query at batch 1 and 64,
+recall@100 against exact search. All through `ZseIndex.ann_search`, so lossy indexes include
+the exact re-scoring from the memory-mapped embedding store.
+
+Stage 2 (re-rank): ms/query to re-rank K = 10, 50, 100 candidates read from a memory-mapped
+fp16 token store with the real default-size head (`ZseModel(ZseConfig())`, random weights,
+384-wide 16x16 tokens at 224 px), fp32 and bf16 autocast; and FLOPs per query against the
+official exhaustive ranking (the relation network on every (sketch, photo) pair, the gallery
+re-encoded for every query), counted with `torch.utils.flop_counter.FlopCounterMode`.
+
+    python benchmarks/bench_retrieval.py                    # 10k, 100k, 1M
+    python benchmarks/bench_retrieval.py --sizes 10k,100k   # choose sizes
+    python benchmarks/bench_retrieval.py --quick            # 10k, fewer queries, small store
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zse_hf import ZseConfig, ZseImageFeatures, ZseModel  # noqa: E402
+from zse_hf.retrieval import ZseIndex, _ivf_lists, auto_factory  # noqa: E402
+
+D = 384
+K_RECALL = 100
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("km")) * mult)
+
+
+def clustered(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`[n, D]` photos and `[n_queries, D]` sketches, unit norm: classes -> sub-clusters ->
+    points (within-class cosine ~0.5); sketches sit near a class centre with more noise."""
+    rng = np.random.default_rng(seed)
+    n_classes = max(20, n // 2000)
+    classes = rng.standard_normal((n_classes, D), dtype=np.float32)
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    subs = classes.repeat(8, 0) + 0.7 * rng.standard_normal((n_classes * 8, D), dtype=np.float32) / np.sqrt(D)
+    photos = np.empty((n, D), np.float32)
+    for s in range(0, n, 200_000):
+        m = min(200_000, n - s)
+        x = subs[rng.integers(0, len(subs), m)] + 0.8 * rng.standard_normal((m, D), dtype=np.float32) / np.sqrt(D)
+        photos[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    q = classes[rng.integers(0, n_classes, n_queries)] + 1.0 * rng.standard_normal((n_queries, D), dtype=np.float32) / np.sqrt(D)
+    return photos, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def configs(n: int) -> list[tuple[str, list[dict]]]:
+    nlist = _ivf_lists(n)
+    return [
+        ("Flat", [{}]),
+        ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}]),
+        (f"IVF{nlist},PQ32", [{"nprobe": max(1, nlist // 64), "refine": 1}, {"nprobe": max(1, nlist // 64), "refine": 4},
+                              {"nprobe": max(1, nlist // 16), "refine": 8}]),
+        (f"IVF{nlist},SQ8", [{"nprobe": max(1, nlist // 128)}, {"nprobe": max(1, nlist // 64)}, {"nprobe": max(1, nlist // 32)}]),
+    ]
+
+
+def index_bytes(index: ZseIndex, folder: Path) -> int:
+    path = folder / "probe.faiss"
+    faiss.write_index(index.faiss_index, str(path))
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
+def time_search(index: ZseIndex, q: np.ndarray, batch: int, params: dict, max_queries: int) -> tuple[float, np.ndarray]:
+    """ms/query and the `[Q, 100]` rows found, for queries in batches of `batch`."""
+    q = q[:max_queries]
+    index.ann_search(q[:batch], K_RECALL, params)  # warm up
+    rows = []
+    t = time.perf_counter()
+    for s in range(0, len(q), batch):
+        rows.append(index.ann_search(q[s:s + batch], K_RECALL, params)[1])
+    ms = (time.perf_counter() - t) * 1000 / len(q)
+    return ms, np.concatenate(rows)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
+
+
+def bench_ann(n: int, args, folder: Path, out: list[str]) -> None:
+    t = time.perf_counter()
+    photos, queries = clustered(n, args.queries)
+    index = ZseIndex.from_features(photos, index_factory="Flat", work_dir=folder)
+    del photos
+    print(f"[{n}] data + embedding store: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    truth = None
+    for factory, param_sets in configs(n):
+        if factory in args.skip:
+            continue
+        t = time.perf_counter()
+        index.rebuild(factory)
+        build = time.perf_counter() - t
+        per_photo = index_bytes(index, folder) / n
+        for params in param_sets:
+            b1_queries = args.batch1_queries if factory != "Flat" else max(8, args.batch1_queries // 4)
+            ms64, rows = time_search(index, queries, 64, params, len(queries))
+            if truth is None:
+                truth = rows  # Flat first: exact
+            ms1, rows1 = time_search(index, queries, 1, params, b1_queries)
+            assert np.array_equal(rows1[:, :10], rows[:b1_queries, :10]) or factory != "Flat"
+            shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+            auto = " (auto)" if auto_factory(n, D) == factory else ""
+            line = (f"| {n:,} | {factory}{auto} | {shown} | {build:.1f} | {per_photo:,.0f} | {ms1:.2f} | {ms64:.3f} "
+                    f"| {recall(rows, truth):.3f} |")
+            out.append(line)
+            print(line, file=sys.stderr, flush=True)
+    del index
+
+
+def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
+    torch.manual_seed(0)
+    model = ZseModel(ZseConfig()).eval()
+    n_tok, width = (model.config.image_size // model.config.patch_size) ** 2, model.config.hidden_size
+    m = args.store_rows
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((m, width), dtype=np.float32)
+    tokens = rng.standard_normal((m, n_tok, width), dtype=np.float32).astype(np.float16)
+    side = int(n_tok ** 0.5)
+    index = ZseIndex.from_features(emb / np.linalg.norm(emb, axis=1, keepdims=True), local_tokens=tokens,
+                                   grid_size=(side, side), model=model, work_dir=folder)
+    del tokens
+    store_bytes = sum(p.stat().st_size for p in Path(index._work).glob("tokens-*.npy")) / m
+    ks = (10, 50) if args.quick else (10, 50, 100)
+    lines = ["| K | fp32 ms/query | bf16 autocast ms/query | head GFLOP/query |", "|---:|---:|---:|---:|"]
+    with torch.inference_mode():
+        pair = _pair_flops(model, n_tok, width, side)
+        enc = _encoder_flops(model)
+    for k in ks:
+        times = {}
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            samples = []
+            for r in range(args.repeats + 1):
+                q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width), token_mask=torch.ones(1, n_tok, dtype=torch.bool),
+                                     grid_size=(side, side))
+                rows = rng.choice(m, size=(1, k), replace=False)
+                t = time.perf_counter()
+                index.rerank_rows(q, rows, autocast_dtype=dtype)
+                if r:  # first run warms up
+                    samples.append((time.perf_counter() - t) * 1000)
+            times[name] = statistics.median(samples)
+        line = f"| {k} | {times['fp32']:.0f} | {times['bf16']:.0f} | {k * pair / 1e9:.0f} |"
+        lines.append(line)
+        print(line, file=sys.stderr, flush=True)
+    lines += ["", f"Token store: {store_bytes / 1024:.0f} KiB/photo (fp16 {n_tok}x{width} tokens + mask), "
+                  f"{m} rows memory-mapped (warm page cache).", "",
+              "| photos | two-stage GFLOP/query (sketch encode + Flat scan + K=100 re-rank) | exhaustive TFLOP/query "
+              "(encode gallery + every pair) | ratio |", "|---:|---:|---:|---:|"]
+    for n in sorted(set(sizes) | {17_000}):
+        two = enc + 2 * n * width + 100 * pair
+        full = enc + n * (enc + pair)
+        lines.append(f"| {n:,} | {two / 1e9:,.0f} | {full / 1e12:,.1f} | {full / two:,.0f}x |")
+    lines += ["", f"Per image encoder: {enc / 1e9:.1f} GFLOP (224 px); per (sketch, photo) pair head: {pair / 1e9:.2f} GFLOP."]
+    return lines
+
+
+def _encoder_flops(model) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.get_image_features(torch.randn(1, 3, model.config.image_size, model.config.image_size))
+    return counter.get_total_flops()
+
+
+def _pair_flops(model, n_tok, width, side) -> float:
+    feats = ZseImageFeatures(local_tokens=torch.randn(2, n_tok, width), token_mask=torch.ones(2, n_tok, dtype=torch.bool),
+                             grid_size=(side, side))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.relation_score(feats, feats)
+    return counter.get_total_flops() / 2
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10k,100k,1M", help="comma-separated gallery sizes (default 10k,100k,1M)")
+    p.add_argument("--quick", action="store_true", help="10k only, fewer queries, small token store")
+    p.add_argument("--queries", type=int, default=256, help="queries for recall and batch-64 timing")
+    p.add_argument("--batch1-queries", type=int, default=64, help="queries timed one at a time")
+    p.add_argument("--store-rows", type=int, default=4096, help="rows of the re-rank token store")
+    p.add_argument("--repeats", type=int, default=3, help="timed re-rank runs per K")
+    p.add_argument("--skip", default="", help="comma-separated factories to leave out, e.g. HNSW32")
+    p.add_argument("--no-rerank", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all cores)")
+    p.add_argument("--work-dir", default=None, help="where the stores go (default: a temporary directory)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.queries, args.batch1_queries, args.store_rows, args.repeats = "10k", 128, 32, 512, 1
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    args.skip = {s for s in args.skip.split(",") if s}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-", dir=args.work_dir) as tmp:
+        folder = Path(tmp)
+        header = [f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                  f"faiss {faiss.__version__}, {torch.get_num_threads()} threads, load average at start "
+                  f"{os.getloadavg()[0]:.1f}; D={D}, {args.queries} queries "
+                  f"(batch 1 timed on {args.batch1_queries}), recall@{K_RECALL} vs exact search.", "",
+                  "| photos | index | search params | build s | index B/photo | ms/query b=1 | ms/query b=64 | recall@100 |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|"]
+        rows: list[str] = []
+        for n in sizes:
+            bench_ann(n, args, folder, rows)
+        rerank = [] if args.no_rerank else bench_rerank(args, folder, sizes)
+    print("\n".join(header + rows))
+    if rerank:
+        print("\nRe-rank (relation network on stored tokens, default ZseModel head, per query):\n")
+        print("\n".join(rerank))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
