@@ -136,5 +136,6 @@ def test_head_only_and_report_table():
     out = head(torch.randn(5, 8))
     assert out.shape == (5, 4) and torch.allclose(out.norm(dim=-1), torch.ones(5), atol=1e-6)
     row = {"mAP@all": 0.5, "mAP@all_CI": [0.4, 0.6], "mAP@200": 0.5, "P@100": 0.25, "P@200": 0.25}
-    table = markdown_table({"x": row})
+    table = markdown_table({"x": row, "ret": row})
     assert "| x | 0.500 | [0.400, 0.600] | 0.500 | 0.250 | 0.250 |" in table
+    assert "| ZSE trained, ret | 0.500" in table
