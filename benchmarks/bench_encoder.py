@@ -125,11 +125,13 @@ def time_interleaved(
     warmup: int,
     iters: int,
     repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Images/s of each callable, per round: `repeats` rounds of `iters` timed calls each.
 
     All callables are warmed up first, then run round-robin within every round, with the
     starting callable rotated each round, so slow phases of a shared machine hit all alike.
+    `clock` is `time.perf_counter` (wall) or `time.thread_time` (CPU time of this thread).
     """
     names = list(fns)
     with torch.inference_mode():
@@ -142,11 +144,11 @@ def time_interleaved(
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 _sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(iters):
                     fns[name]()
                 _sync(device)
-                rates[name].append(batch * iters / (time.perf_counter() - t0))
+                rates[name].append(batch * iters / (clock() - t0))
     return rates
 
 
@@ -225,7 +227,7 @@ def breakdown(zse: ZseModel, plain: Dinov2Model, batch: int, args) -> list[tuple
             fns[f"  {tag} NCHW"] = lambda c=conv, t=inp: c(t)
             fns[f"  {tag} channels-last"] = lambda c=conv_cl, t=inp_cl: c(t)
             inp, inp_cl = tok.stem[i + 1](conv(inp)), stem_cl[i + 1](conv_cl(inp_cl))
-    rates = time_interleaved(fns, 1, dev, args.warmup, _iters_for(batch, args), args.repeats)
+    rates = time_interleaved(fns, 1, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn)
     return [(name, 1e3 / max(r), 1e3 / statistics.median(r)) for name, r in rates.items()]
 
 
@@ -274,7 +276,7 @@ def profile(zse: ZseModel, plain: Dinov2Model, depth: int, args) -> None:
         x = torch.randn(batch, 3, 224, 224, device=dev)
         fns = {"plain": lambda: plain(pixel_values=x)}
         fns.update({name: (lambda m=m: m.get_image_features(x)) for name, m in variants.items()})
-        rates = time_interleaved(fns, batch, dev, args.warmup, _iters_for(batch, args), args.repeats)
+        rates = time_interleaved(fns, batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn)
         for name, r in rates.items():
             fl, fs = (fl_plain, 0) if name == "plain" else flops[name]
             med_ratio, best_ratio = _ratios(r, rates["plain"])
@@ -300,12 +302,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-batches", type=int, nargs="+", default=[1], help="batches for --profile")
     p.add_argument("--alt-channels", nargs="*", default=["24,48,96"],
                    help="stem widths (comma-separated triples) to try with --profile")
-    p.add_argument("--quick", action="store_true", help="fewer rounds and calls (about a minute on 2 idle cores)")
+    p.add_argument(
+        "--clock", choices=["wall", "thread"], default="wall",
+        help="wall: perf_counter; thread: CPU time of the calling thread, which excludes time lost to other "
+        "processes on a shared machine (CPU only, needs --threads 1 so that all work runs on that thread)",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="fewer rounds and calls (under a minute per depth on 2 idle cores; minutes on a busy machine)")
     args = p.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
+    if args.clock == "thread" and (args.threads != 1 or args.device != "cpu"):
+        p.error("--clock thread needs --device cpu --threads 1")
+    args.clock_fn = time.thread_time if args.clock == "thread" else time.perf_counter
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
     args.iters = args.iters if args.iters is not None else (2 if args.quick else 4)
     args.repeats = args.repeats if args.repeats is not None else (5 if args.quick else 9)
@@ -328,10 +339,16 @@ def main(argv=None) -> int:
     print(f"# ZSE encoder benchmark ({dev}, fp32, 224 px, inference_mode, eval)")
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
-        f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg {os.getloadavg()[0]:.2f} at start"
+        f"threads {torch.get_num_threads()}, clock {args.clock}, cpus {os.cpu_count()}, "
+        f"load avg {os.getloadavg()[0]:.2f} at start"
         + (f", {torch.cuda.get_device_name(dev)}" if dev.startswith("cuda") else "")
     )
     print(f"warm-up {args.warmup}, rounds {args.repeats}, calls/round {[_iters_for(b, args) for b in args.batches]}")
+    if dev == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5:
+        print(
+            "WARNING: the machine is busy (load average >= CPU count): wall-clock rates with several threads "
+            "are unreliable; prefer the best-round figures or --threads 1 --clock thread"
+        )
     t_start = time.perf_counter()
     rows, ok = [], True
     for depth in args.depths:
@@ -353,7 +370,7 @@ def main(argv=None) -> int:
             x = torch.randn(batch, 3, 224, 224, device=dev)
             rates = time_interleaved(
                 {"plain": lambda: plain(pixel_values=x), "zse": lambda: zse.get_image_features(x)},
-                batch, dev, args.warmup, _iters_for(batch, args), args.repeats,
+                batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn,
             )
             med_ratio, best_ratio = _ratios(rates["zse"], rates["plain"])
             ok &= med_ratio >= TARGET_RATIO
