@@ -110,7 +110,7 @@ def test_files_paths_and_bytes(proc, tmp_path):
 
 
 def test_arrays_and_tensors(proc):
-    arr = np.asarray(_small_drawing())
+    arr = np.array(_small_drawing())
     a = proc(arr, modality="sketch")["pixel_values"]
     b = proc(torch.from_numpy(arr).permute(2, 0, 1).float() / 255, modality="sketch")["pixel_values"]
     assert torch.allclose(a, b, atol=1e-5)
