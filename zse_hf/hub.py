@@ -130,7 +130,12 @@ def _mode_label(mode: str) -> str:
     if mode.startswith("rn@"):
         k = mode[3:]
         return f"RN (relation-network re-rank of the Ret top-{k})" if k != "all" else "RN (relation network, whole gallery)"
-    return {"chance": "chance (random scores)", "raw_pixels_32": "raw pixels 32x32 (cosine)"}.get(mode, mode)
+    return {
+        "chance": "chance (random scores)",
+        "raw_pixels_32": "raw pixels 32x32 (cosine)",
+        "untrained_ret": "untrained model [Ret] (= plain backbone CLS)",
+        "head_only": "head-only ablation (frozen backbone + MLP on [CLS, mean patch], InfoNCE)",
+    }.get(mode, mode)
 
 
 def _dataset_info(payload: dict) -> tuple[str, str, str]:

@@ -1,0 +1,253 @@
+"""Image processor for ZSE-SBIR: sketches (ink crop, white square) and photos (alpha on white)."""
+
+from __future__ import annotations
+
+import os
+from io import BytesIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+_MODALITIES = ("sketch", "photo")
+_PHOTO_MODES = ("pad", "crop")
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ZseImageProcessor(BaseImageProcessor):
+    r"""Turns sketches or photos into normalised `pixel_values` of shape `[B, 3, size, size]`.
+
+    Sketches (`modality="sketch"`): any size or mode, black-on-white or white-on-black, or
+    strokes on a transparent canvas. The ink is found, the image is cropped to the ink's
+    bounding box plus a margin, padded to a white square (aspect ratio kept) and resized.
+    Photos (`modality="photo"`): any alpha is composited onto white; then either padded to a
+    white square (`photo_resize_mode="pad"`, whole object kept) or resized on the shorter
+    side and centre-cropped (`"crop"`).
+
+    Args:
+        modality (`str`, defaults to `"photo"`): default modality of `__call__`.
+        size (`int`, defaults to 224): output side in pixels.
+        image_mean, image_std (`list[float]`): normalisation (ImageNet's for DINOv2).
+        sketch_margin (`float`, defaults to 0.08): margin around the ink box, as a fraction of
+            its longer side.
+        ink_threshold (`int`, defaults to 40): darkness (0-255) above which a pixel is ink.
+        photo_resize_mode (`str`, defaults to `"pad"`): `"pad"` or `"crop"`.
+        max_input_side (`int`, defaults to 2048): larger inputs are downscaled first (bounded
+            memory for huge images).
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        modality: str = "photo",
+        size: int = 224,
+        image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
+        sketch_margin: float = 0.08,
+        ink_threshold: int = 40,
+        photo_resize_mode: str = "pad",
+        max_input_side: int = 2048,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if modality not in _MODALITIES:
+            raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
+        if photo_resize_mode not in _PHOTO_MODES:
+            raise ValueError(f"photo_resize_mode must be one of {_PHOTO_MODES}, got {photo_resize_mode!r}")
+        if isinstance(size, dict):
+            size = size.get("shortest_edge") or size.get("height")
+        self.modality = modality
+        self.size = int(size)
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.sketch_margin = float(sketch_margin)
+        self.ink_threshold = int(ink_threshold)
+        self.photo_resize_mode = photo_resize_mode
+        self.max_input_side = int(max_input_side)
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "ZseImageProcessor":
+        """A processor matching a [`ZseConfig`] (size and normalisation)."""
+        return cls(size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs)
+
+    # ------------------------------------------------------------------ loading
+
+    def load_image(self, image) -> Image.Image:
+        """Any supported input (path, bytes, PIL, `[H, W]`/`[H, W, C]`/`[C, H, W]` array or tensor)
+        as a PIL image, downscaled so its longer side is at most `max_input_side`."""
+        if isinstance(image, (str, os.PathLike, bytes)):
+            image = _open(image, self.max_input_side)
+        elif isinstance(image, torch.Tensor):
+            image = _array_to_pil(image.detach().cpu().numpy())
+        elif isinstance(image, np.ndarray):
+            image = _array_to_pil(image)
+        elif not isinstance(image, Image.Image):
+            raise TypeError(f"unsupported image type {type(image).__name__}; pass a path, PIL image, array or tensor")
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+        if max(image.size) > self.max_input_side:
+            image = image.copy()
+            image.thumbnail((self.max_input_side, self.max_input_side), Image.Resampling.LANCZOS)
+        return image
+
+    # ------------------------------------------------------------------ per-modality
+
+    def prepare_sketch(self, image) -> Image.Image:
+        """A sketch as an RGB `size x size` PIL image: dark ink on white, cropped to the ink."""
+        ink = sketch_ink(self.load_image(image))  # [H, W] float in [0, 1], 1 = ink
+        mask = ink * 255 > self.ink_threshold
+        if not mask.any():
+            raise ValueError("the sketch is blank: no ink found (draw something, or lower ink_threshold)")
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        crop = ink[top:bottom, left:right]
+        side = max(crop.shape)
+        pad = int(round(self.sketch_margin * side))
+        canvas_side = side + 2 * pad
+        canvas = np.zeros((canvas_side, canvas_side), dtype=np.float32)
+        y0 = (canvas_side - crop.shape[0]) // 2
+        x0 = (canvas_side - crop.shape[1]) // 2
+        canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+        gray = Image.fromarray(np.round(255 * (1 - canvas)).astype(np.uint8), mode="L")
+        gray = gray.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        return gray.convert("RGB")
+
+    def prepare_photo(self, image) -> Image.Image:
+        """A photo as an RGB `size x size` PIL image with any transparency made white."""
+        rgb = to_rgb_on_white(self.load_image(image))
+        if self.photo_resize_mode == "pad":
+            rgb = ImageOps.pad(rgb, (self.size, self.size), Image.Resampling.BICUBIC, color=(255, 255, 255))
+        else:
+            rgb = ImageOps.fit(rgb, (self.size, self.size), Image.Resampling.BICUBIC)
+        return rgb
+
+    # ------------------------------------------------------------------ batch
+
+    def preprocess(self, images, modality: str | None = None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Process one image or a list into `pixel_values` `[B, 3, size, size]` (float32).
+
+        Raises:
+            ValueError / TypeError: an unreadable file, an unsupported type, a blank sketch,
+                NaN values, or an empty list, with the offending item's position.
+        """
+        modality = modality or self.modality
+        if modality not in _MODALITIES:
+            raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images given")
+        prepare = self.prepare_sketch if modality == "sketch" else self.prepare_photo
+        arrays = []
+        for i, image in enumerate(images):
+            try:
+                arrays.append(np.asarray(prepare(image), dtype=np.float32) / 255.0)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"{modality} {i}: {err}" if len(images) > 1 else str(err)) from err
+        batch = np.stack(arrays).transpose(0, 3, 1, 2)
+        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+        batch = (batch - mean) / std
+        return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
+
+    def __call__(self, images, modality: str | None = None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Alias of [`preprocess`]."""
+        return self.preprocess(images, modality=modality, return_tensors=return_tensors, **kwargs)
+
+    def unnormalize(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """`[B, 3, H, W]` normalised tensor back to `[B, H, W, 3]` uint8 images."""
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        x = (pixel_values.detach().float().cpu() * std + mean).clamp(0, 1)
+        return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _open(source, max_side: int) -> Image.Image:
+    """Open and fully decode an image file or bytes with clear errors."""
+    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    if not isinstance(source, bytes):
+        if not os.path.exists(name):
+            raise ValueError(f"image file not found: {name}")
+        if os.path.getsize(name) == 0:
+            raise ValueError(f"image file is empty (0 bytes): {name}")
+    try:
+        image = Image.open(BytesIO(source) if isinstance(source, bytes) else name)
+        if image.format == "JPEG":
+            image.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced size
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {name}: {err}") from err
+    return image
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    """`[H, W]`, `[H, W, C]` or `[C, H, W]` array (uint8, or float in [0, 1]) as a PIL image."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+        raise ValueError(f"image arrays must be [H, W], [H, W, 3|4] or [3|4, H, W], got shape {list(a.shape)}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("image array contains NaN or infinite values")
+        if a.min() < 0 or a.max() > 1:
+            raise ValueError(f"float image arrays must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]")
+        a = np.round(a * 255).astype(np.uint8)
+    elif a.dtype == np.uint16:
+        a = (a / 257).round().astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise TypeError(f"unsupported image array dtype {a.dtype}; use uint8, uint16, bool or float in [0, 1]")
+    return Image.fromarray(a)
+
+
+def _high_bit_to_l(image: Image.Image) -> Image.Image:
+    a = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(a.max()), 255.0)
+    if image.mode == "F" and a.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(a / top * 255, 0, 255).round().astype(np.uint8), mode="L")
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    """Any PIL mode (palette, CMYK, 16-bit, LA, RGBA...) as RGB, transparency composited on white."""
+    if image.mode in _HIGH_BIT_MODES:
+        image = _high_bit_to_l(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info) or (
+        "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def sketch_ink(image: Image.Image) -> np.ndarray:
+    """Ink map `[H, W]` float32 in [0, 1] (1 = ink) of a sketch in any polarity.
+
+    Strokes on a transparent canvas: ink is the alpha. Otherwise the background is the
+    median of the border pixels; a dark background means white-on-black, which is inverted.
+    """
+    if image.mode in _HIGH_BIT_MODES:
+        image = _high_bit_to_l(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if has_alpha:
+        alpha = np.asarray(image.convert("RGBA"))[..., 3].astype(np.float32) / 255.0
+        if alpha.min() < 0.5:  # a real transparent canvas
+            return alpha
+    gray = np.asarray(to_rgb_on_white(image).convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) < 0.5:
+        return gray
+    return 1.0 - gray
+
+
+__all__ = ["ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]

@@ -1,0 +1,642 @@
+"""PyTorch ZSE-SBIR model (Lin et al., "Zero-Shot Everything Sketch-Based Image Retrieval,
+and in Explainable Style", CVPR 2023).
+
+One encoder serves sketches and photos: a pretrained ViT (DINOv2, ViT or CLIP vision tower)
+whose patch tokens are enriched by a learnable conv **tokenizer** through a zero-initialised
+gate. Its CLS position is the **[Ret] token**, used for fast cosine retrieval. A pairwise head
+ranks (sketch, photo) pairs: a bidirectional **cross-attention** module, then a kernel-based
+**relation network** on spatially pooled local tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_zse import ZseConfig
+
+try:  # transformers >= 5: init helpers that respect already-loaded weights
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover
+    from torch.nn import init
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class ZseImageFeatures(ModelOutput):
+    """Encoder outputs for a batch of images (sketches or photos).
+
+    Args:
+        ret_embeds: `[B, D]` L2-normalised [Ret] embeddings.
+        local_tokens: `[B, N, D]` patch tokens after the encoder's final norm, N = h * w.
+        token_mask: `[B, N]` bool, True where a token was kept by token selection
+            (all True when selection is off).
+        ret_attention: `[B, N]` last-layer attention of the [Ret] token over the patches
+            (averaged over heads), when computed.
+        grid_size: `(h, w)` patch grid of `local_tokens`.
+    """
+
+    ret_embeds: torch.FloatTensor | None = None
+    local_tokens: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    ret_attention: torch.FloatTensor | None = None
+    grid_size: tuple[int, int] | None = None
+
+
+@dataclass
+class ZseModelOutput(ModelOutput):
+    """Outputs of [`ZseModel.forward`] for a batch of (sketch, photo) pairs.
+
+    Args:
+        loss: scalar, `triplet_weight * triplet + relation_weight * relation_mse
+            (+ infonce_weight * infonce)`, when `labels` are given.
+        triplet_loss, relation_loss, infonce_loss: the unweighted terms.
+        cosine: `[B]` cosine similarity of the pairs' [Ret] embeddings.
+        relation_logits: `[B]` relation-network logits of the pairs.
+        relation_scores: `[B]` `sigmoid(relation_logits)`.
+        sketch_embeds, photo_embeds: `[B, D]` L2-normalised [Ret] embeddings.
+        sketch_token_mask, photo_token_mask: `[B, N]` token-selection masks.
+        sketch_cross_attentions: `[B, heads, N_q, N_kv]` attention of the sketch branch
+            (queries from the sketch with the default `cross_attention_query_side="self"`).
+        photo_cross_attentions: `[B, heads, N_q, N_kv]` attention of the photo branch.
+    """
+
+    loss: torch.FloatTensor | None = None
+    triplet_loss: torch.FloatTensor | None = None
+    relation_loss: torch.FloatTensor | None = None
+    infonce_loss: torch.FloatTensor | None = None
+    cosine: torch.FloatTensor | None = None
+    relation_logits: torch.FloatTensor | None = None
+    relation_scores: torch.FloatTensor | None = None
+    sketch_embeds: torch.FloatTensor | None = None
+    photo_embeds: torch.FloatTensor | None = None
+    sketch_token_mask: torch.BoolTensor | None = None
+    photo_token_mask: torch.BoolTensor | None = None
+    sketch_cross_attentions: torch.FloatTensor | None = None
+    photo_cross_attentions: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------- backbone access
+
+
+def _is_clip(backbone: nn.Module) -> bool:
+    return getattr(backbone.config, "model_type", None) == "clip_vision_model"
+
+
+def _clip_tower(backbone: nn.Module) -> nn.Module:
+    """The CLIP module holding `embeddings`, `encoder.layers` and `post_layernorm`
+    (transformers 5 flattened `CLIPVisionModel`; older versions wrap it in `vision_model`)."""
+    return getattr(backbone, "vision_model", backbone)
+
+
+def backbone_embeddings(backbone: nn.Module) -> nn.Module:
+    """The patch + position embedding module of a DINOv2, ViT or CLIP backbone."""
+    return _clip_tower(backbone).embeddings if _is_clip(backbone) else backbone.embeddings
+
+
+def backbone_blocks(backbone: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a DINOv2, ViT or CLIP backbone, first to last."""
+    if _is_clip(backbone):
+        return _clip_tower(backbone).encoder.layers
+    if hasattr(backbone, "layers"):  # ViT
+        return backbone.layers
+    return backbone.encoder.layer  # DINOv2
+
+
+def _patch_embedding(backbone: nn.Module) -> nn.Module:
+    """The module that turns pixels into patch tokens, for DINOv2, ViT and CLIP towers."""
+    if _is_clip(backbone):  # a Conv2d: output [B, D, h, w]
+        return _clip_tower(backbone).embeddings.patch_embedding
+    return backbone.embeddings.patch_embeddings
+
+
+def _last_attention(backbone: nn.Module) -> nn.Module:
+    """The self-attention module of the backbone's last layer."""
+    if _is_clip(backbone):
+        return backbone_blocks(backbone)[-1].self_attn
+    return backbone_blocks(backbone)[-1].attention
+
+
+def _check_pixels(pixel_values, name: str, min_size: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(f"{name} must have shape [B, 3, H, W], got {list(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {pixel_values.dtype}")
+    if pixel_values.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if min(pixel_values.shape[-2:]) < min_size:
+        raise ValueError(f"{name} is {tuple(pixel_values.shape[-2:])} px; the backbone needs at least {min_size} px")
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class ZseTokenizer(nn.Module):
+    """Learnable tokenizer: a conv stem whose tokens are added to the patch embedding.
+
+    Four 3x3 conv + ReLU layers of stride 2 (the paper's stem) map `[B, 3, H, W]` to
+    `[B, D, H/16, W/16]`; the result is resized to the backbone's patch grid and added to the
+    patch tokens through a per-channel gate initialised to zero, so at step 0 the encoder is
+    exactly the pretrained backbone.
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__()
+        widths = [3, *config.tokenizer_channels, config.hidden_size]
+        layers = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
+        self.gate = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def forward(self, pixel_values: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """Tokens `[B, D, h, w]` on the patch grid `grid_size = (h, w)`, already gated."""
+        x = self.stem(pixel_values.to(self.gate.dtype))
+        if tuple(x.shape[-2:]) != tuple(grid_size):
+            x = F.interpolate(x, size=grid_size, mode="bilinear", align_corners=False)
+        return x * self.gate.view(1, -1, 1, 1)
+
+
+class ZseEncoder(nn.Module):
+    """The shared encoder: a transformers ViT backbone plus the [`ZseTokenizer`].
+
+    The tokenizer is applied by a forward hook on the backbone's patch-embedding module, so
+    the backbone stays a stock transformers model (its weights load unchanged) while its
+    patch tokens become `patch_embed + gate * stem`.
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        self.tokenizer = ZseTokenizer(config)
+        self.is_clip = _is_clip(self.backbone)
+        _patch_embedding(self.backbone).register_forward_hook(self._add_tokenizer_tokens)
+        self._capture_ret_attention = False
+        self._last_attention_input = None
+        _last_attention(self.backbone).register_forward_pre_hook(self._keep_attention_input, with_kwargs=True)
+
+    def _add_tokenizer_tokens(self, module, args, output):
+        pixel_values = args[0]
+        patch = self.config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        tokens = self.tokenizer(pixel_values, grid)
+        if output.ndim == 4:  # CLIP: conv output [B, D, h, w]
+            return output + tokens.to(output.dtype)
+        return output + tokens.flatten(2).transpose(1, 2).to(output.dtype)
+
+    def _keep_attention_input(self, module, args, kwargs):
+        if self._capture_ret_attention:
+            self._last_attention_input = args[0] if args else kwargs["hidden_states"]
+
+    def _ret_attention(self) -> torch.Tensor:
+        """`[B, N]` last-layer attention of the [Ret] token over patch tokens, head-averaged."""
+        module = _last_attention(self.backbone)
+        hidden = self._last_attention_input
+        heads = self.config.backbone_config.num_attention_heads
+        b, n, _ = hidden.shape
+        q = module.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
+        k = module.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
+        scale = q.shape[-1] ** -0.5
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B, heads, 1, 1+N]
+        return attn.mean(1)[:, 0, 1:]
+
+    def forward(self, pixel_values: torch.Tensor, output_ret_attention: bool = False) -> ZseImageFeatures:
+        """Encode `[B, 3, H, W]` images into [Ret] embeddings `[B, D]` and local tokens `[B, N, D]`."""
+        _check_pixels(pixel_values, "pixel_values", self.config.patch_size)
+        selecting = self.config.num_selected_tokens is not None
+        self._capture_ret_attention = selecting or output_ret_attention
+        try:
+            if self.config.backbone_config.model_type == "dinov2":  # always interpolates
+                out = self.backbone(pixel_values=pixel_values)
+            else:
+                out = self.backbone(pixel_values=pixel_values, interpolate_pos_encoding=True)
+            ret_attention = self._ret_attention() if self._capture_ret_attention else None
+        finally:
+            self._capture_ret_attention = False
+            self._last_attention_input = None
+        hidden = out.last_hidden_state
+        if self.is_clip:  # last_hidden_state is before CLIP's post-layernorm; pooler_output after
+            ret = out.pooler_output
+            local = _clip_tower(self.backbone).post_layernorm(hidden[:, 1:])
+        else:
+            ret = hidden[:, 0]
+            local = hidden[:, 1:]
+        patch = self.config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        mask = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
+        if selecting:
+            k = min(self.config.num_selected_tokens, local.shape[1])
+            top = ret_attention.topk(k, dim=1).indices
+            mask = torch.zeros_like(mask).scatter_(1, top, True)
+        return ZseImageFeatures(
+            ret_embeds=F.normalize(ret, dim=-1),
+            local_tokens=local,
+            token_mask=mask,
+            ret_attention=ret_attention,
+            grid_size=grid,
+        )
+
+
+class ZseCrossAttentionLayer(nn.Module):
+    """One post-norm transformer layer whose attention reads another token set.
+
+    `out = LN(q + MHA(q, kv, kv)); out = LN(out + FFN(out))`.
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.cross_attention_heads
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, config.cross_attention_ffn_dim), nn.GELU(), nn.Linear(config.cross_attention_ffn_dim, d)
+        )
+        self.ffn_norm = nn.LayerNorm(d)
+
+    def forward(self, queries, keys_values, kv_mask=None, output_attentions: bool = False):
+        """Args: queries `[B, Nq, D]`, keys_values `[B, Nk, D]`, kv_mask `[B, Nk]` bool (True = usable).
+
+        Returns: tokens `[B, Nq, D]` and, if asked, attention weights `[B, heads, Nq, Nk]`.
+        """
+        b, nq, d = queries.shape
+        nk = keys_values.shape[1]
+        h = self.num_heads
+        q = self.q_proj(queries).view(b, nq, h, -1).transpose(1, 2)
+        k = self.k_proj(keys_values).view(b, nk, h, -1).transpose(1, 2)
+        v = self.v_proj(keys_values).view(b, nk, h, -1).transpose(1, 2)
+        bias = None
+        if kv_mask is not None and not bool(kv_mask.all()):
+            bias = torch.zeros(b, 1, 1, nk, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~kv_mask[:, None, None, :], torch.finfo(q.dtype).min)
+        weights = None
+        if output_attentions:
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if bias is not None:
+                scores = scores + bias
+            weights = scores.softmax(-1)
+            attn = weights @ v
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        attn = self.o_proj(attn.transpose(1, 2).reshape(b, nq, d))
+        x = self.attn_norm(queries + attn)
+        x = self.ffn_norm(x + self.ffn(x))
+        return x, weights
+
+
+class ZseCrossAttention(nn.Module):
+    """Bidirectional cross-attention between sketch and photo tokens, one layer per direction.
+
+    Which side gives Q, K and V (`config.cross_attention_query_side`):
+
+    - `"self"` (default): the sketch branch takes **queries from the sketch** and **keys and
+      values from the photo**; the photo branch the reverse. Each output token stays at its own
+      image position and is enriched with what it found in the other image, so the relation
+      network's pooled grid keeps each image's spatial layout. This follows the paper's Fig. 2.
+    - `"other"`: the sketch branch takes queries from the photo and keys/values from the sketch
+      (the official code's argument order); its output lies on the photo's grid.
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__()
+        self.query_side = config.cross_attention_query_side
+        self.sketch_layer = ZseCrossAttentionLayer(config)
+        self.photo_layer = ZseCrossAttentionLayer(config)
+
+    def forward(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions: bool = False):
+        """Cross-attend paired features (batch B each).
+
+        Returns: `(sketch_tokens [B, N, D], sketch_grid, sketch_mask [B, N],
+        photo_tokens [B, N', D], photo_grid, photo_mask [B, N'], sketch_attn, photo_attn)`, where
+        each branch's grid and mask are those of the side that supplied its queries.
+        """
+        s, p = sketch, photo
+        if self.query_side == "self":
+            s_tok, s_attn = self.sketch_layer(s.local_tokens, p.local_tokens, p.token_mask, output_attentions)
+            p_tok, p_attn = self.photo_layer(p.local_tokens, s.local_tokens, s.token_mask, output_attentions)
+            return s_tok, s.grid_size, s.token_mask, p_tok, p.grid_size, p.token_mask, s_attn, p_attn
+        s_tok, s_attn = self.sketch_layer(p.local_tokens, s.local_tokens, s.token_mask, output_attentions)
+        p_tok, p_attn = self.photo_layer(s.local_tokens, p.local_tokens, p.token_mask, output_attentions)
+        return s_tok, p.grid_size, p.token_mask, p_tok, s.grid_size, s.token_mask, s_attn, p_attn
+
+
+class ZseRelationNetwork(nn.Module):
+    """Kernel-based relation network.
+
+    Each side's tokens `[B, h*w, D]` are laid out on their true grid `[B, D, h, w]` (reshape
+    to `[B, h, w, D]`, then permute), average-pooled to `2G x 2G` and reduced by a 2x2 stride-2
+    conv to `G x G` cells of `relation_dim` channels. Tokens removed by token selection are
+    left out of the averages; a cell with no kept token is empty (all zeros, cosine 0).
+    The `G^2 x G^2` cosine kernel between the two sides is flattened and scored by an MLP
+    `G^4 -> 343 -> 49 -> 1`; `sigmoid` of the logit is the relation score.
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__()
+        self.grid = config.relation_grid
+        self.pool_conv = nn.Conv2d(config.hidden_size, config.relation_dim, kernel_size=2, stride=2)
+        dims = [self.grid**4, *config.relation_mlp_dims]
+        layers = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-1], 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def pool(self, tokens: torch.Tensor, grid_size: tuple[int, int], mask: torch.Tensor | None = None):
+        """Pool tokens `[B, h*w, D]` on grid `(h, w)` to cells `[B, G*G, C]` and a cell mask `[B, G*G]`."""
+        b, n, d = tokens.shape
+        h, w = grid_size
+        if h * w != n:
+            raise ValueError(f"{n} tokens do not fit a {h}x{w} grid")
+        x = tokens.reshape(b, h, w, d).permute(0, 3, 1, 2)
+        m = torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
+        if mask is not None:
+            m = mask.reshape(b, 1, h, w).to(x.dtype)
+        size = 2 * self.grid
+        summed = F.adaptive_avg_pool2d(x * m, size)
+        weight = F.adaptive_avg_pool2d(m, size)
+        x = summed / weight.clamp_min(1e-6)
+        cells = self.pool_conv(x)  # [B, C, G, G]
+        valid = F.max_pool2d((weight > 0).to(x.dtype), 2) > 0  # [B, 1, G, G]
+        cells = cells * valid
+        return cells.flatten(2).transpose(1, 2), valid.flatten(1)
+
+    def kernel(self, sketch_cells: torch.Tensor, photo_cells: torch.Tensor) -> torch.Tensor:
+        """Cosine kernel `[B, G*G, G*G]` between cells `[B, G*G, C]` of both sides."""
+        return F.normalize(sketch_cells, dim=-1) @ F.normalize(photo_cells, dim=-1).transpose(1, 2)
+
+    def forward(self, sketch_tokens, sketch_grid, sketch_mask, photo_tokens, photo_grid, photo_mask):
+        """Relation logits `[B]` for paired, cross-attended tokens `[B, N, D]`; also returns the kernel."""
+        s_cells, _ = self.pool(sketch_tokens, sketch_grid, sketch_mask)
+        p_cells, _ = self.pool(photo_tokens, photo_grid, photo_mask)
+        kernel = self.kernel(s_cells, p_cells)
+        return self.mlp(kernel.flatten(1)).squeeze(-1), kernel
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class ZsePreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading for ZSE models."""
+
+    config_class = ZseConfig
+    base_model_prefix = "zse"
+    main_input_name = "sketch_pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["ZseCrossAttentionLayer"]
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, but keys are saved exactly as `state_dict()` names
+        them (transformers would otherwise rename the DINOv2 backbone's keys to their legacy
+        form, which raw `load_state_dict` users such as `Trainer` checkpoints do not map back)."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, ZseTokenizer):  # visited after its convs: override them
+            init.zeros_(module.gate)
+            for conv in module.stem:
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                    init.zeros_(conv.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class ZseModel(ZsePreTrainedModel):
+    """ZSE-SBIR: encoder with tokenizer, cross-attention and relation network.
+
+    Example:
+
+    ```python
+    >>> from zse_hf import ZseConfig, ZseModel, ZseProcessor
+    >>> model = ZseModel(ZseConfig()).eval()
+    >>> processor = ZseProcessor.from_config(model.config)
+    >>> inputs = processor(sketches=sketch_image, photos=photo_image, return_tensors="pt")
+    >>> out = model(**inputs)
+    >>> out.cosine, out.relation_scores
+    ```
+    """
+
+    def __init__(self, config: ZseConfig):
+        super().__init__(config)
+        self.encoder = ZseEncoder(config)
+        self.cross_attention = ZseCrossAttention(config)
+        self.relation_network = ZseRelationNetwork(config)
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, backbone_name_or_path: str, **config_kwargs) -> "ZseModel":
+        """Build a ZSE model around pretrained backbone weights.
+
+        Args:
+            backbone_name_or_path: a Hub repo id (e.g. `facebook/dinov2-small`,
+                `openai/clip-vit-base-patch16`) or a local folder holding a `Dinov2Model`,
+                `ViTModel`, `CLIPVisionModel` or full `CLIPModel` checkpoint (a `CLIPModel`'s
+                vision tower is taken; its text tower and projections are dropped).
+            **config_kwargs: other [`ZseConfig`] fields.
+
+        The backbone weights are loaded unchanged; the tokenizer, cross-attention and relation
+        network are freshly initialised (the tokenizer gate at zero).
+        """
+        backbone = AutoModel.from_pretrained(backbone_name_or_path)
+        # CLIPModel / CLIPVisionModelWithProjection: keep the CLIPVisionModel inside
+        while isinstance(getattr(backbone, "vision_model", None), PreTrainedModel):
+            backbone = backbone.vision_model
+        config = ZseConfig(backbone_config=backbone.config, **config_kwargs)
+        model = cls(config)
+        state = backbone.state_dict()
+        missing, unexpected = model.encoder.backbone.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "pooler" not in k]
+        if missing or unexpected:
+            raise ValueError(f"backbone weights do not fit: missing={missing[:5]} unexpected={unexpected[:5]}")
+        return model
+
+    def get_image_features(self, pixel_values: torch.Tensor, output_ret_attention: bool = False) -> ZseImageFeatures:
+        """Encode images `[B, 3, H, W]` (sketches or photos: the encoder is shared).
+
+        Returns: [`ZseImageFeatures`] with `ret_embeds [B, D]` (L2-normalised) and
+        `local_tokens [B, N, D]`.
+        """
+        return self.encoder(pixel_values, output_ret_attention=output_ret_attention)
+
+    def _pair_logits(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions=False):
+        s_tok, s_grid, s_mask, p_tok, p_grid, p_mask, s_attn, p_attn = self.cross_attention(
+            sketch, photo, output_attentions=output_attentions
+        )
+        logits, kernel = self.relation_network(s_tok, s_grid, s_mask, p_tok, p_grid, p_mask)
+        return logits, kernel, s_attn, p_attn
+
+    def relation_logits(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
+        """Relation logits `[B]` for paired features (batch B on both sides)."""
+        _check_pair(sketch_features, photo_features)
+        return self._pair_logits(sketch_features, photo_features)[0]
+
+    def relation_score(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
+        """Relation scores `[B]` in (0, 1) for paired features (sketch i with photo i)."""
+        return torch.sigmoid(self.relation_logits(sketch_features, photo_features))
+
+    def relation_scores(
+        self, query_features: ZseImageFeatures, candidate_features: ZseImageFeatures, chunk_size: int = 256
+    ) -> torch.Tensor:
+        """Relation scores `[Q, K]` of every query against every candidate, without re-encoding.
+
+        Args:
+            query_features: features of Q sketches.
+            candidate_features: features of K photos (e.g. the top-K of a [Ret] search,
+                read back from an index's token store).
+            chunk_size: number of pairs scored at once (bounds memory).
+        """
+        q_n = query_features.local_tokens.shape[0]
+        k_n = candidate_features.local_tokens.shape[0]
+        qi = torch.arange(q_n, device=query_features.local_tokens.device).repeat_interleave(k_n)
+        ki = torch.arange(k_n, device=query_features.local_tokens.device).repeat(q_n)
+        out = []
+        for start in range(0, q_n * k_n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            out.append(self.relation_score(_take(query_features, qi[sl]), _take(candidate_features, ki[sl])))
+        return torch.cat(out).view(q_n, k_n)
+
+    def forward(
+        self,
+        sketch_pixel_values: torch.Tensor,
+        photo_pixel_values: torch.Tensor,
+        negative_pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+    ) -> ZseModelOutput:
+        """Score `B` (sketch, photo) pairs and, with `labels`, compute the training loss.
+
+        Args:
+            sketch_pixel_values: `[B, 3, H, W]` anchor sketches.
+            photo_pixel_values: `[B, 3, H, W]` photos paired with them (positives when training).
+            negative_pixel_values: `[B, 3, H, W]` photos of another class than each sketch. If
+                omitted while `labels` are given, the hardest in-batch photo of another class is used.
+            labels: `[B]` class ids of the sketches (and of their positive photos). Turns on the
+                loss: triplet margin loss (L2 on [Ret] embeddings) + MSE of relation scores
+                against 1 for positives and 0 for negatives (+ optional InfoNCE).
+            output_attentions: return the cross-attention weights.
+        """
+        sketch = self.get_image_features(sketch_pixel_values)
+        photo = self.get_image_features(photo_pixel_values)
+        _check_pair(sketch, photo)
+        logits, _, s_attn, p_attn = self._pair_logits(sketch, photo, output_attentions)
+        cosine = (sketch.ret_embeds * photo.ret_embeds).sum(-1)
+        loss = triplet = relation = infonce = None
+        if labels is not None:
+            if labels.shape != (sketch.ret_embeds.shape[0],):
+                raise ValueError(f"labels must have shape [{sketch.ret_embeds.shape[0]}], got {list(labels.shape)}")
+            if negative_pixel_values is not None:
+                negative = self.get_image_features(negative_pixel_values)
+                _check_pair(sketch, negative)
+            else:
+                negative = _take(photo, _hardest_negatives(sketch.ret_embeds, photo.ret_embeds, labels))
+            neg_logits = self._pair_logits(sketch, negative)[0]
+            cfg = self.config
+            triplet = F.triplet_margin_loss(
+                sketch.ret_embeds, photo.ret_embeds, negative.ret_embeds, margin=cfg.triplet_margin, p=2
+            )
+            scores = torch.sigmoid(torch.cat([logits, neg_logits]))
+            targets = torch.cat([torch.ones_like(logits), torch.zeros_like(neg_logits)])
+            relation = F.mse_loss(scores, targets)
+            loss = cfg.triplet_weight * triplet + cfg.relation_weight * relation
+            if cfg.infonce_weight > 0:
+                infonce = _infonce(sketch.ret_embeds, photo.ret_embeds, labels, cfg.infonce_temperature)
+                loss = loss + cfg.infonce_weight * infonce
+        output = ZseModelOutput(
+            loss=loss,
+            triplet_loss=triplet,
+            relation_loss=relation,
+            infonce_loss=infonce,
+            cosine=cosine,
+            relation_logits=logits,
+            relation_scores=torch.sigmoid(logits),
+            sketch_embeds=sketch.ret_embeds,
+            photo_embeds=photo.ret_embeds,
+            sketch_token_mask=sketch.token_mask,
+            photo_token_mask=photo.token_mask,
+            sketch_cross_attentions=s_attn,
+            photo_cross_attentions=p_attn,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_pair(a: ZseImageFeatures, b: ZseImageFeatures) -> None:
+    for name, f in (("sketch_features", a), ("photo_features", b)):
+        if not isinstance(f, ZseImageFeatures) or f.local_tokens is None:
+            raise TypeError(f"{name} must be ZseImageFeatures from get_image_features, got {type(f).__name__}")
+    if a.local_tokens.shape[0] != b.local_tokens.shape[0]:
+        raise ValueError(
+            f"paired features need equal batch sizes, got {a.local_tokens.shape[0]} sketches and "
+            f"{b.local_tokens.shape[0]} photos; use relation_scores() to score every pair"
+        )
+    if a.local_tokens.shape[-1] != b.local_tokens.shape[-1]:
+        raise ValueError(f"token widths differ: {a.local_tokens.shape[-1]} vs {b.local_tokens.shape[-1]}")
+
+
+def _take(features: ZseImageFeatures, index: torch.Tensor) -> ZseImageFeatures:
+    """Select batch rows `index [M]` of every tensor field."""
+    return ZseImageFeatures(
+        ret_embeds=features.ret_embeds[index] if features.ret_embeds is not None else None,
+        local_tokens=features.local_tokens[index],
+        token_mask=features.token_mask[index] if features.token_mask is not None else None,
+        ret_attention=features.ret_attention[index] if features.ret_attention is not None else None,
+        grid_size=features.grid_size,
+    )
+
+
+def _hardest_negatives(anchors: torch.Tensor, photos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Index `[B]` of the most similar photo of another class for each anchor `[B, D]`."""
+    same = labels[:, None] == labels[None, :]
+    if bool(same.all(dim=1).any()):
+        raise ValueError("in-batch negatives need at least two classes per batch; pass negative_pixel_values")
+    sim = (anchors @ photos.T).detach().masked_fill(same, float("-inf"))
+    return sim.argmax(dim=1)
+
+
+def _infonce(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE on `[B, D]` embeddings; same-class off-diagonal pairs are not negatives."""
+    logits = sketch @ photo.T / temperature
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(labels), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+__all__ = [
+    "ZseCrossAttention",
+    "ZseCrossAttentionLayer",
+    "ZseEncoder",
+    "ZseImageFeatures",
+    "ZseModel",
+    "ZseModelOutput",
+    "ZsePreTrainedModel",
+    "ZseRelationNetwork",
+    "ZseTokenizer",
+]

@@ -1,0 +1,47 @@
+"""Processor for ZSE-SBIR: one image processor, used in sketch or photo mode."""
+
+from __future__ import annotations
+
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .image_processing_zse import ZseImageProcessor
+
+
+class ZseProcessor(ProcessorMixin):
+    r"""Wraps a [`ZseImageProcessor`] to prepare (sketch, photo) inputs for [`ZseModel`].
+
+    `processor(sketches=..., photos=..., return_tensors="pt")` returns a `BatchFeature` with
+    `sketch_pixel_values` `[B, 3, S, S]` and/or `photo_pixel_values` `[B', 3, S, S]`, ready for
+    `model(**inputs)` or `model.get_image_features(...)`.
+    """
+
+    def __init__(self, image_processor=None, **kwargs):
+        if image_processor is None:
+            image_processor = ZseImageProcessor()
+        super().__init__(image_processor, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "ZseProcessor":
+        """A processor matching a [`ZseConfig`] (input size and normalisation)."""
+        return cls(ZseImageProcessor.from_model_config(config, **kwargs))
+
+    def __call__(self, sketches=None, photos=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Process sketches and/or photos (each one image or a list)."""
+        if sketches is None and photos is None:
+            raise ValueError("pass sketches=..., photos=... or both")
+        data = {}
+        if sketches is not None:
+            out = self.image_processor(sketches, modality="sketch", return_tensors=return_tensors, **kwargs)
+            data["sketch_pixel_values"] = out["pixel_values"]
+        if photos is not None:
+            out = self.image_processor(photos, modality="photo", return_tensors=return_tensors, **kwargs)
+            data["photo_pixel_values"] = out["pixel_values"]
+        return BatchFeature(data=data)
+
+    @property
+    def model_input_names(self):
+        return ["sketch_pixel_values", "photo_pixel_values"]
+
+
+__all__ = ["ZseProcessor"]
