@@ -203,27 +203,41 @@ def save_pictures(results: dict, queries, gallery, out_prefix: Path, n_queries: 
     return paths
 
 
-def load_model_and_processor(path: str, device: str | None = None):
-    """A ZSE model folder/repo (or a plain backbone folder, wrapped untrained) and its processor."""
+def load_model(path: str, device: str | None = None):
+    """`(model, image_processor, built_from_backbone)` for a ZSE model folder/repo or a backbone.
+
+    A ZSE checkpoint loads through `AutoModel` / `AutoProcessor` (defaults from its config when
+    no processor was saved). Any other checkpoint (a `Dinov2Model`, `ViTModel` or CLIP folder) is
+    wrapped with `ZseModel.from_backbone` under a fixed seed, so its untrained head is the same on
+    every run. The model is returned in fp32 and eval mode.
+    """
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
-    from .processing_zse import ZseProcessor
+    from .image_processing_zse import ZseImageProcessor
 
     config = AutoConfig.from_pretrained(path)
-    if getattr(config, "model_type", None) == "zse":
+    built = getattr(config, "model_type", None) != "zse"
+    if not built:
         model = AutoModel.from_pretrained(path)
         try:
             processor = AutoProcessor.from_pretrained(path)
-        except (OSError, ValueError):
-            processor = ZseProcessor.from_config(model.config)
+        except (OSError, ValueError, TypeError):
+            processor = ZseImageProcessor.from_model_config(model.config)
     else:
-        model = ZseModel.from_backbone(path)
-        processor = ZseProcessor.from_config(model.config)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = ZseModel.from_backbone(path)
+        processor = ZseImageProcessor.from_model_config(model.config)
     model = model.float().eval()
     if device:
         model.to(device)
-    image_processor = getattr(processor, "image_processor", processor)
-    return model, image_processor
+    return model, getattr(processor, "image_processor", processor), built
+
+
+def load_model_and_processor(path: str, device: str | None = None):
+    """`(model, image_processor)` of :func:`load_model`."""
+    model, processor, _ = load_model(path, device)
+    return model, processor
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -748,30 +748,15 @@ def load_model(path: str | os.PathLike):
     """Load `(model, processor, built_from_backbone)` from a ZSE model folder or a backbone folder.
 
     A folder whose `config.json` is not a ZSE config is wrapped with `ZseModel.from_backbone`
-    (fresh, untrained tokenizer gate, cross-attention and relation head).
+    (fresh, untrained tokenizer gate, cross-attention and relation head, same on every run);
+    see :func:`zse_hf.evaluation.load_model`.
     """
-    from .image_processing_zse import ZseImageProcessor
+    from .evaluation import load_model as _load
 
     folder = Path(path)
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in {folder}: pass a ZSE model folder or a backbone folder")
-    model_type = json.loads(cfg_file.read_text()).get("model_type")
-    if model_type == "zse":
-        model = ZseModel.from_pretrained(str(folder))
-        try:
-            processor = ZseImageProcessor.from_pretrained(str(folder))
-        except (OSError, ValueError, TypeError):
-            processor = ZseImageProcessor.from_model_config(model.config)
-        built = False
-    else:
-        with torch.random.fork_rng():  # same fresh head on every run
-            torch.manual_seed(0)
-            model = ZseModel.from_backbone(str(folder))
-        processor = ZseImageProcessor.from_model_config(model.config)
-        built = True
-    return model.eval(), processor, built
-
+    return _load(str(folder))
 
 def _parse_cell(text: str | None):
     if text is None:

@@ -1295,18 +1295,9 @@ def _check_shard_set(shards: list[dict], directories) -> None:
 
 
 def _load_model(model_dir: str, device: str | None):
-    import zse_hf  # noqa: F401  (registers the Auto classes)
-    from transformers import AutoModel, AutoProcessor
+    from .evaluation import load_model_and_processor
 
-    model = AutoModel.from_pretrained(model_dir).eval()
-    if device:
-        model.to(device)
-    try:
-        processor = AutoProcessor.from_pretrained(model_dir)
-    except (OSError, ValueError):
-        warnings.warn(f"no processor saved in {model_dir}; using the defaults for its config")
-        processor = _default_processor(model)
-    return model, processor
+    return load_model_and_processor(model_dir, device)
 
 
 def index_main(argv: list[str] | None = None) -> int:
