@@ -19,8 +19,8 @@ def ref_rank(row):
     return sorted(range(len(row)), key=lambda j: (-row[j], j))
 
 
-def ref_voc_ap(rel):
-    """Classic VOC code: pad, monotone from the right, sum over recall changes."""
+def ref_curve(rel):
+    """Recall and precision after each rank (pure Python); None when nothing is relevant."""
     R = sum(rel)
     if R == 0:
         return None
@@ -29,6 +29,15 @@ def ref_voc_ap(rel):
         tp += r
         rec.append(tp / R)
         prec.append(tp / (i + 1))
+    return rec, prec
+
+
+def ref_voc_ap(rel):
+    """Classic VOC code: pad, monotone from the right, sum over recall changes."""
+    curve = ref_curve(rel)
+    if curve is None:
+        return None
+    rec, prec = curve
     mrec = [0.0] + rec + [1.0]
     mpre = [0.0] + prec + [0.0]
     for i in range(len(mpre) - 2, -1, -1):
@@ -63,14 +72,10 @@ def ref_p_at_k(rel, k, denominator):
 
 
 def ref_pr(rel, levels):
-    R = sum(rel)
-    if R == 0:
+    curve = ref_curve(rel)
+    if curve is None:
         return None
-    tp, rec, prec = 0, [], []
-    for i, r in enumerate(rel):
-        tp += r
-        rec.append(tp / R)
-        prec.append(tp / (i + 1))
+    rec, prec = curve
     out = []
     for lv in levels:
         cand = [p for p, rc in zip(prec, rec) if rc >= lv]
