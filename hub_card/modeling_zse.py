@@ -56,8 +56,9 @@ class ZseModelOutput(ModelOutput):
 
     Args:
         loss: scalar, `triplet_weight * triplet + relation_weight * relation_mse
-            (+ infonce_weight * infonce)`, when `labels` are given.
-        triplet_loss, relation_loss, infonce_loss: the unweighted terms.
+            (+ infonce_weight * infonce + relation_rank_weight * relation_rank)`, when `labels`
+            are given.
+        triplet_loss, relation_loss, infonce_loss, relation_rank_loss: the unweighted terms.
         cosine: `[B]` cosine similarity of the pairs' [Ret] embeddings.
         relation_logits: `[B]` relation-network logits of the pairs.
         relation_scores: `[B]` `sigmoid(relation_logits)`.
@@ -72,6 +73,7 @@ class ZseModelOutput(ModelOutput):
     triplet_loss: torch.FloatTensor | None = None
     relation_loss: torch.FloatTensor | None = None
     infonce_loss: torch.FloatTensor | None = None
+    relation_rank_loss: torch.FloatTensor | None = None
     cosine: torch.FloatTensor | None = None
     relation_logits: torch.FloatTensor | None = None
     relation_scores: torch.FloatTensor | None = None
@@ -518,6 +520,18 @@ class ZseModel(ZsePreTrainedModel):
             out.append(self.relation_score(_take(query_features, qi[sl]), _take(candidate_features, ki[sl])))
         return torch.cat(out).view(q_n, k_n)
 
+    def _relation_rank_loss(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, labels: torch.Tensor):
+        """Listwise cross-entropy of relation logits: sketch i against all `B` photos of the
+        batch must pick photo i; other photos of sketch i's class are left out (not negatives)."""
+        b = labels.shape[0]
+        qi = torch.arange(b, device=labels.device).repeat_interleave(b)
+        ki = torch.arange(b, device=labels.device).repeat(b)
+        logits = self._pair_logits(_take(sketch, qi), _take(photo, ki))[0].view(b, b)
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(b, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(b, device=logits.device))
+
     def forward(
         self,
         sketch_pixel_values: torch.Tensor,
@@ -536,7 +550,8 @@ class ZseModel(ZsePreTrainedModel):
                 omitted while `labels` are given, the hardest in-batch photo of another class is used.
             labels: `[B]` class ids of the sketches (and of their positive photos). Turns on the
                 loss: triplet margin loss (L2 on [Ret] embeddings) + MSE of relation scores
-                against 1 for positives and 0 for negatives (+ optional InfoNCE).
+                against 1 for positives and 0 for negatives (+ optional InfoNCE and listwise
+                relation terms).
             output_attentions: return the cross-attention weights.
         """
         sketch = self.get_image_features(sketch_pixel_values)
@@ -544,7 +559,7 @@ class ZseModel(ZsePreTrainedModel):
         _check_pair(sketch, photo)
         logits, _, s_attn, p_attn = self._pair_logits(sketch, photo, output_attentions)
         cosine = (sketch.ret_embeds * photo.ret_embeds).sum(-1)
-        loss = triplet = relation = infonce = None
+        loss = triplet = relation = infonce = relation_rank = None
         if labels is not None:
             if labels.shape != (sketch.ret_embeds.shape[0],):
                 raise ValueError(f"labels must have shape [{sketch.ret_embeds.shape[0]}], got {list(labels.shape)}")
@@ -565,11 +580,15 @@ class ZseModel(ZsePreTrainedModel):
             if cfg.infonce_weight > 0:
                 infonce = _infonce(sketch.ret_embeds, photo.ret_embeds, labels, cfg.infonce_temperature)
                 loss = loss + cfg.infonce_weight * infonce
+            if cfg.relation_rank_weight > 0:
+                relation_rank = self._relation_rank_loss(sketch, photo, labels)
+                loss = loss + cfg.relation_rank_weight * relation_rank
         output = ZseModelOutput(
             loss=loss,
             triplet_loss=triplet,
             relation_loss=relation,
             infonce_loss=infonce,
+            relation_rank_loss=relation_rank,
             cosine=cosine,
             relation_logits=logits,
             relation_scores=torch.sigmoid(logits),

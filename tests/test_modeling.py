@@ -147,6 +147,30 @@ def test_in_batch_negatives_and_infonce():
         model(x, x, labels=torch.zeros(4, dtype=torch.long))
 
 
+def test_relation_rank_loss_is_listwise_cross_entropy():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(relation_rank_weight=1.0)).eval()
+    model.encoder.tokenizer.gate.data.fill_(0.3)
+    sketches, photos = torch.randn(2, 4, 3, 56, 56)
+    labels = torch.tensor([0, 1, 1, 2])
+    out = model(sketches, photos, labels=labels)
+    with torch.no_grad():
+        logits = torch.logit(model.relation_scores(model.get_image_features(sketches),
+                                                   model.get_image_features(photos)).double())
+    expected = 0.0
+    for i in range(4):  # same-class photos other than the own positive are left out
+        keep = [j for j in range(4) if j == i or labels[j] != labels[i]]
+        expected += -torch.log_softmax(logits[i, keep], 0)[keep.index(i)] / 4
+    torch.testing.assert_close(out.relation_rank_loss.double(), expected, rtol=1e-4, atol=1e-4)
+    no_rank = ZseModel(tiny_config()).eval()
+    no_rank.load_state_dict(model.state_dict())
+    base = no_rank(sketches, photos, labels=labels)
+    assert base.relation_rank_loss is None
+    torch.testing.assert_close(out.loss, base.loss + out.relation_rank_loss)
+    out.loss.backward()
+    assert model.relation_network.pool_conv.weight.grad.abs().sum() > 0
+
+
 def test_bad_tensor_inputs(tiny_model, pixels):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tiny_model.get_image_features(pixels[0])

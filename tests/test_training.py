@@ -92,6 +92,15 @@ def _start(start, key):
     return start[name] if name in start else start[legacy]
 
 
+def test_time_limit_stops_and_keeps_the_last_step(tiny_backbone, tmp_path):
+    cfg = _cfg(tiny_backbone, max_steps=6, relation_rank_weight=1.0)
+    best = train(cfg, tmp_path / "run", time_limit=0)  # stop after the first step
+    assert last_complete_checkpoint(tmp_path / "run").name == "checkpoint-1"
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_mAP@all" in r] == [1]
+    assert json.loads((best / "config.json").read_text())["relation_rank_weight"] == 1.0
+
+
 def test_incomplete_checkpoint_is_ignored(tmp_path):
     good = tmp_path / "checkpoint-2"
     good.mkdir()

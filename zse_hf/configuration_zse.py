@@ -59,6 +59,10 @@ class ZseConfig(PretrainedConfig):
         infonce_weight (`float`, *optional*, defaults to 0.0):
             Weight of an optional InfoNCE loss on the [Ret] embeddings (not in the paper).
         infonce_temperature (`float`, *optional*, defaults to 0.07): its temperature.
+        relation_rank_weight (`float`, *optional*, defaults to 0.0):
+            Weight of an optional listwise loss on relation logits (not in the paper): each
+            sketch is scored against every photo of the batch and cross-entropy picks its own
+            positive, which trains the relation network for re-ranking hard candidates.
         initializer_range (`float`, *optional*, defaults to 0.02): std of new weights.
         image_mean, image_std (`list[float]`, *optional*):
             Normalisation; defaults follow the backbone (ImageNet for DINOv2, 0.5 for ViT,
@@ -85,6 +89,7 @@ class ZseConfig(PretrainedConfig):
         relation_weight: float = 4.0,
         infonce_weight: float = 0.0,
         infonce_temperature: float = 0.07,
+        relation_rank_weight: float = 0.0,
         initializer_range: float = 0.02,
         image_mean=None,
         image_std=None,
@@ -125,6 +130,7 @@ class ZseConfig(PretrainedConfig):
         self.relation_weight = relation_weight
         self.infonce_weight = infonce_weight
         self.infonce_temperature = infonce_temperature
+        self.relation_rank_weight = relation_rank_weight
         self.initializer_range = initializer_range
         default_mean, default_std = _backbone_normalisation(backbone_config)
         self.image_mean = list(image_mean) if image_mean is not None else default_mean

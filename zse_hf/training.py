@@ -54,7 +54,8 @@ class TrainConfig:
         lr: learning rate of the backbone; `head_lr` that of the tokenizer, cross-attention
             and relation network (new weights).
         weight_decay: AdamW weight decay.
-        triplet_weight, relation_weight, infonce_weight: loss weights.
+        triplet_weight, relation_weight, infonce_weight, relation_rank_weight: loss weights
+            (`relation_rank_weight`: listwise in-batch loss on relation logits, not in the paper).
         augment: photo/sketch augmentation.
         pseudo_sketch_prob: share of anchors that are pseudo-sketches drawn from training photos.
         eval_steps, save_steps: validation / checkpoint interval.
@@ -78,6 +79,7 @@ class TrainConfig:
     triplet_weight: float = 2.0
     relation_weight: float = 4.0
     infonce_weight: float = 1.0
+    relation_rank_weight: float = 0.0
     augment: bool = True
     pseudo_sketch_prob: float = 0.25
     eval_steps: int = 50
@@ -224,6 +226,7 @@ def build_model(cfg: TrainConfig) -> ZseModel:
     model = ZseModel.from_backbone(
         backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
         triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
+        relation_rank_weight=cfg.relation_rank_weight,
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
     if cfg.gradient_checkpointing:
@@ -327,6 +330,25 @@ class JsonlLogger(TrainerCallback):
                 f.write(json.dumps(record) + "\n")
 
 
+class TimeLimit(TrainerCallback):
+    """Ends training after `seconds` of wall clock, validating and checkpointing the last step
+    so that the best-model choice sees it and `--resume` can continue from it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.monotonic() - self.start >= self.seconds:
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
 def last_complete_checkpoint(out_dir: Path) -> Path | None:
     """The newest `checkpoint-N` holding the completion marker; incomplete ones are removed."""
     best, best_step = None, -1
@@ -345,8 +367,10 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
           report_to: str | list[str] = "none", callbacks: Sequence[TrainerCallback] = (),
-          **training_overrides: Any) -> Path:
+          time_limit: float | None = None, **training_overrides: Any) -> Path:
     """Train a model and save the best one (by validation mAP@all) to `out_dir/best`.
+
+    `time_limit` (seconds) ends the run early, after validating and checkpointing its last step.
 
     Returns:
         the path of the saved best model folder (`save_pretrained` + processor).
@@ -394,7 +418,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         val_gallery=val_g,
         head_lr=cfg.head_lr,
         image_processor=image_processor,
-        callbacks=[JsonlLogger(out / "metrics.jsonl"), *callbacks],
+        callbacks=[JsonlLogger(out / "metrics.jsonl"), *callbacks,
+                   *([TimeLimit(time_limit)] if time_limit is not None else [])],
     )
     checkpoint = last_complete_checkpoint(out) if resume else None
     if resume and checkpoint is None:
@@ -460,14 +485,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data")
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
+    p.add_argument("--relation-rank-weight", type=float, help="weight of the listwise relation loss")
+    p.add_argument("--dataloader-workers", type=int)
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after this much wall clock (validating and checkpointing the last step)")
     args = p.parse_args(argv)
     if args.export_best:
         print(f"best model: {export_best(args.out)}")
         return 0
     cfg = load_train_config(args.config, max_steps=args.max_steps, batch_size=args.batch_size,
                             image_size=args.image_size, backbone=args.backbone, data=args.data,
-                            eval_steps=args.eval_steps, save_steps=args.save_steps)
-    best = train(cfg, args.out, resume=args.resume)
+                            eval_steps=args.eval_steps, save_steps=args.save_steps,
+                            relation_rank_weight=args.relation_rank_weight,
+                            dataloader_workers=args.dataloader_workers)
+    best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     print(f"best model: {best}")
     return 0
 
