@@ -1,6 +1,7 @@
 """Seconds per training step and peak memory of the training presets.
 
     python benchmarks/bench_training.py [--presets offline-cpu paper] [--steps 3] [--device cpu]
+        [--relation-rank-weight W] [--backbone DIR]
 
 Each preset runs in its own subprocess (so peak RSS is its own): it builds the preset's
 model (the `paper` preset uses a random DINOv2-small-shaped backbone, since no Hub access is
@@ -18,7 +19,8 @@ import sys
 import time
 
 
-def run_one(preset: str, steps: int, device: str, batch_size: int | None) -> dict:
+def run_one(preset: str, steps: int, device: str, batch_size: int | None,
+            relation_rank_weight: float | None = None, backbone: str | None = None) -> dict:
     """Time `steps` optimiser steps of `preset` in this process; returns a result row."""
     import torch
     from transformers import Dinov2Config
@@ -27,15 +29,18 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None) -> dic
     from zse_hf.image_processing_zse import ZseImageProcessor
     from zse_hf.training import TripletCollator, build_datasets, freeze_early_blocks, load_train_config
 
-    cfg = load_train_config(preset, batch_size=batch_size)
-    if cfg.backbone == "offline":
+    cfg = load_train_config(preset, batch_size=batch_size, relation_rank_weight=relation_rank_weight)
+    if backbone and cfg.backbone == "offline":
+        cfg.backbone = backbone  # a converted backbone folder (machines without the ONNX source)
+    if cfg.backbone != "facebook/dinov2-small":
         from zse_hf.training import build_model
 
         model = build_model(cfg)
     else:  # no Hub here: same shape as facebook/dinov2-small, random weights
         bb = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=518)
         model = ZseModel(ZseConfig(backbone_config=bb, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
-                                   infonce_weight=cfg.infonce_weight))
+                                   infonce_weight=cfg.infonce_weight,
+                                   relation_rank_weight=cfg.relation_rank_weight))
         freeze_early_blocks(model, cfg.freeze_blocks)
     model.to(device).train()
     cfg.data = "offline"
@@ -60,14 +65,14 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None) -> dic
             data_times.append(t1 - t0)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     return {
-        "preset": preset,
+        "preset": preset + (f" +rank {cfg.relation_rank_weight:g}" if cfg.relation_rank_weight else ""),
         "device": device,
         "image_size": cfg.image_size,
         "batch": cfg.batch_size,
         "frozen_blocks": cfg.freeze_blocks,
         "trainable_M": round(sum(p.numel() for p in params) / 1e6, 2),
-        "s_per_step": round(sorted(times)[len(times) // 2], 2),
-        "data_s_per_step": round(sorted(data_times)[len(data_times) // 2], 2),
+        "s_per_step": round(sorted(times)[len(times) // 2], 3),
+        "data_s_per_step": round(sorted(data_times)[len(data_times) // 2], 3),
         "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "peak_gpu_GiB": None if peak_gpu is None else round(peak_gpu, 2),
     }
@@ -80,16 +85,24 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None, help="override every preset's batch size")
+    p.add_argument("--relation-rank-weight", type=float, default=None,
+                   help="also train the listwise relation loss with this weight")
+    p.add_argument("--backbone", default=None, help="converted backbone folder for the offline presets")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.steps, args.device, args.batch_size)))
+        print(json.dumps(run_one(args.one, args.steps, args.device, args.batch_size,
+                                 args.relation_rank_weight, args.backbone)))
         return 0
     rows = []
     for preset in args.presets:
         cmd = [sys.executable, __file__, "--one", preset, "--steps", str(args.steps), "--device", args.device]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
+        if args.relation_rank_weight is not None:
+            cmd += ["--relation-rank-weight", str(args.relation_rank_weight)]
+        if args.backbone:
+            cmd += ["--backbone", args.backbone]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -22,6 +22,7 @@ from zse_hf.evaluation import model_hash
 from zse_hf.hub import (
     AUTO_MAP,
     EXPORTED_FILES,
+    OPTIONAL_FILES,
     REMOTE_CODE_FILES,
     HubError,
     check_folder,
@@ -118,7 +119,9 @@ def exported(tmp_path_factory):
 
 def test_export_writes_every_file(exported):
     hub = exported.hub
-    assert sorted(p.name for p in hub.iterdir()) == sorted(EXPORTED_FILES)
+    assert sorted(p.name for p in hub.iterdir()) == sorted((*EXPORTED_FILES, *OPTIONAL_FILES))
+    assert json.loads((hub / "eval_results.json").read_text()) == exported.payload
+    assert (hub / "training_summary.json").read_bytes() == (exported.model_dir / "training_summary.json").read_bytes()
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "zse"
     assert config["dtype"] == "float32"  # compute dtype; the file is fp16
@@ -342,7 +345,7 @@ def test_push_dry_run_lists_files_and_validates(exported, tmp_path, capsys):
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "modeling_zse.cpython-311.pyc").write_bytes(b"x")
     result = push(REPO_ID, folder, dry_run=True)
-    assert [name for name, _ in result.files] == sorted(EXPORTED_FILES) and result.url is None
+    assert [name for name, _ in result.files] == sorted((*EXPORTED_FILES, *OPTIONAL_FILES)) and result.url is None
     assert dict(result.files)["model.safetensors"] == (folder / "model.safetensors").stat().st_size
     assert result.files == list_upload_files(folder)
     assert push_main(["--repo", REPO_ID, "--folder", str(folder), "--dry-run", "--private"]) == 0

@@ -67,7 +67,8 @@ def test_resume_is_exact(tiny_backbone, tmp_path):
     best = tmp_path / "straight" / "best"
     assert (best / "model.safetensors").exists() and (best / "processor_config.json").exists()
     summary = json.loads((best / "training_summary.json").read_text())
-    assert summary["global_step"] == 4 and summary["best_checkpoint"]
+    assert summary["stopped_at_step"] == 4 and summary["best_checkpoint"]
+    assert summary["global_step"] == int(summary["best_checkpoint"].split("-")[-1])
 
 
 def test_frozen_blocks_do_not_change(tiny_backbone, tmp_path):

@@ -37,8 +37,10 @@ EXPORTED_FILES = (
     "preprocessor_config.json",
     "README.md",
     "LICENSE.md",
+    "eval_results.json",
     *REMOTE_CODE_FILES,
 )
+OPTIONAL_FILES = ("training_summary.json",)  # exported when the model folder has it
 AUTO_MAP = {
     "AutoConfig": "configuration_zse.ZseConfig",
     "AutoModel": "modeling_zse.ZseModel",
@@ -400,16 +402,19 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
         text = render_card(reloaded.config, payload, info)
         validate_card(text)
         (tmp / "README.md").write_text(text)
+        shutil.copyfile(eval_json, tmp / "eval_results.json")  # the card's numbers, for the demo and users
+        if (model_dir / "training_summary.json").is_file():
+            shutil.copyfile(model_dir / "training_summary.json", tmp / "training_summary.json")
 
         out_dir.mkdir(exist_ok=True)
-        for name in (*EXPORTED_FILES, "__pycache__"):
+        for name in (*EXPORTED_FILES, *OPTIONAL_FILES, "__pycache__"):
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
         for path in sorted(tmp.iterdir()):
-            if path.name not in EXPORTED_FILES:
+            if path.name not in (*EXPORTED_FILES, *OPTIONAL_FILES):
                 raise HubError(f"unexpected file written by save_pretrained: {path.name}")
             os.replace(path, out_dir / path.name)
             os.chmod(out_dir / path.name, 0o644)  # safetensors writes 0600

@@ -425,10 +425,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if resume and checkpoint is None:
         print(f"no complete checkpoint in {out}; starting from scratch", file=sys.stderr)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    best_ckpt = trainer.state.best_model_checkpoint
     return _save_best(out, trainer.model, image_processor, {
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_checkpoint": best_ckpt,
         "best_val_mAP@all": trainer.state.best_metric,
-        "global_step": trainer.state.global_step,
+        # the step of the saved (best) weights; `stopped_at_step` is where the run ended
+        "global_step": int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else trainer.state.global_step,
+        "stopped_at_step": trainer.state.global_step,
         "config": dataclasses.asdict(cfg),
     })
 
