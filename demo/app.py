@@ -83,7 +83,11 @@ class DemoModel:
     trained: bool
     fingerprint: str
     note: str
-    explain_source: str = "relation"
+    # encoder tokens at 224 px on 7x7 cells: the readable setting (the trained relation kernel
+    # is not spatially meaningful yet; see the README's Explanations section)
+    explain_source: str = "encoder"
+    explain_grid: int = 7
+    explain_image_size: int = 224
 
 
 def resolve_model_path(cli_value: str | None = None) -> tuple[str | None, str]:
@@ -129,7 +133,7 @@ def load_demo_model(path: str | None = None, origin: str = "--model") -> DemoMod
             model.eval()
             digest = model_fingerprint(model)
             note = model_note(path, model, is_zse)
-            return DemoModel(model, processor, str(path), is_zse, digest, note, "relation" if is_zse else "encoder")
+            return DemoModel(model, processor, str(path), is_zse, digest, note)
     return fallback_model(reason)
 
 
@@ -150,7 +154,7 @@ def fallback_model(reason: str) -> DemoModel:
         "Use `zse-sbir demo --model DIR` (or `$ZSE_DEMO_MODEL`) for a trained checkpoint."
     )
     return DemoModel(model, processor, f"untrained fallback on {backbone.name}", False,
-                     model_fingerprint(model), note, "encoder")
+                     model_fingerprint(model), note)
 
 
 def find_eval_json(path: str | os.PathLike) -> Path | None:
@@ -172,10 +176,13 @@ def find_eval_json(path: str | os.PathLike) -> Path | None:
 def _mode_label(mode: str) -> str:
     if mode == "ret":
         return "[Ret] only"
-    m = re.fullmatch(r"rn(?:@(\d+))?", mode)
+    m = re.fullmatch(r"rn(?:@(\d+|all))?", mode)
     if m:
-        return f"[Ret] + relation re-rank of the top {m.group(1)}" if m.group(1) else "relation network (all)"
-    return f"baseline `{mode}`"
+        k = m.group(1)
+        return f"[Ret] + relation re-rank of the top {k}" if k and k != "all" else "relation network on every photo"
+    labels = {"chance": "chance (random scores)", "raw_pixels_32": "inverted 32x32 raw pixels",
+              "untrained_ret": "untrained backbone CLS", "head_only": "head-only ablation (frozen backbone + MLP)"}
+    return f"baseline: {labels.get(mode, f'`{mode}`')}"
 
 
 def _fmt(x) -> str:
@@ -624,13 +631,14 @@ class DemoApp:
             with self.lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 expl = explain_pair(self.dm.model, self.dm.processor, session.sketch, r["path"],
-                                    source=self.dm.explain_source, note=note)
+                                    source=self.dm.explain_source, note=note, grid=self.dm.explain_grid,
+                                    image_size=self.dm.explain_image_size)
                 pics = explanation_pictures(expl)
             label = r["class"] or r["photo"]
             md = (f"**Why #{rank} ({label}) matched:** relation score {expl.relation_score:.3f}, "
                   f"[Ret] cosine {expl.cosine:.3f}; cell kernel from the "
                   f"{'relation head' if expl.source == 'relation' else 'encoder tokens'} "
-                  f"({expl.grid}×{expl.grid} cells)." + (f" *{note}.*" if note else ""))
+                  f"({expl.grid}×{expl.grid} cells, {expl.sketch_image.width} px)." + (f" *{note}.*" if note else ""))
             return pics["correspondence"], pics["attention"], pics["synthesis"], pics["kernel"], md
         except UserError as err:
             gr.Warning(str(err))

@@ -84,6 +84,26 @@ def test_shapes_and_ranges(source):
     assert ex.cell_heatmap(e, 12, "similarity").shape == (h, h)
 
 
+def test_finer_grid_and_image_size_for_encoder_source():
+    model = _model(image_size=112, relation_grid=4)
+    proc = ZseImageProcessor.from_model_config(model.config)
+    e = ex.explain_pair(model, proc, _l_sketch(), _photo(), source="encoder", grid=7, image_size=224)
+    assert e.grid == 7 and e.kernel.shape == (49, 49) and e.sketch_ink.shape == (7, 7)
+    assert e.sketch_image.size == (224, 224) and e.patch_similarity.shape == (256, 256)
+    assert e.sketch_to_photo_attention.shape == (16, 16, 16, 16)
+    assert proc.size == 112  # the caller's processor is not changed
+    native = ex.explain_pair(model, proc, _l_sketch(), _photo(), source="encoder")
+    assert e.relation_score == pytest.approx(native.relation_score, abs=1e-6)  # scores: as search ranks
+    assert e.cosine == pytest.approx(native.cosine, abs=1e-6)
+    assert ex.explain_pair(model, proc, _l_sketch(), _photo(), source="relation", image_size=224).kernel.shape == (16, 16)
+    with pytest.raises(ValueError, match="relation_grid"):
+        ex.explain_pair(model, proc, _l_sketch(), _photo(), source="relation", grid=7)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        ex.explain_pair(model, proc, _l_sketch(), _photo(), source="encoder", image_size=100)
+    with pytest.raises(ValueError, match="grid must be"):
+        ex.explain_pair(model, proc, _l_sketch(), _photo(), source="encoder", grid=0)
+
+
 def test_relation_kernel_is_the_models():
     model = _model(image_size=112, relation_grid=4)
     proc = ZseImageProcessor.from_model_config(model.config)
@@ -196,6 +216,10 @@ def test_cli_writes_four_pngs_and_scores(tmp_path):
     scores = json.loads((out / ex.SCORES_FILE).read_text())
     assert scores["source"] == "encoder" and scores["grid"] == 4 and scores["image_size"] == 112
     assert 0 < scores["relation_score"] < 1 and scores["note"] == ""
+    rc = cli.main(["explain", "--model", str(tmp_path / "model"), str(sketch), str(photo), "--out", str(out),
+                   "--source", "encoder", "--grid", "7", "--image-size", "224"])
+    scores = json.loads((out / ex.SCORES_FILE).read_text())
+    assert rc == 0 and scores["grid"] == 7 and scores["image_size"] == 224
 
 
 def test_cli_accepts_a_backbone_folder(tmp_path):
@@ -286,3 +310,29 @@ def test_synthesis_of_photo_from_itself_reproduces_it(real):
     inked = np.kron(e.sketch_patch_ink > 0, np.ones((14, 14), bool))
     assert inked.mean() > 0.2
     assert np.array_equal(rebuilt[inked], target[inked])
+
+
+@pytest.mark.slow
+def test_shipped_model_wheels_look_at_wheels():
+    """The README's claim, on its own pictures' inputs: with the shipped checkpoint (encoder
+    tokens, 224 px), the sketch's wheel cells peak on the bus's bottom rows (the wheels) and
+    its roof/window cells on the top rows."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "hub_card" / "config.json").is_file():
+        pytest.skip("no shipped checkpoint")
+    try:
+        photo = _real_photo("vehicles/masstransit/green_korean_bus.png")
+    except (OSError, Exception) as err:  # noqa: BLE001
+        pytest.skip(f"Tux Paint photos not available: {err}")
+    model, proc, _ = ex.load_model(root / "hub_card")
+    e = ex.explain_pair(model, proc, root / "docs" / "explain_input_sketch.png", photo, source="encoder",
+                        grid=7, image_size=224)
+    rows = np.flatnonzero((e.photo_patch_ink > 0.2).any(axis=1))
+    top, bottom = rows.min(), rows.max()
+    third = (bottom - top + 1) / 3
+    for wheel in [(4, 1), (4, 4), (5, 4)]:
+        r, _ = np.unravel_index(ex.cell_heatmap(e, wheel, "similarity").argmax(), (16, 16))
+        assert r >= bottom - third, (wheel, r, top, bottom)
+    for roof in [(1, 2), (2, 3)]:
+        r, _ = np.unravel_index(ex.cell_heatmap(e, roof, "similarity").argmax(), (16, 16))
+        assert r <= top + third, (roof, r, top, bottom)

@@ -28,6 +28,7 @@ Command line: `zse-sbir explain --model DIR SKETCH.png PHOTO.png --out DIR`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -206,6 +207,22 @@ def _masked_mean(tokens: torch.Tensor, mask) -> torch.Tensor:
     return (tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
 
 
+def _native_scores(model, ip, prep_name: str, sketch, photo) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relation logits `[1]` and [Ret] cosine `[]` of the pair prepared at `ip.size`."""
+    prep = ip.prepare_sketch if prep_name == "sketch" else ip.prepare_photo
+    pixels = torch.stack([_normalise(prep(sketch), ip), _normalise(ip.prepare_photo(photo), ip)])
+    param = next(model.parameters())
+    feats = model.get_image_features(pixels.to(device=param.device, dtype=param.dtype))
+    s, p = _take_row(feats, 0), _take_row(feats, 1)
+    logits = model._pair_logits(s, p)[0]
+    return logits, (s.ret_embeds[0].float() * p.ret_embeds[0].float()).sum()
+
+
+def _take_row(feats: ZseImageFeatures, i: int) -> ZseImageFeatures:
+    return ZseImageFeatures(ret_embeds=feats.ret_embeds[i:i + 1], local_tokens=feats.local_tokens[i:i + 1],
+                            token_mask=feats.token_mask[i:i + 1], grid_size=feats.grid_size)
+
+
 def _grid_attention(attn: torch.Tensor, q_grid, k_grid) -> np.ndarray:
     """`[1, heads, Nq, Nk]` -> head-averaged `[hq, wq, hk, wk]`."""
     a = attn[0].float().mean(0).cpu()
@@ -222,6 +239,8 @@ def explain_pair(
     sketch_modality: str = "sketch",
     center: bool = True,
     note: str = "",
+    grid: int | None = None,
+    image_size: int | None = None,
 ) -> ZseExplanation:
     """Explain one (sketch, photo) pair.
 
@@ -240,6 +259,12 @@ def explain_pair(
             local token before the cosine (removes the shared sketch-vs-photo offset; cells
             land closer to their counterparts). The relation kernel is never changed.
         note: text shown under the pictures.
+        grid: cells per side `G` of the kernel for `source="encoder"` (default: the model's
+            `relation_grid`; the relation kernel always has the model's own `G`).
+        image_size: side in pixels the pair is prepared at (default: the processor's). The
+            backbone interpolates its position embeddings, so a larger side than the training
+            one gives finer patch and cell maps. The relation score and [Ret] cosine are always
+            those at the processor's own size, i.e. what search ranks by.
 
     Returns:
         [`ZseExplanation`] with a `[G*G, G*G]` kernel, per-cell best matches, `[h, w, h', w']`
@@ -248,6 +273,19 @@ def explain_pair(
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     ip = _image_processor(processor)
+    g = model.config.relation_grid if grid is None else int(grid)
+    if g < 1 or (source == "relation" and g != model.config.relation_grid):
+        raise ValueError(f"grid must be >= 1 and, for source='relation', the model's relation_grid "
+                         f"{model.config.relation_grid}; got {grid}")
+    if image_size is not None:
+        patch = model.config.patch_size
+        if image_size < patch or image_size % patch:
+            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
+        native = ip
+        ip = copy.copy(ip)
+        ip.size = int(image_size)
+    else:
+        native = ip
     prep = {"sketch": ip.prepare_sketch, "photo": ip.prepare_photo}
     if sketch_modality not in prep:
         raise ValueError(f"sketch_modality must be 'sketch' or 'photo', got {sketch_modality!r}")
@@ -261,19 +299,14 @@ def explain_pair(
     model.eval()
     try:
         feats = model.get_image_features(pixels)
-        s = ZseImageFeatures(
-            ret_embeds=feats.ret_embeds[:1], local_tokens=feats.local_tokens[:1],
-            token_mask=feats.token_mask[:1], grid_size=feats.grid_size,
-        )
-        p = ZseImageFeatures(
-            ret_embeds=feats.ret_embeds[1:], local_tokens=feats.local_tokens[1:],
-            token_mask=feats.token_mask[1:], grid_size=feats.grid_size,
-        )
+        s, p = _take_row(feats, 0), _take_row(feats, 1)
         logits, rel_kernel, s_attn, p_attn = model._pair_logits(s, p, output_attentions=True)
+        cosine = (s.ret_embeds[0].float() * p.ret_embeds[0].float()).sum()
+        if native.size != ip.size:  # scores as search ranks them: at the processor's own size
+            logits, cosine = _native_scores(model, native, prep_name=sketch_modality, sketch=sketch, photo=photo)
     finally:
         model.train(was_training)
 
-    g = model.config.relation_grid
     grid = feats.grid_size
     other = model.config.cross_attention_query_side == "other"
     if other:  # the sketch branch's queries came from the photo: swap roles back
@@ -303,7 +336,7 @@ def explain_pair(
     return ZseExplanation(
         source=source,
         relation_score=float(torch.sigmoid(logits[0].float())),
-        cosine=float((s.ret_embeds[0].float() * p.ret_embeds[0].float()).sum()),
+        cosine=float(cosine),
         kernel=kernel,
         best_photo_cell=kernel.argmax(axis=1).astype(np.int64),
         strength=kernel.max(axis=1).astype(np.float32),
@@ -775,7 +808,8 @@ def _dump_scores(scores: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`zse-sbir explain --model DIR SKETCH PHOTO --out DIR [--source relation|encoder] [--top-n 12]`.
+    """`zse-sbir explain --model DIR SKETCH PHOTO --out DIR [--source relation|encoder] [--grid G]
+    [--image-size S] [--top-n 12] [--cell R,C]`.
 
     Writes `explain_correspondence.png`, `explain_attention.png`, `explain_synthesis.png`,
     `explain_kernel.png` and `explain_scores.json` into `--out`; returns the exit code.
@@ -789,6 +823,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--source", choices=SOURCES, default="relation",
                         help="cell kernel: the model's relation kernel (default) or encoder tokens pooled to cells")
+    parser.add_argument("--grid", type=int, default=None,
+                        help="cells per side for --source encoder (default: the model's relation grid)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="prepare the pair at this side in pixels (default: the processor's); larger "
+                             "gives finer maps, e.g. 224 for a model trained at 112")
     parser.add_argument("--top-n", type=int, default=12, help="correspondence lines to draw (default 12)")
     parser.add_argument("--cell", default=None, help="sketch cell for the heat map: 'row,col' or flat index "
                                                      "(default: the inkiest cell)")
@@ -798,7 +837,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, processor, built = load_model(args.model)
         note = "relation head untrained (model built from a backbone folder)" if built else ""
-        expl = explain_pair(model, processor, args.sketch, args.photo, source=args.source, note=note)
+        expl = explain_pair(model, processor, args.sketch, args.photo, source=args.source, note=note,
+                            grid=args.grid, image_size=args.image_size)
         pictures = explanation_pictures(expl, top_n=args.top_n, sketch_cell=_parse_cell(args.cell))
     except (FileNotFoundError, ValueError, TypeError, OSError) as err:
         print(f"zse-sbir explain: {err}", file=sys.stderr)
