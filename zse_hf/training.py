@@ -249,7 +249,20 @@ def freeze_early_blocks(model: ZseModel, n: int) -> None:
 # ----------------------------------------------------------------------------- trainer
 
 
-class ZseTrainer(Trainer):
+class MarkedCheckpointsMixin:
+    """`Trainer` mixin: a checkpoint folder gets its completion marker only once fully written."""
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if folder.exists() and self.args.should_save:
+            with open(folder / COMPLETE_MARKER, "w") as f:
+                f.write(str(self.state.global_step))
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class ZseTrainer(MarkedCheckpointsMixin, Trainer):
     """`Trainer` with a sequential triplet sampler, two learning rates, retrieval validation
     and checkpoints that are marked complete only once fully written."""
 
@@ -306,15 +319,6 @@ class ZseTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if folder.exists() and self.args.should_save:
-            with open(folder / COMPLETE_MARKER, "w") as f:
-                f.write(str(self.state.global_step))
-                f.flush()
-                os.fsync(f.fileno())
 
 
 class JsonlLogger(TrainerCallback):

@@ -1,0 +1,81 @@
+"""Relation-head stage: candidate mining, the listwise objective, and a tiny end-to-end run."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Dinov2Config, Dinov2Model
+
+from zse_hf import ZseModel
+from zse_hf.relation_training import RelationHeadObjective, RelationStageConfig, mine_candidates, train_relation_head
+
+from conftest import tiny_config
+
+
+def test_mine_candidates_orders_by_cosine_and_guarantees_a_positive():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    p = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    cand, pos = mine_candidates(s, p, [0, 1, 2], [0, 1, 1, 2], k=2)
+    assert cand[0].tolist() == [0, 1] and pos[0].tolist() == [True, False]
+    assert cand[1].tolist() == [2, 1] and pos[1].tolist() == [True, True]
+    # sketch 2 (class 2): its only photo (3) is the least similar, so it replaces the last slot
+    assert cand[2].tolist() == [1, 3] and pos[2].tolist() == [False, True]
+    with pytest.raises(ValueError, match="without photos"):
+        mine_candidates(s, p, [0, 1, 5], [0, 1, 1, 2], k=2)
+    with pytest.raises(ValueError, match="exceeds"):
+        mine_candidates(s, p, [0, 1, 2], [0, 1, 1, 2], k=5)
+
+
+def test_objective_is_listwise_cross_entropy_on_the_head_only():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    with torch.no_grad():
+        s = model.get_image_features(torch.randn(3, 3, 56, 56))
+        p = model.get_image_features(torch.randn(4, 3, 56, 56))
+    cand = torch.tensor([[0, 1, 2], [3, 2, 1], [1, 0, 3]])
+    pos = torch.tensor([[True, False, True], [False, True, False], [False, False, True]])
+    obj = RelationHeadObjective(model, s, p, cand, pos)
+    assert not any(q.requires_grad for q in model.encoder.parameters())
+    assert "sketch_tokens" not in obj.state_dict()  # caches are not saved in checkpoints
+    out = obj(torch.tensor([0, 2]))
+    with torch.no_grad():
+        full = torch.logit(model.relation_scores(s, p).double())
+    expected = 0.0
+    for i in [0, 2]:
+        logits = full[i, cand[i]]
+        expected += (torch.logsumexp(logits, 0) - torch.logsumexp(logits[pos[i]], 0)) / 2
+    torch.testing.assert_close(out["logits"].double(), full[[0, 2]].gather(1, cand[[0, 2]]),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["loss"].double(), expected, rtol=1e-4, atol=1e-4)
+    out["loss"].backward()
+    assert model.relation_network.mlp[0].weight.grad.abs().sum() > 0
+    assert model.cross_attention.sketch_layer.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow  # real QuickDraw / Tux Paint data
+def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
+    torch.manual_seed(0)
+    bb = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56,
+                      mlp_ratio=2)
+    Dinov2Model(bb).save_pretrained(tmp_path / "backbone")
+    base = ZseModel.from_backbone(str(tmp_path / "backbone"), image_size=56, relation_grid=2)
+    base.save_pretrained(tmp_path / "base")
+    from zse_hf import ZseProcessor
+    from zse_hf.image_processing_zse import ZseImageProcessor
+
+    ZseProcessor(ZseImageProcessor.from_model_config(base.config)).save_pretrained(tmp_path / "base")
+    cfg = RelationStageConfig(top_k=3, batch_size=4, max_steps=2, eval_steps=1, save_steps=1, val_classes=3,
+                              val_sketches_per_class=2, sketches_per_class=2)
+    best = train_relation_head(str(tmp_path / "base"), str(tmp_path / "run"), cfg)
+    before, after = load_file(tmp_path / "base" / "model.safetensors"), load_file(best / "model.safetensors")
+    assert before.keys() == after.keys()
+    enc = [k for k in before if k.startswith("encoder.")]
+    head = [k for k in before if k.startswith(("relation_network.", "cross_attention."))]
+    assert enc and head
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in head)
+    summary = json.loads((best / "training_summary.json").read_text())["relation_stage"]
+    assert summary["stopped_at_step"] == 2 and summary["best_val_rn_mAP@all"] is not None
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_rn_mAP@all" in r] == [1, 2]

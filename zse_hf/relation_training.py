@@ -1,0 +1,266 @@
+"""Second training stage: the pairwise head, trained for re-ranking.
+
+`zse-sbir train-relation --model DIR --out DIR` keeps a trained model's encoder (tokenizer and
+backbone, hence its [Ret] ranking) fixed and trains only the cross-attention and relation
+network on the job they do at search time: ordering the top-K photos that [Ret] returns. The
+encoder features of the training sketches and photos are computed once and cached, so a step
+costs only the pairwise head. For every training sketch, its candidates are its top-K
+training photos by [Ret] cosine (hard negatives, as at search time), with one photo of its own
+class swapped in for the last candidate when [Ret] found none. The loss is listwise:
+`-log(sum_pos softmax(relation logits over the K candidates))`.
+
+The loop is the stock HF `Trainer` (checkpoints, `--resume`, logging); validation is rn@K
+mAP@all on the validation classes carved from the training classes, which also picks the
+saved model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from .modeling_zse import ZseImageFeatures, ZseModel
+from .training import JsonlLogger, MarkedCheckpointsMixin, TimeLimit, _save_best, last_complete_checkpoint
+
+
+@dataclasses.dataclass
+class RelationStageConfig:
+    """Recipe of the relation-head stage.
+
+    Attributes:
+        top_k: candidates per sketch (the K that search re-ranks).
+        batch_size: sketches per step (each with `top_k` candidates).
+        max_steps: optimiser steps.
+        lr, weight_decay: AdamW settings for the cross-attention and relation network.
+        eval_steps, save_steps: validation / checkpoint interval.
+        val_classes, val_sketches_per_class: the validation split (as in `zse-sbir train`).
+        sketches_per_class: training sketches cached per class (0 = all 100).
+        seed: sampling seed.
+    """
+
+    top_k: int = 10
+    batch_size: int = 32
+    max_steps: int = 1500
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    eval_steps: int = 250
+    save_steps: int = 250
+    val_classes: int = 10
+    val_sketches_per_class: int = 30
+    sketches_per_class: int = 0
+    seed: int = 0
+
+
+def mine_candidates(sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor, sketch_labels, photo_labels,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` photos of each sketch by [Ret] cosine, with a positive guaranteed.
+
+    Args:
+        sketch_embeds: `[S, D]` L2-normalised [Ret] embeddings; photo_embeds: `[P, D]`.
+        sketch_labels: `[S]` class ids; photo_labels: `[P]`.
+        k: candidates per sketch (`k <= P`).
+
+    Returns:
+        `candidates [S, k]` photo indices (by descending cosine) and `positive [S, k]` bool.
+        A sketch whose top-`k` holds no photo of its class gets its most similar same-class
+        photo in the last slot. Every sketch's class must have a photo.
+    """
+    s_lab = torch.as_tensor(np.asarray(sketch_labels))
+    p_lab = torch.as_tensor(np.asarray(photo_labels))
+    if k > len(p_lab):
+        raise ValueError(f"top_k {k} exceeds the {len(p_lab)} training photos")
+    missing = sorted(set(s_lab.tolist()) - set(p_lab.tolist()))
+    if missing:
+        raise ValueError(f"sketch classes without photos: {missing}")
+    sim = sketch_embeds.float() @ photo_embeds.float().T
+    cand = sim.topk(k, dim=1).indices
+    same = s_lab[:, None] == p_lab[None, :]
+    pos = same.gather(1, cand)
+    lacking = ~pos.any(1)
+    if lacking.any():
+        best_pos = sim.masked_fill(~same, float("-inf")).argmax(1)
+        cand[lacking, -1] = best_pos[lacking]
+        pos = same.gather(1, cand)
+    return cand, pos
+
+
+class RelationHeadObjective(nn.Module):
+    """The listwise re-ranking loss of a [`ZseModel`]'s pairwise head on cached features.
+
+    Only `model.cross_attention` and `model.relation_network` are trained; the cached tokens
+    and candidate lists are non-persistent buffers (not saved in checkpoints).
+    """
+
+    def __init__(self, model: ZseModel, sketches: ZseImageFeatures, photos: ZseImageFeatures,
+                 candidates: torch.Tensor, positive: torch.Tensor):
+        super().__init__()
+        self.model = model
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+        self.grid_size = sketches.grid_size
+        self.register_buffer("sketch_tokens", sketches.local_tokens, persistent=False)
+        self.register_buffer("sketch_mask", sketches.token_mask, persistent=False)
+        self.register_buffer("photo_tokens", photos.local_tokens, persistent=False)
+        self.register_buffer("photo_mask", photos.token_mask, persistent=False)
+        self.register_buffer("candidates", candidates, persistent=False)
+        self.register_buffer("positive", positive, persistent=False)
+
+    def _features(self, tokens, mask, index) -> ZseImageFeatures:
+        dtype = next(self.model.relation_network.parameters()).dtype
+        return ZseImageFeatures(local_tokens=tokens[index].to(dtype), token_mask=mask[index], grid_size=self.grid_size)
+
+    def forward(self, sketch_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss for sketches `sketch_index [B]` against their `K` candidates.
+
+        Returns: `{"loss": scalar, "logits": [B, K]}`.
+        """
+        b, k = sketch_index.shape[0], self.candidates.shape[1]
+        cand = self.candidates[sketch_index]  # [B, K]
+        s = self._features(self.sketch_tokens, self.sketch_mask, sketch_index.repeat_interleave(k))
+        p = self._features(self.photo_tokens, self.photo_mask, cand.reshape(-1))
+        logits = self.model.relation_logits(s, p).view(b, k).float()
+        pos = self.positive[sketch_index]
+        loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+        return {"loss": loss, "logits": logits}
+
+
+class _SketchIndices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"sketch_index": i}
+
+
+class RelationStageTrainer(MarkedCheckpointsMixin, Trainer):
+    """`Trainer` whose evaluation is rn@K retrieval on the validation split."""
+
+    def __init__(self, *args, val_queries=None, val_gallery=None, image_processor=None, top_k: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.val_queries, self.val_gallery = val_queries, val_gallery
+        self.image_processor, self.top_k = image_processor, top_k
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        from .evaluation import evaluate as run_eval
+
+        zse = self.model.model
+        was_training = zse.training
+        res = run_eval(zse, self.image_processor, self.val_queries, self.val_gallery, modes=("ret", "rn"),
+                       rerank_k=self.top_k, batch_size=self.args.per_device_eval_batch_size, n_bootstrap=0)
+        zse.train(was_training)
+        metrics = {f"{metric_key_prefix}_mAP@all": res["ret"]["mAP@all"],
+                   f"{metric_key_prefix}_rn_mAP@all": res[f"rn@{self.top_k}"]["mAP@all"]}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig):
+    """Encode the training-fit sketches and photos once; returns `(sketches, photos, labels...)`.
+
+    Returns: `(sketch_features, photo_features, sketch_labels [S], photo_labels [P])`; the
+    features carry fp16 local tokens `[N, T, D]` and fp32 [Ret] embeddings.
+    """
+    from .data import evaluation_set
+    from .evaluation import encode_dataset
+
+    fit = evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+                         max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.size, 112))
+    model.eval()
+    s = encode_dataset(model, image_processor, fit.queries, "sketch", desc="caching training sketches")
+    p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
+    return s, p, np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
+
+
+def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, resume: bool = False,
+                        time_limit: float | None = None) -> Path:
+    """Train the pairwise head of the model in `model_dir`; save the best (by validation rn@K
+    mAP@all) to `out_dir/best` with a `training_summary.json`.
+
+    Returns: the path of the saved model folder.
+    """
+    from .data import evaluation_set
+    from .evaluation import load_model, model_hash
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps({"stage": "relation", "base_model": str(model_dir),
+                                                       **dataclasses.asdict(cfg)}, indent=1))
+    model, processor, built = load_model(str(model_dir))
+    if built:
+        raise ValueError(f"{model_dir} is a backbone folder; the relation stage needs a trained ZSE model")
+    model = model.float()
+    ip = getattr(processor, "image_processor", processor)
+    base_hash = model_hash(model)
+    s, p, s_lab, p_lab = cache_features(model, ip, cfg)
+    cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
+    objective = RelationHeadObjective(model, s, p, cand, pos)
+    val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+                         max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.size, 112))
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=32,
+        max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        lr_scheduler_type="constant", logging_steps=10, eval_strategy="steps", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, load_best_model_at_end=True,
+        metric_for_best_model="rn_mAP@all", greater_is_better=True, remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+    )
+    callbacks = [JsonlLogger(out / "metrics.jsonl")] + ([TimeLimit(time_limit)] if time_limit is not None else [])
+    trainer = RelationStageTrainer(
+        model=objective, args=args, train_dataset=_SketchIndices(len(s_lab)), eval_dataset=val.queries,
+        val_queries=val.queries, val_gallery=val.gallery, image_processor=ip, top_k=cfg.top_k, callbacks=callbacks,
+    )
+    checkpoint = last_complete_checkpoint(out) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    best_ckpt = trainer.state.best_model_checkpoint
+    source = {}
+    summary_path = Path(model_dir) / "training_summary.json"
+    if summary_path.is_file():
+        source = json.loads(summary_path.read_text())
+    return _save_best(out, objective.model, ip, {
+        **source,
+        "relation_stage": {
+            "base_model": str(model_dir), "base_model_hash": base_hash,
+            "best_checkpoint": best_ckpt, "best_val_rn_mAP@all": trainer.state.best_metric,
+            "step": int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else trainer.state.global_step,
+            "stopped_at_step": trainer.state.global_step, "config": dataclasses.asdict(cfg),
+            "candidates_with_a_positive_from_ret": float(pos[:, :-1].any(1).float().mean()),
+        },
+    })
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`zse-sbir train-relation`: train a model's pairwise head for re-ranking (encoder fixed)."""
+    p = argparse.ArgumentParser(prog="zse-sbir train-relation", description=main.__doc__)
+    p.add_argument("--model", required=True, help="trained ZSE model folder (e.g. hub_card)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, best/)")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS")
+    for f in dataclasses.fields(RelationStageConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = p.parse_args(argv)
+    cfg = RelationStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RelationStageConfig)})
+    try:
+        best = train_relation_head(args.model, args.out, cfg, resume=args.resume, time_limit=args.time_limit)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"zse-sbir train-relation: {err}", file=sys.stderr)
+        return 1
+    print(f"best model: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
