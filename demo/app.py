@@ -38,6 +38,7 @@ except ModuleNotFoundError:  # a source checkout, or a Space with the package co
             sys.path.insert(0, str(_root))
             break
     import zse_hf  # noqa: F401
+from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE
 
 import gradio as gr
 import numpy as np
@@ -86,8 +87,8 @@ class DemoModel:
     # encoder tokens at 224 px on 7x7 cells: the readable setting (the trained relation kernel
     # is not spatially meaningful yet; see the README's Explanations section)
     explain_source: str = "encoder"
-    explain_grid: int = 7
-    explain_image_size: int = 224
+    explain_grid: int = READABLE_GRID
+    explain_image_size: int = READABLE_IMAGE_SIZE
 
 
 def resolve_model_path(cli_value: str | None = None) -> tuple[str | None, str]:

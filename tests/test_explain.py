@@ -214,12 +214,12 @@ def test_cli_writes_four_pngs_and_scores(tmp_path):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.width >= 800
     scores = json.loads((out / ex.SCORES_FILE).read_text())
-    assert scores["source"] == "encoder" and scores["grid"] == 4 and scores["image_size"] == 112
+    assert scores["source"] == "encoder" and scores["grid"] == 7 and scores["image_size"] == 224  # defaults
     assert 0 < scores["relation_score"] < 1 and scores["note"] == ""
     rc = cli.main(["explain", "--model", str(tmp_path / "model"), str(sketch), str(photo), "--out", str(out),
-                   "--source", "encoder", "--grid", "7", "--image-size", "224"])
+                   "--source", "encoder", "--grid", "4", "--image-size", "112"])
     scores = json.loads((out / ex.SCORES_FILE).read_text())
-    assert rc == 0 and scores["grid"] == 7 and scores["image_size"] == 224
+    assert rc == 0 and scores["grid"] == 4 and scores["image_size"] == 112
 
 
 def test_cli_accepts_a_backbone_folder(tmp_path):
@@ -231,7 +231,13 @@ def test_cli_accepts_a_backbone_folder(tmp_path):
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == sorted(ex.PICTURES.values())
     scores = json.loads((tmp_path / "o" / ex.SCORES_FILE).read_text())
-    assert scores["source"] == "relation" and scores["grid"] == 7 and "untrained" in scores["note"]
+    # defaults: encoder tokens on 7x7 cells at 224 px; scores at the model's own size
+    assert scores["source"] == "encoder" and scores["grid"] == 7 and scores["image_size"] == 224
+    assert "untrained" in scores["note"]
+    rc = ex.main(["--model", str(tmp_path / "backbone"), str(sketch), str(photo), "--out", str(tmp_path / "r"),
+                  "--source", "relation"])
+    scores = json.loads((tmp_path / "r" / ex.SCORES_FILE).read_text())
+    assert rc == 0 and scores["source"] == "relation" and scores["grid"] == 7  # the default config's G
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

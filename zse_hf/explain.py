@@ -44,6 +44,9 @@ from PIL import Image
 from .modeling_zse import ZseImageFeatures, ZseModel
 
 SOURCES = ("relation", "encoder")
+# the CLI's and the demo's default for encoder-source pictures: 7x7 cells at 224 px
+READABLE_GRID = 7
+READABLE_IMAGE_SIZE = 224
 PICTURES = {
     "correspondence": "explain_correspondence.png",
     "attention": "explain_attention.png",
@@ -821,13 +824,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("photo", help="photo image file")
     parser.add_argument("--model", required=True, help="ZSE model folder, or a backbone folder (head untrained)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--source", choices=SOURCES, default="relation",
-                        help="cell kernel: the model's relation kernel (default) or encoder tokens pooled to cells")
+    parser.add_argument("--source", choices=SOURCES, default="encoder",
+                        help="cell kernel: encoder tokens pooled to cells (default; readable with any "
+                             "checkpoint) or the model's own relation kernel")
     parser.add_argument("--grid", type=int, default=None,
-                        help="cells per side for --source encoder (default: the model's relation grid)")
+                        help=f"cells per side for --source encoder (default {READABLE_GRID}; relation: the model's)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="prepare the pair at this side in pixels (default: the processor's); larger "
-                             "gives finer maps, e.g. 224 for a model trained at 112")
+                        help=f"prepare the pair at this side in pixels (default for --source encoder: "
+                             f"{READABLE_IMAGE_SIZE} or the processor's size if larger; relation: the processor's)")
     parser.add_argument("--top-n", type=int, default=12, help="correspondence lines to draw (default 12)")
     parser.add_argument("--cell", default=None, help="sketch cell for the heat map: 'row,col' or flat index "
                                                      "(default: the inkiest cell)")
@@ -837,8 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, processor, built = load_model(args.model)
         note = "relation head untrained (model built from a backbone folder)" if built else ""
+        grid, size = args.grid, args.image_size
+        if args.source == "encoder":
+            grid = grid or READABLE_GRID
+            size = size or max(READABLE_IMAGE_SIZE, _image_processor(processor).size)
         expl = explain_pair(model, processor, args.sketch, args.photo, source=args.source, note=note,
-                            grid=args.grid, image_size=args.image_size)
+                            grid=grid, image_size=size)
         pictures = explanation_pictures(expl, top_n=args.top_n, sketch_cell=_parse_cell(args.cell))
     except (FileNotFoundError, ValueError, TypeError, OSError) as err:
         print(f"zse-sbir explain: {err}", file=sys.stderr)
