@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .modeling_zse import ZseImageFeatures, ZseModel
+from .modeling_zse import ZseModel, _take
 
 SOURCES = ("relation", "encoder")
 # the CLI's and the demo's default for encoder-source pictures: 7x7 cells at 224 px
@@ -210,20 +210,17 @@ def _masked_mean(tokens: torch.Tensor, mask) -> torch.Tensor:
     return (tokens * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
 
 
-def _native_scores(model, ip, prep_name: str, sketch, photo) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation logits `[1]` and [Ret] cosine `[]` of the pair prepared at `ip.size`."""
-    prep = ip.prepare_sketch if prep_name == "sketch" else ip.prepare_photo
-    pixels = torch.stack([_normalise(prep(sketch), ip), _normalise(ip.prepare_photo(photo), ip)])
+def _encode_pair(model: ZseModel, ip, sketch, photo, sketch_modality: str):
+    """Prepare a pair at `ip.size` and encode it.
+
+    Returns: `(sketch_image, photo_image, sketch_features, photo_features)`, features of batch 1.
+    """
+    prep = ip.prepare_sketch if sketch_modality == "sketch" else ip.prepare_photo
+    s_img, p_img = prep(sketch), ip.prepare_photo(photo)
     param = next(model.parameters())
-    feats = model.get_image_features(pixels.to(device=param.device, dtype=param.dtype))
-    s, p = _take_row(feats, 0), _take_row(feats, 1)
-    logits = model._pair_logits(s, p)[0]
-    return logits, (s.ret_embeds[0].float() * p.ret_embeds[0].float()).sum()
-
-
-def _take_row(feats: ZseImageFeatures, i: int) -> ZseImageFeatures:
-    return ZseImageFeatures(ret_embeds=feats.ret_embeds[i:i + 1], local_tokens=feats.local_tokens[i:i + 1],
-                            token_mask=feats.token_mask[i:i + 1], grid_size=feats.grid_size)
+    pixels = torch.stack([_normalise(s_img, ip), _normalise(p_img, ip)]).to(device=param.device, dtype=param.dtype)
+    feats = model.get_image_features(pixels)
+    return s_img, p_img, _take(feats, slice(0, 1)), _take(feats, slice(1, 2))
 
 
 def _grid_attention(attn: torch.Tensor, q_grid, k_grid) -> np.ndarray:
@@ -280,37 +277,30 @@ def explain_pair(
     if g < 1 or (source == "relation" and g != model.config.relation_grid):
         raise ValueError(f"grid must be >= 1 and, for source='relation', the model's relation_grid "
                          f"{model.config.relation_grid}; got {grid}")
+    native = ip
     if image_size is not None:
         patch = model.config.patch_size
         if image_size < patch or image_size % patch:
             raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
-        native = ip
         ip = copy.copy(ip)
         ip.size = int(image_size)
-    else:
-        native = ip
-    prep = {"sketch": ip.prepare_sketch, "photo": ip.prepare_photo}
-    if sketch_modality not in prep:
+    if sketch_modality not in ("sketch", "photo"):
         raise ValueError(f"sketch_modality must be 'sketch' or 'photo', got {sketch_modality!r}")
-    s_img = prep[sketch_modality](sketch)
-    p_img = ip.prepare_photo(photo)
-    pixels = torch.stack([_normalise(s_img, ip), _normalise(p_img, ip)])
-    param = next(model.parameters())
-    pixels = pixels.to(device=param.device, dtype=param.dtype)
 
     was_training = model.training
     model.eval()
     try:
-        feats = model.get_image_features(pixels)
-        s, p = _take_row(feats, 0), _take_row(feats, 1)
+        s_img, p_img, s, p = _encode_pair(model, ip, sketch, photo, sketch_modality)
         logits, rel_kernel, s_attn, p_attn = model._pair_logits(s, p, output_attentions=True)
-        cosine = (s.ret_embeds[0].float() * p.ret_embeds[0].float()).sum()
+        scored = (s, p)
         if native.size != ip.size:  # scores as search ranks them: at the processor's own size
-            logits, cosine = _native_scores(model, native, prep_name=sketch_modality, sketch=sketch, photo=photo)
+            scored = _encode_pair(model, native, sketch, photo, sketch_modality)[2:]
+            logits = model._pair_logits(*scored)[0]
+        cosine = (scored[0].ret_embeds[0].float() * scored[1].ret_embeds[0].float()).sum()
     finally:
         model.train(was_training)
 
-    grid = feats.grid_size
+    grid = s.grid_size
     other = model.config.cross_attention_query_side == "other"
     if other:  # the sketch branch's queries came from the photo: swap roles back
         s_attn, p_attn = p_attn, s_attn
