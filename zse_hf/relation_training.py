@@ -25,12 +25,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .modeling_zse import ZseImageFeatures, ZseModel
-from .training import JsonlLogger, MarkedCheckpointsMixin, TimeLimit, _save_best, last_complete_checkpoint
+from .training import (
+    JsonlLogger,
+    MarkedCheckpointsMixin,
+    TimeLimit,
+    _save_best,
+    checkpoint_step,
+    last_complete_checkpoint,
+    retrieval_validation,
+)
 
 
 @dataclasses.dataclass
@@ -154,18 +161,7 @@ class RelationStageTrainer(MarkedCheckpointsMixin, Trainer):
         self.image_processor, self.top_k = image_processor, top_k
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        from .evaluation import evaluate as run_eval
-
-        zse = self.model.model
-        was_training = zse.training
-        res = run_eval(zse, self.image_processor, self.val_queries, self.val_gallery, modes=("ret", "rn"),
-                       rerank_k=self.top_k, batch_size=self.args.per_device_eval_batch_size, n_bootstrap=0)
-        zse.train(was_training)
-        metrics = {f"{metric_key_prefix}_mAP@all": res["ret"]["mAP@all"],
-                   f"{metric_key_prefix}_rn_mAP@all": res[f"rn@{self.top_k}"]["mAP@all"]}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        return retrieval_validation(self, self.model.model, rerank_k=self.top_k, prefix=metric_key_prefix)
 
 
 def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig):
@@ -235,7 +231,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         "relation_stage": {
             "base_model": str(model_dir), "base_model_hash": base_hash,
             "best_checkpoint": best_ckpt, "best_val_rn_mAP@all": trainer.state.best_metric,
-            "step": int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else trainer.state.global_step,
+            "step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
             "stopped_at_step": trainer.state.global_step, "config": dataclasses.asdict(cfg),
             "candidates_with_a_positive_from_ret": float(pos[:, :-1].any(1).float().mean()),
         },

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .configuration_zse import ZseConfig
 from .image_processing_zse import ZseImageProcessor
 from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
 from .processing_zse import ZseProcessor
@@ -302,23 +301,31 @@ class ZseTrainer(MarkedCheckpointsMixin, Trainer):
         return self.optimizer
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        from .evaluation import evaluate as run_eval
-
         if self.val_queries is None:
             return {}
-        model = self.model
-        was_training = model.training
-        res = run_eval(model, self.image_processor, self.val_queries, self.val_gallery, modes=("ret", "rn"),
-                       rerank_k=10, batch_size=self.args.per_device_eval_batch_size, n_bootstrap=0)
-        model.train(was_training)
-        metrics = {
-            f"{metric_key_prefix}_mAP@all": res["ret"]["mAP@all"],
-            f"{metric_key_prefix}_P@100": res["ret"]["P@100"],
-            f"{metric_key_prefix}_rn_mAP@all": res["rn@10"]["mAP@all"],
-        }
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        return retrieval_validation(self, self.model, rerank_k=10, prefix=metric_key_prefix)
+
+
+def retrieval_validation(trainer: Trainer, model: ZseModel, rerank_k: int, prefix: str = "eval") -> dict[str, float]:
+    """Validate `model` by retrieval on `trainer.val_queries` / `trainer.val_gallery`.
+
+    Logs and returns `{prefix}_mAP@all` and `{prefix}_P@100` of [Ret] ranking and
+    `{prefix}_rn_mAP@all` of the rn@`rerank_k` re-rank, and fires the `on_evaluate` callbacks.
+    """
+    from .evaluation import evaluate as run_eval
+
+    was_training = model.training
+    res = run_eval(model, trainer.image_processor, trainer.val_queries, trainer.val_gallery, modes=("ret", "rn"),
+                   rerank_k=rerank_k, batch_size=trainer.args.per_device_eval_batch_size, n_bootstrap=0)
+    model.train(was_training)
+    metrics = {
+        f"{prefix}_mAP@all": res["ret"]["mAP@all"],
+        f"{prefix}_P@100": res["ret"]["P@100"],
+        f"{prefix}_rn_mAP@all": res[f"rn@{rerank_k}"]["mAP@all"],
+    }
+    trainer.log(metrics)
+    trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
+    return metrics
 
 
 class JsonlLogger(TrainerCallback):
@@ -353,13 +360,18 @@ class TimeLimit(TrainerCallback):
         return control
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step N of a `checkpoint-N` folder."""
+    return int(Path(path).name.split("-")[-1])
+
+
 def last_complete_checkpoint(out_dir: Path) -> Path | None:
     """The newest `checkpoint-N` holding the completion marker; incomplete ones are removed."""
     best, best_step = None, -1
     for folder in Path(out_dir).glob("checkpoint-*"):
         try:
-            step = int(folder.name.split("-")[1])
-        except (IndexError, ValueError):
+            step = checkpoint_step(folder)
+        except ValueError:
             continue
         if not (folder / COMPLETE_MARKER).exists():
             shutil.rmtree(folder, ignore_errors=True)
@@ -434,7 +446,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         "best_checkpoint": best_ckpt,
         "best_val_mAP@all": trainer.state.best_metric,
         # the step of the saved (best) weights; `stopped_at_step` is where the run ended
-        "global_step": int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else trainer.state.global_step,
+        "global_step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
         "stopped_at_step": trainer.state.global_step,
         "config": dataclasses.asdict(cfg),
     })
@@ -471,7 +483,7 @@ def export_best(out_dir: str | os.PathLike) -> Path:
     return _save_best(out, model, ZseImageProcessor.from_model_config(model.config), {
         "best_checkpoint": str(chosen),
         "best_val_mAP@all": state.get("best_metric"),
-        "global_step": int(chosen.name.split("-")[-1]),
+        "global_step": checkpoint_step(chosen),
         "stopped_at_step": state.get("global_step"),
         "config": config,
     })
