@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def run_one(preset: str, steps: int, device: str, batch_size: int | None,
@@ -32,7 +33,7 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None,
     cfg = load_train_config(preset, batch_size=batch_size, relation_rank_weight=relation_rank_weight)
     if backbone and cfg.backbone == "offline":
         cfg.backbone = backbone  # a converted backbone folder (machines without the ONNX source)
-    if cfg.backbone != "facebook/dinov2-small":
+    if cfg.backbone == "offline" or Path(cfg.backbone).is_dir():
         from zse_hf.training import build_model
 
         model = build_model(cfg)

@@ -527,10 +527,7 @@ class ZseModel(ZsePreTrainedModel):
         qi = torch.arange(b, device=labels.device).repeat_interleave(b)
         ki = torch.arange(b, device=labels.device).repeat(b)
         logits = self._pair_logits(_take(sketch, qi), _take(photo, ki))[0].view(b, b)
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(b, dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(same & ~eye, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(b, device=logits.device))
+        return _in_batch_cross_entropy(logits, labels)
 
     def forward(
         self,
@@ -638,14 +635,19 @@ def _hardest_negatives(anchors: torch.Tensor, photos: torch.Tensor, labels: torc
     return sim.argmax(dim=1)
 
 
-def _infonce(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE on `[B, D]` embeddings; same-class off-diagonal pairs are not negatives."""
-    logits = sketch @ photo.T / temperature
+def _in_batch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `[B, B]` logits (row i = query i against every candidate) towards the
+    diagonal; same-class off-diagonal candidates are left out rather than counted as negatives."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=logits.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
-    target = torch.arange(len(labels), device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return F.cross_entropy(logits, torch.arange(len(labels), device=logits.device))
+
+
+def _infonce(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE on `[B, D]` embeddings; same-class off-diagonal pairs are not negatives."""
+    logits = sketch @ photo.T / temperature
+    return 0.5 * (_in_batch_cross_entropy(logits, labels) + _in_batch_cross_entropy(logits.T, labels))
 
 
 __all__ = [

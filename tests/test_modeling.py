@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoProcessor, Dinov2Config, Dinov2Model, ViTConfig
+from transformers import AutoConfig, AutoModel, AutoProcessor, Dinov2Model, ViTConfig
 
 from zse_hf import ZseConfig, ZseImageFeatures, ZseModel, ZseProcessor
 from zse_hf.modeling_zse import ZseRelationNetwork
