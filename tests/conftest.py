@@ -7,6 +7,27 @@ from transformers import Dinov2Config
 from zse_hf import ZseConfig, ZseModel
 
 
+def assert_same_state(actual: dict, expected: dict) -> None:
+    """Two state dicts hold the same names and the same tensors, bit for bit."""
+    assert actual.keys() == expected.keys(), sorted(set(actual) ^ set(expected))
+    for name, tensor in expected.items():
+        assert actual[name].dtype == tensor.dtype and torch.equal(actual[name], tensor), name
+
+
+def assert_close_to_scale(actual, expected, rel: float = 1e-3) -> None:
+    """`actual` matches `expected` within `rel` times the largest magnitude of `expected`.
+
+    For outputs computed in two processes (or at two thread counts): BLAS kernels and thread
+    splits change the summation order, so such outputs differ by ~1e-5 of their scale; wrong
+    weights or wrong code differ by O(1) of it.
+    """
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(expected.abs().max()) or 1.0
+    worst = float((actual - expected).abs().max())
+    assert worst <= rel * scale, f"max |difference| {worst:.3g} > {rel:g} x scale {scale:.3g}"
+
+
 def tiny_config(**overrides) -> ZseConfig:
     """A DINOv2-shaped ZSE config small enough for unit tests (56 px input, 4x4 patch grid)."""
     backbone = Dinov2Config(

