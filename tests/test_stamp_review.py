@@ -1,0 +1,77 @@
+"""The reviewed list of the Tux Paint stamps outside ``photos.csv`` (``stamps_review.csv``).
+
+Each of the package's other stamps was looked at on contact sheets and given a kind: ``photo``
+(a real photo of an object, usable for instance-level training pairs and as extra negatives),
+``drawing`` (cartoon, clip art, symbol, letter, sign), ``not-an-object`` (fireworks and such), or
+``unseen-concept`` (a photo that depicts, or closely resembles, one of the 63 unseen concepts:
+such stamps must never reach training). These tests keep the list consistent with the split and
+with the package it was made from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from importlib import resources
+
+import pytest
+
+KINDS = {"photo", "drawing", "not-an-object", "unseen-concept"}
+
+
+def _package_text(name: str) -> str:
+    return resources.files("zse_hf").joinpath("data", name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def review() -> list[dict]:
+    return list(csv.DictReader(_package_text("stamps_review.csv").splitlines()))
+
+
+@pytest.fixture(scope="module")
+def unseen() -> list[str]:
+    return json.loads(_package_text("split.json"))["unseen_all"]
+
+
+def test_rows_are_well_formed(review, unseen):
+    assert len(review) == 630
+    assert len({r["stamp_path"] for r in review}) == len(review)
+    for r in review:
+        assert r["kind"] in KINDS, r
+        assert re.fullmatch(r"[0-9a-f]{64}", r["sha256"]), r
+        assert (r["kind"] == "unseen-concept") == bool(r["unseen_concept"]), r
+        if r["unseen_concept"]:
+            assert r["unseen_concept"] in unseen, r
+
+
+def test_usable_photos_are_not_unseen_concepts_by_name(review, unseen):
+    """A safety net under the visual review: no usable stamp's path names an unseen concept."""
+    usable = [r for r in review if r["kind"] == "photo"]
+    assert len(usable) == 177
+    for r in usable:
+        words = set(re.split(r"[^a-z]+", r["stamp_path"].lower()))
+        named = [u for u in unseen if set(re.split(r"[^a-z]+", u)) <= words]
+        assert not named, (r["stamp_path"], named)
+
+
+def test_disjoint_from_the_reviewed_photo_table(review):
+    table = list(csv.DictReader(_package_text("photos.csv").splitlines()))
+    assert not {r["stamp_path"] for r in table} & {r["stamp_path"] for r in review}
+    assert not {r["sha256"] for r in table} & {r["sha256"] for r in review}
+
+
+@pytest.mark.slow
+def test_covers_every_stamp_of_the_package_with_its_hash(review):
+    from zse_hf import assets
+
+    try:
+        root = assets.tuxpaint_root()
+    except assets.AssetError as e:  # no client / offline machine
+        pytest.skip(f"offline assets unavailable: {e}")
+    table = {r["stamp_path"] for r in csv.DictReader(_package_text("photos.csv").splitlines())}
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
+    assert on_disk == table | {r["stamp_path"] for r in review}
+    for r in review:
+        assert hashlib.sha256((root / r["stamp_path"]).read_bytes()).hexdigest() == r["sha256"], r["stamp_path"]
