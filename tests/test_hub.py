@@ -18,7 +18,6 @@ from transformers import AutoModel, AutoProcessor
 
 import zse_hf
 from zse_hf import ZseModel, ZseProcessor
-from zse_hf.evaluation import model_hash
 from zse_hf.hub import (
     AUTO_MAP,
     EXPORTED_FILES,
@@ -34,6 +33,7 @@ from zse_hf.hub import (
     push_main,
     validate_card,
 )
+from zse_hf.loading import weights_fingerprint
 
 from conftest import assert_close_to_scale, assert_same_state, tiny_config
 from hf_cache import make_hf_cache
@@ -58,7 +58,7 @@ def _eval_payload(model: ZseModel) -> dict:
         "results": {"ret": _metrics(0.31415), "rn@10": _metrics(0.27183), "chance": _metrics(0.1101),
                     "raw_pixels_32": _metrics(0.1302)},
         "model": "/home/someone/runs/offline-cpu/best",
-        "model_hash": model_hash(model),
+        "model_hash": weights_fingerprint(model, short=True),
         "data": "offline",
         "split": "test",
         "data_hash": "0123456789abcdef",
