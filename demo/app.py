@@ -432,7 +432,7 @@ class DemoApp:
             return None, None, None, None, ""
         return self.explain(1, session)
 
-    def index_photos(self, files, session, progress=gr.Progress()):
+    def index_photos(self, files, session, progress=gr.Progress()):  # noqa: B008 - Gradio's progress idiom
         """Handler: index the uploaded photos for this session. Returns (status, session, gallery choice)."""
         session = _session(session)
         paths = [f.get("path") if isinstance(f, dict) else f for f in (files or [])]
@@ -573,7 +573,8 @@ class DemoApp:
             draw_tab.select(lambda: "draw", None, input_tab, queue=False, api_visibility="private")
             upload_tab.select(lambda: "upload", None, input_tab, queue=False, api_visibility="private")
             upload.change(self.preview_upload, upload, [upload_preview, upload_msg], api_visibility="private")
-            gallery.change(lambda g: gr.update(visible=g == MINE), gallery, mine_group, queue=False, api_visibility="private")
+            gallery.change(lambda g: gr.update(visible=g == MINE), gallery, mine_group, queue=False,
+                           api_visibility="private")
             photos.upload(self.index_photos, [photos, session], [photos_msg, session, gallery],
                           api_name="index_photos", concurrency_id="model")
             photos.clear(self.clear_photos, session, [photos_msg, session, gallery], api_visibility="private")
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         print(f"zse-sbir demo: {err}", file=sys.stderr)
         return 2
-    except assets.AssetError as err:
+    except (assets.AssetError, ModuleNotFoundError) as err:
         print(f"zse-sbir demo: cannot prepare the fallback backbone: {err}", file=sys.stderr)
         return 2
     launch(demo, args.host, args.port, args.share)

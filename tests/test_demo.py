@@ -202,7 +202,8 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
     (run / "train_config.json").write_text(json.dumps({"data": "offline", "max_steps": 123}))
     payload = {"results": {"ret": {"mAP@all": 0.4321, "mAP@all_CI": [0.31, 0.55], "mAP@200": 0.4},
                            "rn@10": {"mAP@all": 0.5012}},
-               "model_hash": weights_fingerprint(model, short=True), "data": "offline", "split": "test", "image_size": 56,
+               "model_hash": weights_fingerprint(model, short=True), "data": "offline", "split": "test",
+               "image_size": 56,
                "n_queries": 660, "n_gallery": 36}
     (folder / "eval_results.json").write_text(json.dumps(payload))
     note = app_module.model_note(folder, model, True)

@@ -128,7 +128,8 @@ def test_export_writes_every_file(exported):
     for name in ("processor_config.json", "preprocessor_config.json"):
         text = (hub / name).read_text()
         assert "image_processing_zse.ZseImageProcessor" in text or "processing_zse.ZseProcessor" in text, name
-    assert json.loads((hub / "processor_config.json").read_text())["auto_map"] == {"AutoProcessor": "processing_zse.ZseProcessor"}
+    processor_config = json.loads((hub / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_zse.ZseProcessor"}
     assert json.loads((hub / "preprocessor_config.json").read_text())["auto_map"]["AutoImageProcessor"] == (
         "image_processing_zse.ZseImageProcessor")
     with safe_open(hub / "model.safetensors", "pt") as f:
@@ -376,7 +377,8 @@ def test_push_offline_fails_cleanly(exported, tmp_path):
     """`zse-sbir push` with HF_HUB_OFFLINE=1: one clear line on stderr, exit code != 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "zse_hf.cli", "push", "--repo", REPO_ID, "--folder", str(exported.hub)],
+    proc = subprocess.run([sys.executable, "-m", "zse_hf.cli", "push", "--repo", REPO_ID,
+                           "--folder", str(exported.hub)],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

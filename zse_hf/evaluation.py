@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`zse-sbir eval`: metrics JSON, PR curve and top-10 grids for a model on a dataset split."""
     p = argparse.ArgumentParser(prog="zse-sbir eval", description=main.__doc__)
     p.add_argument("--model", required=True, help="ZSE model folder or repo id (or a backbone folder: untrained head)")
-    p.add_argument("--data", default="offline", help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
+    p.add_argument("--data", default="offline",
+                   help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
     p.add_argument("--split", default="test")
     p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
     p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")

@@ -95,7 +95,8 @@ def load_model(source: str | os.PathLike, device: str | torch.device | None = No
         processor = ZseImageProcessor.from_model_config(model.config)
     else:
         model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
-        bad = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        bad = {k: list(v)[:3] for k, v in info.items()
+               if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if strict and not isinstance(model, ZseModel):
             raise ModelLoadError(f"{source} holds a {type(model).__name__}, not a ZseModel")
         if strict and bad:

@@ -97,8 +97,8 @@ def results_table(results: dict, *, bold_models: bool = False) -> str:
     """Markdown table `method | mAP@all | 95% CI (class bootstrap) | mAP@200 | P@100 | P@200`
     (and `acc@1` / `acc@5` when any row has them) of a `{mode or baseline: metrics}` dict, in
     dict order; `bold_models` puts the model modes' mAP@all in bold."""
-    keys = ["mAP@200", "P@100", "P@200"] + [k for k in ("acc@1", "acc@5")
-                                            if any(is_finite(r.get(k)) for r in results.values() if isinstance(r, dict))]
+    rows = [r for r in results.values() if isinstance(r, dict)]
+    keys = ["mAP@200", "P@100", "P@200"] + [k for k in ("acc@1", "acc@5") if any(is_finite(r.get(k)) for r in rows)]
     head = ["method", "mAP@all", "95% CI (class bootstrap)", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     modes = model_modes(results)
@@ -273,9 +273,11 @@ def model_note(model_path: str | os.PathLike, fingerprint: str, trained: bool,
     if not trained:
         head += ("⚠️ This is a plain backbone wrapped in a **freshly initialised, untrained** ZSE head; relation "
                  "scores are noise and explanations use encoder tokens.\n\n")
-    accuracy = (describe_eval(payload, str(eval_file), fingerprint, card_text) if isinstance(payload, dict)
-                else "**Measured accuracy:** not evaluated (no `eval_results.json` or `results.json` next to the model).")
-    return head + describe_training(model_path, payload if isinstance(payload, dict) else None, roots) + "\n\n" + accuracy
+    if not isinstance(payload, dict):
+        payload = None
+    accuracy = (describe_eval(payload, str(eval_file), fingerprint, card_text) if payload is not None else
+                "**Measured accuracy:** not evaluated (no `eval_results.json` or `results.json` next to the model).")
+    return head + describe_training(model_path, payload, roots) + "\n\n" + accuracy
 
 
 __all__ = [

@@ -31,6 +31,15 @@ from .augment import (
     random_resized_crop,
     stroke_jitter,
 )
+from .datasets import (
+    OfflinePhotoDataset,
+    OfflineSketchDataset,
+    RetrievalDataset,
+    RetrievalPair,
+    collate_retrieval,
+    evaluation_set,
+)
+from .images import composite_on_white, crop_to_alpha, open_image_on_white, pad_to_square
 from .layouts import (
     LAYOUTS,
     QUICKDRAW_25,
@@ -55,15 +64,6 @@ from .layouts import (
     scan_class_folders,
     sketchy_instance_pairs,
 )
-from .datasets import (
-    OfflinePhotoDataset,
-    OfflineSketchDataset,
-    RetrievalDataset,
-    RetrievalPair,
-    collate_retrieval,
-    evaluation_set,
-)
-from .images import composite_on_white, crop_to_alpha, open_image_on_white, pad_to_square
 from .photos import (
     PhotoRecord,
     PhotoVerificationError,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -30,7 +29,7 @@ __all__ = [
     "stroke_jitter",
 ]
 
-RngLike = Union[np.random.Generator, random.Random, int, None]
+RngLike = np.random.Generator | random.Random | int | None
 
 
 def as_generator(rng: RngLike) -> np.random.Generator:

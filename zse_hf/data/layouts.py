@@ -59,7 +59,8 @@ __all__ = [
     "sketchy_instance_pairs",
 ]
 
-# Zero-shot unseen classes of the standard splits (Sketchy-25/21, TU-Berlin-30, QuickDraw-Ext), in the datasets' own spelling.
+# Zero-shot unseen classes of the standard splits (Sketchy-25/21, TU-Berlin-30, QuickDraw-Ext), in the
+# datasets' own spelling.
 SKETCHY_25 = ("cup", "swan", "harp", "squirrel", "snail", "ray", "pineapple", "volcano", "rifle", "scissors",
               "parrot", "windmill", "teddy_bear", "tree", "wine_bottle", "deer", "chicken", "airplane",
               "wheelchair", "tank", "umbrella", "butterfly", "camel", "horse", "bell")
@@ -392,8 +393,8 @@ def read_tuberlin(root: str | os.PathLike, split: str = "test", zero_shot: str =
 
 def read_quickdraw_ext(root: str | os.PathLike, split: str = "test", zero_shot: str = "quickdraw25",
                        **kwargs) -> RetrievalPair:
-    """QuickDraw-Extended (``"quickdraw25"`` from SPEC, or ``"quickdraw30"`` of the ZSE-SBIR
-    code); see :func:`read_layout`."""
+    """QuickDraw-Extended (``"quickdraw25"``: the 25 unseen classes of `QUICKDRAW_25`, or
+    ``"quickdraw30"`` of the ZSE-SBIR code); see :func:`read_layout`."""
     return read_layout("quickdraw", root, split, zero_shot=zero_shot, **kwargs)
 
 

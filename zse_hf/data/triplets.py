@@ -72,7 +72,7 @@ class TripletDataset(torch.utils.data.Dataset):
     def offline(cls, classes: Sequence[str], seed: int = 0, length: int | None = None, *, sketch_size: int = 224,
                 photo_max_side: int | None = 512, augment: bool = False, pseudo_sketch_prob: float = 0.0,
                 allow_unseen: bool = False, verify: bool = True, quickdraw_root=None, photo_root=None,
-                **kwargs) -> "TripletDataset":
+                **kwargs) -> TripletDataset:
         """Triplets from the offline data; refuses ``unseen_all`` classes unless ``allow_unseen``.
 
         ``augment=True`` uses the default :class:`~zse_hf.data.augment.SketchAugment` and

@@ -12,6 +12,7 @@ this package, and upload it.
 | `errors` | `HubError` |
 """
 
+from ..model_summary import model_modes
 from .errors import HubError
 from .eval_json import eval_results_from_json, load_eval_results
 from .export import export, export_main
@@ -28,7 +29,6 @@ from .repo_files import (
     check_in_sync,
     list_upload_files,
 )
-from ..model_summary import model_modes
 
 __all__ = [
     "AUTO_MAP",

@@ -25,7 +25,15 @@ from ..model_summary import find_training_summary, human_size, offline_data_stat
 from .errors import HubError, one_line
 from .eval_json import load_eval_results
 from .model_card import ExportInfo, render_card, render_license, validate_card
-from .repo_files import AUTO_MAP, DEFAULT_REPO_ID, EXPORTED_FILES, OPTIONAL_FILES, PACKAGE_DIR, REMOTE_CODE_FILES, list_upload_files
+from .repo_files import (
+    AUTO_MAP,
+    DEFAULT_REPO_ID,
+    EXPORTED_FILES,
+    OPTIONAL_FILES,
+    PACKAGE_DIR,
+    REMOTE_CODE_FILES,
+    list_upload_files,
+)
 
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 _DTYPE_NAMES = {torch.float16: "float16", torch.float32: "float32", torch.bfloat16: "bfloat16"}

