@@ -35,7 +35,7 @@ from zse_hf.hub import (
 )
 from zse_hf.loading import weights_fingerprint
 
-from conftest import assert_close_to_scale, assert_same_state, tiny_config
+from conftest import assert_close_to_scale, assert_same_state, save_tiny_model
 from hf_cache import make_hf_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,13 +94,8 @@ def _real_looking_images(folder: Path) -> tuple[Path, Path]:
 def exported(tmp_path_factory):
     """A tiny trained-looking model folder, its eval JSON, and its export (fp16 storage)."""
     root = tmp_path_factory.mktemp("hub")
-    torch.manual_seed(0)
-    model = ZseModel(tiny_config()).eval()
-    with torch.no_grad():
-        model.encoder.tokenizer.gate.normal_()
     model_dir = root / "best"
-    model.save_pretrained(model_dir)
-    ZseProcessor.from_config(model.config).save_pretrained(model_dir)
+    model = save_tiny_model(model_dir, open_gate=True)
     (model_dir / "training_summary.json").write_text(json.dumps({
         "best_checkpoint": "x", "best_val_mAP@all": 0.5, "global_step": 1234,
         "config": {"backbone": "offline", "data": "offline", "image_size": 56, "batch_size": 12, "lr": 1e-5,
