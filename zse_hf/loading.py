@@ -94,7 +94,10 @@ def load_model(source: str | os.PathLike, device: str | torch.device | None = No
             model = ZseModel.from_backbone(source, **backbone_kwargs)
         processor = ZseImageProcessor.from_model_config(model.config)
     else:
-        model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        try:
+            model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        except (OSError, RuntimeError, ValueError) as err:  # unreadable files, mis-shaped weights
+            raise ModelLoadError(f"cannot load the weights in {source}: {err}") from err
         bad = {k: list(v)[:3] for k, v in info.items()
                if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if strict and not isinstance(model, ZseModel):
