@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, rank_gallery
+from .model_summary import results_table
 from .modeling_zse import ZseImageFeatures, ZseModel
 
 RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
@@ -44,7 +45,8 @@ def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_siz
     device = next(model.parameters()).device
     rets, locs, masks, grid = [], [], [], None
     n = len(dataset)
-    for start in tqdm(range(0, n, batch_size), desc=desc or f"encoding {modality}s", unit="batch", leave=False):
+    desc = desc or ("encoding sketches" if modality == "sketch" else "encoding photos")
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
         batch = _images(dataset, range(start, min(n, start + batch_size)))
         pixels = processor(batch, modality=modality, return_tensors="pt")["pixel_values"].to(device)
         feats = model.get_image_features(pixels)
@@ -242,12 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
     tmp.replace(out)
-    rows = [(k, v) for k, v in payload["results"].items()]
-    print(f"{'mode':<16} {'mAP@all':>8} {'mAP@200':>8} {'P@100':>7} {'P@200':>7}  95% CI (mAP@all)")
-    for k, v in rows:
-        ci = v.get("mAP@all_CI") or [float("nan")] * 2
-        print(f"{k:<16} {v['mAP@all']:8.4f} {v.get('mAP@200', float('nan')):8.4f} {v.get('P@100', float('nan')):7.4f} "
-              f"{v.get('P@200', float('nan')):7.4f}  [{ci[0]:.3f}, {ci[1]:.3f}]")
+    print(results_table(payload["results"]))
     print(f"wrote {out} ({payload['seconds']} s)")
     return 0
 
