@@ -120,8 +120,12 @@ def weights_fingerprint(model: torch.nn.Module, short: bool = False) -> str:
     """sha256 over the model's `state_dict`: names, shapes, and values (floating tensors cast
     to float32), so the same weights hash the same whatever their dtype or device.
 
+    An eval JSON's `model_hash` is the first 16 hex digits. Eval JSONs written before this
+    fingerprint (`hub_card/eval_results.json`: a hash of the raw bytes and dtypes) do not match
+    it; re-run `zse-sbir eval` before `zse-sbir export`, or pass `--allow-hash-mismatch`.
+
     Args:
-        short: the first 16 hex digits (an eval JSON's `model_hash`) instead of all 64.
+        short: the first 16 hex digits instead of all 64.
     """
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
