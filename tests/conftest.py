@@ -47,6 +47,21 @@ def tiny_config(**overrides) -> ZseConfig:
     return ZseConfig(**kwargs)
 
 
+def save_tiny_model(folder, seed: int = 0, open_gate: bool = False) -> ZseModel:
+    """A seeded tiny model (tokenizer gate drawn at random with `open_gate`, so the tokenizer
+    counts) saved with its processor to `folder`; returns the model (eval mode)."""
+    from zse_hf import ZseProcessor
+
+    torch.manual_seed(seed)
+    model = ZseModel(tiny_config()).eval()
+    if open_gate:
+        with torch.no_grad():
+            model.encoder.tokenizer.gate.normal_()
+    model.save_pretrained(folder)
+    ZseProcessor.from_config(model.config).save_pretrained(folder)
+    return model
+
+
 @pytest.fixture
 def tiny_model() -> ZseModel:
     torch.manual_seed(0)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # pandas deprecations inside gradio
@@ -25,24 +24,16 @@ pytest.importorskip("matplotlib")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from zse_hf import ZseModel, ZseProcessor, demo_launcher  # noqa: E402
+from zse_hf import ZseModel, demo_launcher  # noqa: E402
 from zse_hf.data import read_quickdraw, render_sketch  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
+from conftest import save_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "demo" / "gallery"
 GALLERY_CLASSES = ("giraffe", "airplane", "pineapple", "tree", "cow", "banana")
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = ZseModel(tiny_config()).eval()
-    model.save_pretrained(folder)
-    ZseProcessor.from_config(model.config).save_pretrained(folder)
-    return folder
 
 
 def _free_port() -> int:
@@ -65,7 +56,8 @@ def app_module():
 def served(app_module, tmp_path_factory):
     """(app module, first DemoApp, served Blocks, url, tmp dir): a tiny model, 6 bundled photos."""
     tmp = tmp_path_factory.mktemp("demo")
-    model_dir = _save_tiny_model(tmp / "model")
+    model_dir = tmp / "model"
+    save_tiny_model(model_dir)
     gallery = tmp / "gallery"
     gallery.mkdir()
     for cls in GALLERY_CLASSES:
@@ -192,17 +184,19 @@ def test_uploads_are_read_only_from_the_gradio_temp_area(app_module):
 
 
 def test_model_note_reads_the_eval_json(app_module, tmp_path):
-    from zse_hf.evaluation import model_hash
+    from zse_hf.loading import weights_fingerprint
 
     run = tmp_path / "run"
-    folder = _save_tiny_model(run / "best")
+    folder = run / "best"
+    save_tiny_model(folder)
     model = ZseModel.from_pretrained(folder).eval()
     note = app_module.model_note(folder, model, True)
     assert "not evaluated" in note and "unknown" in note
     (run / "train_config.json").write_text(json.dumps({"data": "offline", "max_steps": 123}))
     payload = {"results": {"ret": {"mAP@all": 0.4321, "mAP@all_CI": [0.31, 0.55], "mAP@200": 0.4},
                            "rn@10": {"mAP@all": 0.5012}},
-               "model_hash": model_hash(model), "data": "offline", "split": "test", "image_size": 56,
+               "model_hash": weights_fingerprint(model, short=True), "data": "offline", "split": "test",
+               "image_size": 56,
                "n_queries": 660, "n_gallery": 36}
     (folder / "eval_results.json").write_text(json.dumps(payload))
     note = app_module.model_note(folder, model, True)

@@ -18,7 +18,6 @@ from transformers import AutoModel, AutoProcessor
 
 import zse_hf
 from zse_hf import ZseModel, ZseProcessor
-from zse_hf.evaluation import model_hash
 from zse_hf.hub import (
     AUTO_MAP,
     EXPORTED_FILES,
@@ -34,8 +33,9 @@ from zse_hf.hub import (
     push_main,
     validate_card,
 )
+from zse_hf.loading import weights_fingerprint
 
-from conftest import assert_close_to_scale, assert_same_state, tiny_config
+from conftest import assert_close_to_scale, assert_same_state, save_tiny_model
 from hf_cache import make_hf_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def _eval_payload(model: ZseModel) -> dict:
         "results": {"ret": _metrics(0.31415), "rn@10": _metrics(0.27183), "chance": _metrics(0.1101),
                     "raw_pixels_32": _metrics(0.1302)},
         "model": "/home/someone/runs/offline-cpu/best",
-        "model_hash": model_hash(model),
+        "model_hash": weights_fingerprint(model, short=True),
         "data": "offline",
         "split": "test",
         "data_hash": "0123456789abcdef",
@@ -94,13 +94,8 @@ def _real_looking_images(folder: Path) -> tuple[Path, Path]:
 def exported(tmp_path_factory):
     """A tiny trained-looking model folder, its eval JSON, and its export (fp16 storage)."""
     root = tmp_path_factory.mktemp("hub")
-    torch.manual_seed(0)
-    model = ZseModel(tiny_config()).eval()
-    with torch.no_grad():
-        model.encoder.tokenizer.gate.normal_()
     model_dir = root / "best"
-    model.save_pretrained(model_dir)
-    ZseProcessor.from_config(model.config).save_pretrained(model_dir)
+    model = save_tiny_model(model_dir, open_gate=True)
     (model_dir / "training_summary.json").write_text(json.dumps({
         "best_checkpoint": "x", "best_val_mAP@all": 0.5, "global_step": 1234,
         "config": {"backbone": "offline", "data": "offline", "image_size": 56, "batch_size": 12, "lr": 1e-5,
@@ -128,7 +123,8 @@ def test_export_writes_every_file(exported):
     for name in ("processor_config.json", "preprocessor_config.json"):
         text = (hub / name).read_text()
         assert "image_processing_zse.ZseImageProcessor" in text or "processing_zse.ZseProcessor" in text, name
-    assert json.loads((hub / "processor_config.json").read_text())["auto_map"] == {"AutoProcessor": "processing_zse.ZseProcessor"}
+    processor_config = json.loads((hub / "processor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoProcessor": "processing_zse.ZseProcessor"}
     assert json.loads((hub / "preprocessor_config.json").read_text())["auto_map"]["AutoImageProcessor"] == (
         "image_processing_zse.ZseImageProcessor")
     with safe_open(hub / "model.safetensors", "pt") as f:
@@ -376,7 +372,8 @@ def test_push_offline_fails_cleanly(exported, tmp_path):
     """`zse-sbir push` with HF_HUB_OFFLINE=1: one clear line on stderr, exit code != 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "zse_hf.cli", "push", "--repo", REPO_ID, "--folder", str(exported.hub)],
+    proc = subprocess.run([sys.executable, "-m", "zse_hf.cli", "push", "--repo", REPO_ID,
+                           "--folder", str(exported.hub)],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

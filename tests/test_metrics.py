@@ -12,7 +12,7 @@ from PIL import Image
 from zse_hf import metrics as M
 
 # ------------------------------------------------------------------ references
-# Plain-Python loops, written straight from SPEC section 4.
+# Plain-Python loops, written straight from the metric definitions in zse_hf/metrics.py's docstrings.
 
 
 def ref_rank(row):

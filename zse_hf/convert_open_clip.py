@@ -367,7 +367,8 @@ def _from_open_clip_package(model_name: str, pretrained: str | None):
         import open_clip
     except Exception as err:  # noqa: BLE001 - ImportError, or torchvision failing beside this torch
         raise ConversionError(
-            f"{pretrained or model_name!r} is not a file, and open_clip is not importable ({type(err).__name__}: {err}); "
+            f"{pretrained or model_name!r} is not a file, and open_clip is not importable "
+            f"({type(err).__name__}: {err}); "
             "pass a local checkpoint file, or install `zse-sbir[openclip]` with a matching torch/torchvision pair"
         ) from err
     model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu").eval()
@@ -500,7 +501,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, model_nam
         save_file({"weight": head.weight.detach().contiguous()}, str(proj_path), metadata={"format": "pt"})
     elif proj_path.exists():
         proj_path.unlink()
-    (out / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(config.image_size, mean, std), indent=2) + "\n")
+    preprocessor = _preprocessor_config(config.image_size, mean, std)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     manifest = {
         "format": 1,
         "converter": "zse_hf.convert_open_clip",

@@ -1,4 +1,4 @@
-"""Category-level and fine-grained evaluation of ZSE models (SPEC section 4).
+"""Category-level and fine-grained evaluation of ZSE models (metrics: :mod:`zse_hf.metrics`).
 
 Two ranking modes:
 
@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, rank_gallery
+from .model_summary import results_table
 from .modeling_zse import ZseImageFeatures, ZseModel
 
 RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
@@ -43,7 +45,8 @@ def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_siz
     device = next(model.parameters()).device
     rets, locs, masks, grid = [], [], [], None
     n = len(dataset)
-    for start in tqdm(range(0, n, batch_size), desc=desc or f"encoding {modality}s", unit="batch", leave=False):
+    desc = desc or ("encoding sketches" if modality == "sketch" else "encoding photos")
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
         batch = _images(dataset, range(start, min(n, start + batch_size)))
         pixels = processor(batch, modality=modality, return_tensors="pt")["pixel_values"].to(device)
         feats = model.get_image_features(pixels)
@@ -122,16 +125,6 @@ def fine_grained_targets(queries, gallery) -> np.ndarray | None:
     return np.array([index.get(inst, -1) for inst in queries.instances])
 
 
-def model_hash(model: ZseModel) -> str:
-    """sha256 over the model's tensors (names, dtypes, bytes), first 16 hex digits."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def data_hash(queries, gallery) -> str:
     """sha256 of the query and gallery ids and labels, first 16 hex digits."""
     h = hashlib.sha256()
@@ -203,48 +196,12 @@ def save_pictures(results: dict, queries, gallery, out_prefix: Path, n_queries: 
     return paths
 
 
-def load_model(path: str, device: str | None = None):
-    """`(model, image_processor, built_from_backbone)` for a ZSE model folder/repo or a backbone.
-
-    A ZSE checkpoint loads through `AutoModel` / `AutoProcessor` (defaults from its config when
-    no processor was saved). Any other checkpoint (a `Dinov2Model`, `ViTModel` or CLIP folder) is
-    wrapped with `ZseModel.from_backbone` under a fixed seed, so its untrained head is the same on
-    every run. The model is returned in fp32 and eval mode.
-    """
-    from transformers import AutoConfig, AutoModel, AutoProcessor
-
-    from .image_processing_zse import ZseImageProcessor
-
-    config = AutoConfig.from_pretrained(path)
-    built = getattr(config, "model_type", None) != "zse"
-    if not built:
-        model = AutoModel.from_pretrained(path)
-        try:
-            processor = AutoProcessor.from_pretrained(path)
-        except (OSError, ValueError, TypeError):
-            processor = ZseImageProcessor.from_model_config(model.config)
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = ZseModel.from_backbone(path)
-        processor = ZseImageProcessor.from_model_config(model.config)
-    model = model.float().eval()
-    if device:
-        model.to(device)
-    return model, getattr(processor, "image_processor", processor), built
-
-
-def load_model_and_processor(path: str, device: str | None = None):
-    """`(model, image_processor)` of :func:`load_model`."""
-    model, processor, _ = load_model(path, device)
-    return model, processor
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`zse-sbir eval`: metrics JSON, PR curve and top-10 grids for a model on a dataset split."""
     p = argparse.ArgumentParser(prog="zse-sbir eval", description=main.__doc__)
     p.add_argument("--model", required=True, help="ZSE model folder or repo id (or a backbone folder: untrained head)")
-    p.add_argument("--data", default="offline", help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
+    p.add_argument("--data", default="offline",
+                   help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
     p.add_argument("--split", default="test")
     p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
     p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
@@ -256,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
-    model, processor = load_model_and_processor(args.model, args.device)
+    model, processor, _ = load_model(args.model, args.device)
     from .data import open_dataset
 
     kwargs = {"max_per_class": args.max_per_class} if args.max_per_class and args.data == "offline" else {}
@@ -273,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {
         "results": {k: v for k, v in results.items() if not k.startswith("_")},
         "model": args.model,
-        "model_hash": model_hash(model),
+        "model_hash": weights_fingerprint(model, short=True),
         "data": args.data,
         "split": args.split,
         "data_hash": data_hash(queries, gallery),
@@ -287,12 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
     tmp.replace(out)
-    rows = [(k, v) for k, v in payload["results"].items()]
-    print(f"{'mode':<16} {'mAP@all':>8} {'mAP@200':>8} {'P@100':>7} {'P@200':>7}  95% CI (mAP@all)")
-    for k, v in rows:
-        ci = v.get("mAP@all_CI") or [float("nan")] * 2
-        print(f"{k:<16} {v['mAP@all']:8.4f} {v.get('mAP@200', float('nan')):8.4f} {v.get('P@100', float('nan')):7.4f} "
-              f"{v.get('P@200', float('nan')):7.4f}  [{ci[0]:.3f}, {ci[1]:.3f}]")
+    print(results_table(payload["results"]))
     print(f"wrote {out} ({payload['seconds']} s)")
     return 0
 

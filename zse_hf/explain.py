@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .loading import load_model as load_pretrained
 from .modeling_zse import ZseModel, _take
 
 SOURCES = ("relation", "encoder")
@@ -771,18 +772,11 @@ def explanation_pictures(expl: ZseExplanation, top_n: int = 12, sketch_cell=None
 
 
 def load_model(path: str | os.PathLike):
-    """Load `(model, processor, built_from_backbone)` from a ZSE model folder or a backbone folder.
+    """`(model, image processor, built_from_backbone)` for a ZSE model folder or Hub id, or a
+    backbone (wrapped with a fresh, untrained head, the same on every run); the loader of every
+    command, :func:`zse_hf.loading.load_model`."""
+    return load_pretrained(path)
 
-    A folder whose `config.json` is not a ZSE config is wrapped with `ZseModel.from_backbone`
-    (fresh, untrained tokenizer gate, cross-attention and relation head, same on every run);
-    see :func:`zse_hf.evaluation.load_model`.
-    """
-    from .evaluation import load_model as _load
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {folder}: pass a ZSE model folder or a backbone folder")
-    return _load(str(folder))
 
 def _parse_cell(text: str | None):
     if text is None:

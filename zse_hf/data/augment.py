@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
-from typing import Union
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -30,7 +29,7 @@ __all__ = [
     "stroke_jitter",
 ]
 
-RngLike = Union[np.random.Generator, random.Random, int, None]
+RngLike = np.random.Generator | random.Random | int | None
 
 
 def as_generator(rng: RngLike) -> np.random.Generator:
@@ -214,9 +213,7 @@ class PhotoAugment:
     white_prob: float = 0.4
 
     def __call__(self, image: Image.Image, rng: RngLike) -> Image.Image:
-        return augment_photo(image, rng, size=self.size, crop_scale=self.crop_scale, hflip_p=self.hflip_p,
-                             brightness=self.brightness, contrast=self.contrast, saturation=self.saturation,
-                             hue=self.hue, white_prob=self.white_prob)
+        return augment_photo(image, rng, **asdict(self))
 
 
 @dataclass
@@ -231,6 +228,4 @@ class SketchAugment:
     stroke_p: float = 0.5
 
     def __call__(self, image: Image.Image, rng: RngLike) -> Image.Image:
-        return augment_sketch(image, rng, hflip_p=self.hflip_p, max_rotate=self.max_rotate,
-                              max_scale=self.max_scale, max_translate=self.max_translate,
-                              max_shear=self.max_shear, stroke_p=self.stroke_p)
+        return augment_sketch(image, rng, **asdict(self))

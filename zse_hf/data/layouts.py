@@ -2,8 +2,8 @@
 
 None of these datasets can be downloaded here; users who have them point a reader at the
 folder. Class folders are matched across spellings with
-:func:`~zse_hf.data.offline.canonical_class` (``teddy_bear`` = ``teddy-bear``), and every
-reader returns the same :class:`~zse_hf.data.offline.RetrievalPair` as the offline data.
+:func:`~zse_hf.data.split.canonical_class` (``teddy_bear`` = ``teddy-bear``), and every
+reader returns the same :class:`~zse_hf.data.datasets.RetrievalPair` as the offline data.
 
 Default folders (relative to ``ROOT`` or ``ROOT/<Dataset>``; the first that exists wins,
 and each can be overridden):
@@ -30,13 +30,9 @@ from typing import Callable, Iterable, Sequence
 
 from PIL import Image
 
-from .offline import (
-    RetrievalDataset,
-    RetrievalPair,
-    canonical_class,
-    evaluation_set,
-    open_image_on_white,
-)
+from .datasets import RetrievalDataset, RetrievalPair, evaluation_set
+from .images import open_image_on_white
+from .split import canonical_class
 
 __all__ = [
     "DatasetLayout",
@@ -63,7 +59,8 @@ __all__ = [
     "sketchy_instance_pairs",
 ]
 
-# Zero-shot unseen classes (SPEC section 4), in the datasets' own spelling.
+# Zero-shot unseen classes of the standard splits (Sketchy-25/21, TU-Berlin-30, QuickDraw-Ext), in the
+# datasets' own spelling.
 SKETCHY_25 = ("cup", "swan", "harp", "squirrel", "snail", "ray", "pineapple", "volcano", "rifle", "scissors",
               "parrot", "windmill", "teddy_bear", "tree", "wine_bottle", "deer", "chicken", "airplane",
               "wheelchair", "tank", "umbrella", "butterfly", "camel", "horse", "bell")
@@ -249,7 +246,7 @@ def scan_class_folders(folder: str | os.PathLike) -> dict[str, tuple[str, list[P
 
 
 class ImageListDataset(RetrievalDataset):
-    """A :class:`~zse_hf.data.offline.RetrievalDataset` over image files.
+    """A :class:`~zse_hf.data.datasets.RetrievalDataset` over image files.
 
     Args:
         paths: ``[N]`` image paths.
@@ -396,8 +393,8 @@ def read_tuberlin(root: str | os.PathLike, split: str = "test", zero_shot: str =
 
 def read_quickdraw_ext(root: str | os.PathLike, split: str = "test", zero_shot: str = "quickdraw25",
                        **kwargs) -> RetrievalPair:
-    """QuickDraw-Extended (``"quickdraw25"`` from SPEC, or ``"quickdraw30"`` of the ZSE-SBIR
-    code); see :func:`read_layout`."""
+    """QuickDraw-Extended (``"quickdraw25"``: the 25 unseen classes of `QUICKDRAW_25`, or
+    ``"quickdraw30"`` of the ZSE-SBIR code); see :func:`read_layout`."""
     return read_layout("quickdraw", root, split, zero_shot=zero_shot, **kwargs)
 
 
@@ -508,9 +505,9 @@ def open_dataset(spec: str, split: str = "test", **kwargs) -> RetrievalPair:
             ``quickdraw`` (= ``quickdraw25``) or ``quickdraw30``. Only the first ``:`` splits,
             so ``ROOT`` may contain colons.
         split: offline: ``test``, ``val``, ``train``, ``train_fit``
-            (:func:`~zse_hf.data.offline.evaluation_set`); research layouts: ``test``,
+            (:func:`~zse_hf.data.datasets.evaluation_set`); research layouts: ``test``,
             ``train``, and for Sketchy ``test_fg``, ``train_fg`` (:func:`read_layout`).
-        kwargs: passed to :func:`~zse_hf.data.offline.evaluation_set` or :func:`read_layout`.
+        kwargs: passed to :func:`~zse_hf.data.datasets.evaluation_set` or :func:`read_layout`.
 
     Returns:
         :class:`RetrievalPair` ``(queries, gallery)``: datasets with ``classes``, ``labels``

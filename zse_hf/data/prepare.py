@@ -33,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except assets.AssetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .offline import load_photo, load_photo_table, load_split, read_quickdraw
+    from .photos import load_photo, load_photo_table
+    from .quickdraw import read_quickdraw
+    from .split import load_split
 
     split = load_split()
     records = load_photo_table()

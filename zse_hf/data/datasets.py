@@ -1,0 +1,219 @@
+"""Retrieval datasets: the common query/gallery structure, the offline QuickDraw sketch and Tux
+Paint photo sets, and the deterministic evaluation sets of the offline split.
+
+Everything here yields PIL images (RGB, white background) plus integer labels; turning
+them into tensors (and normalising) is the image processor's job.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import composite_on_white
+from .photos import load_photo_rgba, photos_by_class
+from .quickdraw import read_quickdraw, render_sketch
+from .split import load_split, train_val_split
+
+
+class RetrievalDataset(torch.utils.data.Dataset):
+    """Common structure of query and gallery sets (offline data and research layouts).
+
+    Attributes:
+        modality: ``"sketch"`` or ``"photo"``.
+        classes: class names; ``label`` indexes this list (queries and gallery of one
+            split share it).
+        labels: int64 array ``[N]``.
+        class_names: ``[N]`` class name per item.
+        ids: ``[N]`` stable item ids.
+        instances: ``[N]`` fine-grained instance ids (``None`` where unknown).
+        transform: optional callable applied to the PIL image in ``__getitem__``.
+
+    Items are dicts ``{"image", "label", "class_name", "id", "instance"}``; ``image`` is
+    an RGB PIL image on white (or ``transform(image)``).
+    """
+
+    modality: str = "photo"
+
+    def __init__(self, classes: Sequence[str], class_names: Sequence[str], ids: Sequence[str],
+                 instances: Sequence[str | None] | None = None, transform: Callable | None = None):
+        self.classes = list(classes)
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.class_names = list(class_names)
+        self.labels = np.asarray([index[c] for c in self.class_names], dtype=np.int64)
+        self.ids = list(ids)
+        self.instances = list(instances) if instances is not None else [None] * len(self.ids)
+        self.transform = transform
+        if not (len(self.class_names) == len(self.ids) == len(self.instances)):
+            raise ValueError("class_names, ids and instances must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """The image of item ``index``: RGB on white, or RGBA (a cut-out where available)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self)
+        image = self.load(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"image": image, "label": int(self.labels[index]), "class_name": self.class_names[index],
+                "id": self.ids[index], "instance": self.instances[index]}
+
+    def indices_by_label(self) -> dict[int, np.ndarray]:
+        """``{label: int64 array of item indices}`` in item order."""
+        return {lab: np.flatnonzero(self.labels == lab) for lab in np.unique(self.labels).tolist()}
+
+
+class RetrievalPair(NamedTuple):
+    """Queries (sketches) and gallery (photos) of one split, sharing ``classes`` and labels."""
+
+    queries: RetrievalDataset
+    gallery: RetrievalDataset
+
+
+class OfflineSketchDataset(RetrievalDataset):
+    """QuickDraw sketches of the given classes, rendered on the fly.
+
+    Args:
+        classes: class names (QuickDraw spelling); label = position in this list.
+        size: rendered side in pixels.
+        max_per_class: keep only the first k drawings per class (default all 100).
+        root: QuickDraw folder (default ``assets.quickdraw_root()``).
+        transform: optional callable on the PIL image.
+        margin: white border for :func:`render_sketch`.
+
+    Attributes:
+        bitmaps: float32 ``[N, 28, 28]``, 1 = ink.
+
+    Items: ``{"image": RGB PIL size x size, "label", "class_name", "id": "quickdraw/<class>/<k>",
+    "instance": None}``.
+    """
+
+    modality = "sketch"
+
+    def __init__(self, classes: Sequence[str], size: int = 224, max_per_class: int | None = None,
+                 root: str | os.PathLike | None = None, transform: Callable | None = None, margin: float = 0.0):
+        classes = list(classes)
+        bitmaps, names, ids = [], [], []
+        for c in classes:
+            b = read_quickdraw(c, root)
+            if max_per_class is not None:
+                b = b[:max_per_class]
+            bitmaps.append(b)
+            names += [c] * len(b)
+            ids += [f"quickdraw/{c}/{k:03d}" for k in range(len(b))]
+        self.bitmaps = np.concatenate(bitmaps) if bitmaps else np.zeros((0, 28, 28), np.float32)
+        self.size, self.margin = size, margin
+        super().__init__(classes, names, ids, transform=transform)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """Render sketch ``index`` (RGB; ``rgba=True`` gives an opaque RGBA copy)."""
+        im = render_sketch(self.bitmaps[index], self.size, margin=self.margin)
+        return im.convert("RGBA") if rgba else im
+
+
+class OfflinePhotoDataset(RetrievalDataset):
+    """Reviewed Tux Paint photos of the given classes, composited onto white.
+
+    Args:
+        classes: class names; label = position in this list. Classes without photos
+            simply contribute no items.
+        verify: sha256-check each file on first load.
+        crop: crop to the alpha > 8 box and pad to a square (as in :func:`load_photo`).
+        max_side: downscale so the longer side is at most this (saves time and memory).
+        cache: keep loaded cut-outs in memory.
+        root: stamps folder (default ``assets.tuxpaint_root()``).
+        transform: optional callable on the PIL image.
+
+    Attributes:
+        records: the :class:`PhotoRecord` per item (``photos.csv`` order within a class).
+
+    Items: ``{"image": RGB PIL (square), "label", "class_name", "id": stamp_path, "instance": None}``.
+    """
+
+    modality = "photo"
+
+    def __init__(self, classes: Sequence[str], verify: bool = True, crop: bool = True, max_side: int | None = 512,
+                 cache: bool = True, root: str | os.PathLike | None = None, transform: Callable | None = None):
+        classes = list(classes)
+        groups = photos_by_class(classes)
+        self.records = [r for c in classes for r in groups.get(c, [])]
+        self.verify, self.crop, self.max_side, self.root = verify, crop, max_side, root
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        super().__init__(classes, [r.class_name for r in self.records], [r.id for r in self.records],
+                         transform=transform)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """Photo ``index``: RGB on white, or the RGBA cut-out with ``rgba=True``."""
+        im = self._cache.get(index) if self._cache is not None else None
+        if im is None:
+            im = load_photo_rgba(self.records[index], verify=self.verify, crop=self.crop, square=self.crop,
+                                 max_side=self.max_side, root=self.root)
+            if self._cache is not None:
+                self._cache[index] = im
+        return im.copy() if rgba else composite_on_white(im)
+
+
+def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int = 10) -> list[str]:
+    s = load_split()
+    if split == "test":
+        return list(s["test"])
+    if split == "train":
+        return list(s["train"])
+    fit, val = train_val_split(seed=val_seed, num_val_classes=num_val_classes)
+    if split == "val":
+        return val
+    if split == "train_fit":
+        return fit
+    raise ValueError(f"unknown offline split {split!r}: use 'test', 'train', 'val' or 'train_fit'")
+
+
+def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class: int | None = None,
+                   photo_max_side: int | None = 512, verify: bool = True, val_seed: int = 0,
+                   num_val_classes: int = 10, quickdraw_root: str | os.PathLike | None = None,
+                   photo_root: str | os.PathLike | None = None) -> RetrievalPair:
+    """Deterministic category-level retrieval set from the offline data.
+
+    Args:
+        split: ``"test"`` (22 unseen classes: 2,200 sketch queries, 32 photos; report only),
+            ``"val"`` (held-out training classes from :func:`train_val_split`; use this for
+            model selection), ``"train_fit"`` (training classes minus ``val``) or
+            ``"train"`` (all 57 training classes).
+        sketch_size: rendered sketch side.
+        max_per_class: first k sketches per class (default all 100).
+        photo_max_side: cap on the photos' longer side.
+        verify: sha256-check photos.
+        val_seed, num_val_classes: passed to :func:`train_val_split`.
+        quickdraw_root, photo_root: data folders (default: the asset cache).
+
+    Returns:
+        :class:`RetrievalPair` ``(queries, gallery)``: classes in ``split.json`` order,
+        sketches in file order, photos in ``photos.csv`` order; labels index ``queries.classes``.
+    """
+    classes = _offline_split_classes(split, val_seed, num_val_classes)
+    queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root)
+    gallery = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
+    return RetrievalPair(queries, gallery)
+
+
+def collate_retrieval(batch: list[dict]) -> dict:
+    """DataLoader ``collate_fn`` for :class:`RetrievalDataset` items: images stay a list.
+
+    Returns:
+        ``{"image": list, "label": int64 tensor [B], "class_name": list, "id": list, "instance": list}``.
+    """
+    return {"image": [b["image"] for b in batch], "label": torch.tensor([b["label"] for b in batch]),
+            "class_name": [b["class_name"] for b in batch], "id": [b["id"] for b in batch],
+            "instance": [b["instance"] for b in batch]}
+
+
+__all__ = ["OfflinePhotoDataset", "OfflineSketchDataset", "RetrievalDataset", "RetrievalPair", "collate_retrieval",
+           "evaluation_set"]

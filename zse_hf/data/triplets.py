@@ -1,0 +1,187 @@
+"""Training triplets (anchor sketch, positive photo, negative photo), their resumable sampler,
+and their DataLoader collate function."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .datasets import OfflinePhotoDataset, OfflineSketchDataset, RetrievalDataset
+from .pseudo_sketch import photo_to_pseudo_sketch
+from .split import check_classes_allowed
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """Category-level triplets (anchor sketch, positive photo, negative photo).
+
+    Item ``i`` depends only on ``(seed, i)`` (``numpy.random.default_rng([seed, i])``), so
+    training resumes exactly by restarting the index stream (see :class:`TripletSampler`).
+    Any non-negative index is valid; ``len()`` is the nominal epoch length.
+
+    Sampling: anchor class uniform over classes that have sketches and photos; a sketch of
+    it uniform (or, with probability ``pseudo_sketch_prob`` and a photo left for the
+    positive, a pseudo-sketch of one of its photos); a positive photo of that class
+    (a different photo from the pseudo-sketch's source where possible); a negative class
+    uniform among the others, and one of its photos. Augmentations use a separate stream
+    ``default_rng([seed, i, 1])``, so the chosen ids do not depend on them.
+
+    Args:
+        sketches, photos: :class:`RetrievalDataset` s sharing ``classes``.
+        seed: sampling seed.
+        length: nominal length (default ``len(sketches)``).
+        sketch_augment, photo_augment: callables ``(image, rng) -> image``; photos get the
+            RGBA cut-out (``load(i, rgba=True)``) and must return RGB (e.g.
+            :class:`zse_hf.data.augment.PhotoAugment`). Without ``photo_augment`` photos are
+            plain RGB on white.
+        pseudo_sketch_prob: probability of a pseudo-sketch anchor.
+        pseudo_sketch_kwargs: passed to :func:`photo_to_pseudo_sketch` (``size`` defaults
+            to the sketch size).
+        unseen: classes to refuse (checked with :func:`check_classes_allowed`); ``None``
+            skips the check (use :meth:`offline`, which always checks).
+
+    Items: ``{"sketch", "positive", "negative"}`` images plus ``"label"``, ``"negative_label"``
+    (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``.
+    """
+
+    def __init__(self, sketches: RetrievalDataset, photos: RetrievalDataset, seed: int = 0, length: int | None = None,
+                 sketch_augment: Callable | None = None, photo_augment: Callable | None = None,
+                 pseudo_sketch_prob: float = 0.0, pseudo_sketch_kwargs: dict | None = None,
+                 unseen: Iterable[str] | None = None):
+        if list(sketches.classes) != list(photos.classes):
+            raise ValueError("sketches and photos must share the same classes list")
+        self.classes = list(sketches.classes)
+        if unseen is not None:
+            check_classes_allowed(self.classes, unseen)
+        self.sketches, self.photos = sketches, photos
+        self.seed = int(seed)
+        self.sketch_augment, self.photo_augment = sketch_augment, photo_augment
+        self.pseudo_sketch_prob = float(pseudo_sketch_prob)
+        self.pseudo_sketch_kwargs = dict(pseudo_sketch_kwargs or {})
+        self._sk = sketches.indices_by_label()
+        self._ph = photos.indices_by_label()
+        self.anchor_labels = sorted(set(self._sk) & set(self._ph))
+        self.photo_labels = sorted(self._ph)
+        if not self.anchor_labels or len(self.photo_labels) < 2:
+            raise ValueError("need at least one class with sketches and photos, and photos in two classes")
+        self.length = int(length) if length is not None else len(sketches)
+
+    @classmethod
+    def offline(cls, classes: Sequence[str], seed: int = 0, length: int | None = None, *, sketch_size: int = 224,
+                photo_max_side: int | None = 512, augment: bool = False, pseudo_sketch_prob: float = 0.0,
+                allow_unseen: bool = False, verify: bool = True, quickdraw_root=None, photo_root=None,
+                **kwargs) -> TripletDataset:
+        """Triplets from the offline data; refuses ``unseen_all`` classes unless ``allow_unseen``.
+
+        ``augment=True`` uses the default :class:`~zse_hf.data.augment.SketchAugment` and
+        :class:`~zse_hf.data.augment.PhotoAugment`; other keyword arguments go to ``__init__``.
+        """
+        if not allow_unseen:
+            check_classes_allowed(classes)
+        sk = OfflineSketchDataset(classes, size=sketch_size, root=quickdraw_root)
+        ph = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
+        if augment:
+            from .augment import PhotoAugment, SketchAugment
+
+            kwargs.setdefault("sketch_augment", SketchAugment())
+            kwargs.setdefault("photo_augment", PhotoAugment())
+        kwargs.setdefault("pseudo_sketch_kwargs", {"size": sketch_size})
+        return cls(sk, ph, seed=seed, length=length, pseudo_sketch_prob=pseudo_sketch_prob, **kwargs)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int) -> dict:
+        """The choices of item ``index`` without loading images.
+
+        Returns:
+            ``{"label", "negative_label", "sketch_index", "pseudo_photo_index",
+            "positive_index", "negative_index"}`` (``sketch_index`` is ``None`` for a
+            pseudo-sketch anchor, ``pseudo_photo_index`` ``None`` otherwise).
+        """
+        if index < 0:
+            raise IndexError("triplet index must be non-negative")
+        rng = np.random.default_rng([self.seed, int(index)])
+        label = self.anchor_labels[int(rng.integers(len(self.anchor_labels)))]
+        photos = self._ph[label]
+        use_pseudo = self.pseudo_sketch_prob > 0 and rng.random() < self.pseudo_sketch_prob
+        if use_pseudo:
+            src = int(rng.integers(len(photos)))
+            rest = [k for k in range(len(photos)) if k != src] or [src]
+            pos = rest[int(rng.integers(len(rest)))]
+            sketch_index, pseudo_index = None, int(photos[src])
+        else:
+            sks = self._sk[label]
+            sketch_index, pseudo_index = int(sks[int(rng.integers(len(sks)))]), None
+            pos = int(rng.integers(len(photos)))
+        others = [lab for lab in self.photo_labels if lab != label]
+        neg_label = others[int(rng.integers(len(others)))]
+        negs = self._ph[neg_label]
+        neg = int(negs[int(rng.integers(len(negs)))])
+        return {"label": int(label), "negative_label": int(neg_label), "sketch_index": sketch_index,
+                "pseudo_photo_index": pseudo_index, "positive_index": int(photos[pos]), "negative_index": neg}
+
+    def _photo(self, index: int, rng: np.random.Generator) -> Image.Image:
+        if self.photo_augment is None:
+            return self.photos.load(index)
+        return self.photo_augment(self.photos.load(index, rgba=True), rng)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.sample(index)
+        rng = np.random.default_rng([self.seed, int(index), 1])
+        if s["sketch_index"] is not None:
+            sketch = self.sketches.load(s["sketch_index"])
+            sketch_id = self.sketches.ids[s["sketch_index"]]
+        else:
+            kw = dict(self.pseudo_sketch_kwargs)
+            kw.setdefault("size", 224)
+            sketch = photo_to_pseudo_sketch(self.photos.load(s["pseudo_photo_index"], rgba=True), **kw)
+            sketch_id = "pseudo:" + self.photos.ids[s["pseudo_photo_index"]]
+        if self.sketch_augment is not None:
+            sketch = self.sketch_augment(sketch, rng)
+        return {
+            "sketch": sketch,
+            "positive": self._photo(s["positive_index"], rng),
+            "negative": self._photo(s["negative_index"], rng),
+            "label": s["label"],
+            "negative_label": s["negative_label"],
+            "sketch_id": sketch_id,
+            "positive_id": self.photos.ids[s["positive_index"]],
+            "negative_id": self.photos.ids[s["negative_index"]],
+            "pseudo": s["sketch_index"] is None,
+        }
+
+
+class TripletSampler(torch.utils.data.Sampler):
+    """Sequential indices ``start, start + 1, ...`` for a :class:`TripletDataset`.
+
+    Each index is already a random triplet, so no shuffling is needed; to resume after
+    ``step`` optimiser steps of batch size ``B``, use ``start = step * B``.
+
+    Args:
+        num_samples: how many indices to yield.
+        start: first index.
+    """
+
+    def __init__(self, num_samples: int, start: int = 0):
+        self.num_samples, self.start = int(num_samples), int(start)
+
+    def __iter__(self):
+        return iter(range(self.start, self.start + self.num_samples))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def collate_triplets(batch: list[dict]) -> dict:
+    """DataLoader ``collate_fn`` for :class:`TripletDataset` items: images stay lists,
+    ``label``/``negative_label`` become int64 tensors ``[B]``."""
+    out = {k: [b[k] for b in batch] for k in batch[0]}
+    out["label"] = torch.tensor(out["label"])
+    out["negative_label"] = torch.tensor(out["negative_label"])
+    return out
+
+
+__all__ = ["TripletDataset", "TripletSampler", "collate_triplets"]
