@@ -215,6 +215,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         report_to="none",
         ddp_broadcast_buffers=False,  # the feature caches are buffers: never broadcast by DDP
+        ddp_find_unused_parameters=False,  # the loss uses the whole pairwise head
         **device_arguments({}),
     )
     model, processor, built = load_model(str(model_dir))

@@ -229,9 +229,19 @@ def build_model(cfg: TrainConfig) -> ZseModel:
         relation_rank_weight=cfg.relation_rank_weight,
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
+    freeze_unused(model)
     if cfg.gradient_checkpointing:
-        model.encoder.backbone.gradient_checkpointing_enable()
+        backbone = model.encoder.backbone
+        getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)()
     return model
+
+
+def freeze_unused(model: ZseModel) -> None:
+    """Stop updates of backbone weights ZSE never uses (a masked-image-modelling mask token, a ViT
+    pooler): they get no gradient, which data-parallel training (DDP) does not allow."""
+    for name, p in model.encoder.backbone.named_parameters():
+        if name.split(".")[-1] == "mask_token" or (not model.encoder.is_clip and name.startswith("pooler.")):
+            p.requires_grad_(False)
 
 
 def freeze_early_blocks(model: ZseModel, n: int) -> None:
@@ -537,8 +547,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=report_to,
-        **device_arguments(training_overrides),
-        **training_overrides,
+        # every trainable weight gets a gradient (see freeze_unused), so DDP need not search for unused ones
+        **{"ddp_find_unused_parameters": False, **device_arguments(training_overrides), **training_overrides},
     )
     checkpoint = prepare_run_folder(out, args, resume, dataclasses.asdict(cfg))
     # one stream for all ranks: max_steps optimiser steps of world_size x batch triplets each
