@@ -45,6 +45,16 @@ _JOB = textwrap.dedent("""
         return load(self, index)
 
     TripletDataset.__getitem__ = recording
+    if os.environ.get("SKEW_RANK") == os.environ.get("RANK"):  # this rank's clock jumps ahead after the start
+        import time, types
+        from zse_hf import training
+        reads = []
+
+        def skewed():
+            reads.append(1)
+            return time.monotonic() + (0 if len(reads) == 1 else 1e6)
+
+        training.time = types.SimpleNamespace(monotonic=skewed, time=time.time)
     code = 0
     for argv in json.loads(sys.argv[1]):
         code = code or cli.main(argv)
@@ -54,8 +64,8 @@ _JOB = textwrap.dedent("""
 """)
 
 
-def _launch(launcher: str, commands: list[list[str]], record: str, tmp_path) -> list[dict]:
-    """Run `_JOB` with `commands` in 2 processes; returns each rank's record."""
+def _launch(launcher: str, commands: list[list[str]], record: str, tmp_path, **env) -> list[dict]:
+    """Run `_JOB` with `commands` in 2 processes (extra environment `env`); returns each rank's record."""
     job = tmp_path / "job.py"
     job.write_text(_JOB)
     if launcher == "accelerate":
@@ -63,7 +73,7 @@ def _launch(launcher: str, commands: list[list[str]], record: str, tmp_path) -> 
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     else:
         head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
     proc = subprocess.Popen([*head, str(job), json.dumps(commands), str(tmp_path / record)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -140,9 +150,10 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
     assert [r["step"] for r in log if "eval_mAP@all" in r] == list(range(1, STEPS + 1))
     _check_best(tmp_path / "straight")
 
-    # torchrun: stopped by --time-limit after step 1 (all ranks agree), then --resume
+    # torchrun: rank 1's clock passes --time-limit after step 1, rank 0's never: both stop there; then --resume
     split = tmp_path / "split"
-    first = _launch("torchrun", [[*train, "--out", str(split), "--time-limit", "0"]], "first", tmp_path)
+    first = _launch("torchrun", [[*train, "--out", str(split), "--time-limit", "3600"]], "first", tmp_path,
+                    SKEW_RANK="1")
     assert sorted(p.name for p in split.glob("checkpoint-*")) == ["checkpoint-1"]
     for rank, rec in enumerate(first):
         assert rec["world"] == WORLD and rec["triplets"][:BATCH] == _rank_stream(rank, range(1))
