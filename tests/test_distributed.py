@@ -1,5 +1,6 @@
 """Data parallelism with the real launchers: 2 CPU processes (gloo) under `accelerate launch` and
-`torchrun`, training a tiny model on the real offline data and building a sharded index.
+`torchrun`, training a tiny model on the real offline data (both stages) and building a sharded
+index.
 
 Each launch runs `_JOB`, which calls the `zse-sbir` CLI entry point (one or more commands in
 a row) and records, per rank, the process group size and which triplets its DataLoader loaded.
@@ -139,8 +140,13 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
     index = ["index", str(photos), "--model", str(model_dir), "--out", str(tmp_path / "shards"), "--shard", "auto",
              "--quiet", "--num-workers", "0"]
 
-    # accelerate launch: a straight run, then the sharded index
-    straight = _launch("accelerate", [[*train, "--out", str(tmp_path / "straight")], index], "straight", tmp_path)
+    relation = ["train-relation", "--model", str(tmp_path / "straight" / "best"), "--out", str(tmp_path / "relation"),
+                "--top-k", "3", "--batch-size", "4", "--max-steps", "2", "--eval-steps", "1", "--save-steps", "1",
+                "--val-classes", "3", "--val-sketches-per-class", "2", "--sketches-per-class", "2"]
+
+    # accelerate launch: a straight run, the relation stage on its model, the sharded index
+    straight = _launch("accelerate", [[*train, "--out", str(tmp_path / "straight")], relation, index], "straight",
+                       tmp_path)
     for rank, rec in enumerate(straight):
         assert rec["world"] == WORLD
         assert rec["triplets"] == _rank_stream(rank, range(STEPS))  # distinct batches, no replay
@@ -149,6 +155,9 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == list(range(1, STEPS + 1))  # one line per step, not per rank
     assert [r["step"] for r in log if "eval_mAP@all" in r] == list(range(1, STEPS + 1))
     _check_best(tmp_path / "straight")
+    stage = json.loads((tmp_path / "relation" / "best" / "training_summary.json").read_text())["relation_stage"]
+    assert stage["processes"] == WORLD and stage["stopped_at_step"] == 2
+    assert [r["step"] for r in _log(tmp_path / "relation") if "eval_rn_mAP@all" in r] == [1, 2]
 
     # torchrun: rank 1's clock passes --time-limit after step 1, rank 0's never: both stop there; then --resume
     split = tmp_path / "split"
