@@ -182,6 +182,24 @@ def test_validation_uses_training_classes_only(tiny_backbone):
     assert len(val_classes) == 3
 
 
+def test_subset_keeps_labels_and_items(tmp_path):
+    from PIL import Image
+
+    from zse_hf.data import ImageListDataset
+    from zse_hf.training import _Subset
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
+    base = ImageListDataset(paths, ["a", "b", "c"], ["a", "b", "c", "a", "b", "c"], modality="sketch")
+    sub = _Subset(base, [5, 3, 2])
+    assert sub.classes == base.classes and sub.modality == "sketch" and len(sub) == 3
+    assert sub.labels.tolist() == [2, 0, 2] and sub.ids == [str(paths[i]) for i in (5, 3, 2)]
+    assert {k: v.tolist() for k, v in sub.indices_by_label().items()} == {0: [1], 2: [0, 2]}
+    assert sub[1]["image"].getpixel((0, 0)) == base[3]["image"].getpixel((0, 0)) and sub[1]["label"] == 0
+
+
 def test_presets_and_yaml(tmp_path):
     assert {"offline-cpu", "paper"} <= set(PRESETS)
     assert PRESETS["paper"].batch_size == 15 and PRESETS["paper"].lr == 1e-5

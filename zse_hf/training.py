@@ -15,7 +15,7 @@ stock `Trainer` with:
 Data parallel: under `torchrun` or `accelerate launch` (N processes, one per GPU, or gloo on
 CPU) the Trainer's DDP runs it. The stream holds `max_steps x batch x N` triplets and rank `r`
 gets batches `r, r + N, ...`, so step `s` trains on triplets `[s N B, (s + 1) N B)`: N ranks see
-N times the data of one, never twice. Process 0 alone writes files (run config, log,
+N times the data of one, no item twice. Process 0 alone writes files (run config, log,
 checkpoint marker, `best/`) and validates (the metrics are broadcast); `--time-limit` stops
 all ranks at the same step; a checkpoint is marked complete once every rank's state is in it.
 """
@@ -61,7 +61,7 @@ class TrainConfig:
         relation_grid: G of the relation network.
         freeze_blocks: the first N backbone blocks (and the patch/position embeddings) get no
             weight updates (gradients still flow through them to the tokenizer).
-        batch_size: triplets per step (per device).
+        batch_size: triplets per step and process (N processes: N x batch_size a step).
         max_steps: optimiser steps.
         lr: learning rate of the backbone; `head_lr` that of the tokenizer, cross-attention
             and relation network (new weights).
