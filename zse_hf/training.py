@@ -406,8 +406,11 @@ def device_arguments(overrides: dict) -> dict:
     process (accelerate starts several CPU processes only through mpirun).
     """
     world = launched_world_size()
-    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-    if world > 1 and accelerator is None and "use_cpu" not in overrides:
+    if hasattr(torch, "accelerator"):  # torch >= 2.6: CUDA, XPU, MPS, ...
+        has_accelerator = torch.accelerator.current_accelerator() is not None
+    else:
+        has_accelerator = torch.cuda.is_available()
+    if world > 1 and not has_accelerator and "use_cpu" not in overrides:
         return {"use_cpu": True}
     cpu_flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if world == 1 and cpu_flag and os.environ.get("MASTER_ADDR"):
