@@ -144,7 +144,7 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
                 "--top-k", "3", "--batch-size", "4", "--max-steps", "2", "--eval-steps", "1", "--save-steps", "1",
                 "--val-classes", "3", "--val-sketches-per-class", "2", "--sketches-per-class", "2"]
 
-    # accelerate launch: a straight run, the relation stage on its model, the sharded index
+    # accelerate launch: a straight run, the relation stage on its model (same process group), the sharded index
     straight = _launch("accelerate", [[*train, "--out", str(tmp_path / "straight")], relation, index], "straight",
                        tmp_path)
     for rank, rec in enumerate(straight):
@@ -157,7 +157,9 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
     _check_best(tmp_path / "straight")
     stage = json.loads((tmp_path / "relation" / "best" / "training_summary.json").read_text())["relation_stage"]
     assert stage["processes"] == WORLD and stage["stopped_at_step"] == 2
-    assert [r["step"] for r in _log(tmp_path / "relation") if "eval_rn_mAP@all" in r] == [1, 2]
+    assert [r["step"] for r in _log(tmp_path / "relation") if "eval_rn_mAP@all" in r] == [1, 2]  # validated once
+    assert {"rng_state_0.pth", "rng_state_1.pth", "zse_checkpoint_complete"} <= \
+        {p.name for p in (tmp_path / "relation" / "checkpoint-2").iterdir()}
 
     # torchrun: rank 1's clock passes --time-limit after step 1, rank 0's never: both stop there; then --resume
     split = tmp_path / "split"
@@ -193,3 +195,4 @@ def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
         if name == "manifest.json":
             a, b = ({k: v for k, v in json.loads(x).items() if k != "created"} for x in (a, b))
         assert a == b, name
+

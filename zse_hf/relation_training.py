@@ -41,6 +41,7 @@ from .training import (
     device_arguments,
     from_main_process,
     prepare_run_folder,
+    release_process_group_at_exit,
     retrieval_validation,
     save_best,
 )
@@ -275,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zse-sbir train-relation: {err}", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        release_process_group_at_exit()
     if os.environ.get("RANK", "0") == "0":
         print(f"best model: {best}")
     return 0

@@ -23,6 +23,7 @@ all ranks at the same step; a checkpoint is marked complete once every rank's st
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
@@ -435,6 +436,23 @@ def wait_for_everyone(args: TrainingArguments) -> None:
         args.distributed_state.wait_for_everyone()
 
 
+def release_process_group_at_exit() -> None:
+    """Destroy the launcher's process group when this process exits (a clean NCCL shutdown), not
+    when a command ends: a later command of the same process (a script running train, then
+    train-relation) reuses the group, since re-creating one is unreliable under torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and not _release_registered:
+        _release_registered.append(True)
+        atexit.register(_destroy_process_group)
+
+
+_release_registered: list[bool] = []
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def checkpoint_world_size(folder: str | os.PathLike) -> int | None:
     """How many processes wrote a checkpoint (from its per-rank RNG files); `None`: unknown."""
     folder = Path(folder)
@@ -668,8 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zse-sbir train: {err}", file=sys.stderr)
         return 2
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        release_process_group_at_exit()
     if launched_world_size() == 1 or os.environ.get("RANK", "0") == "0":
         print(f"best model: {best}")
     return 0
