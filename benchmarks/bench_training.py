@@ -1,21 +1,29 @@
-"""Seconds per training step and peak memory of the training presets.
+"""Seconds per training step and peak memory of the training presets; data-parallel throughput.
 
     python benchmarks/bench_training.py [--presets offline-cpu paper] [--steps 3] [--device cpu]
         [--relation-rank-weight W] [--backbone DIR]
+    python benchmarks/bench_training.py --processes 1 2 [--presets offline-cpu] [--steps 6]
 
 Each preset runs in its own subprocess (so peak RSS is its own): it builds the preset's
 model (the `paper` preset uses a random DINOv2-small-shaped backbone, since no Hub access is
 assumed), samples real offline triplets, and times full optimiser steps (collate + forward +
 backward + AdamW) after one warm-up step. Prints a markdown table.
+
+`--processes N ...` instead runs `zse-sbir train` itself (HF Trainer, DDP) under `torchrun
+--nproc_per_node N` for `--steps` steps without validation, and reports the Trainer's own
+runtime as seconds per step and triplets per second over all processes (CPU: gloo, one thread
+per process unless OMP_NUM_THREADS is set; GPU: one process per GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +87,38 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None,
     }
 
 
+def run_data_parallel(preset: str, processes: int, steps: int, batch_size: int | None,
+                      backbone: str | None) -> dict | None:
+    """`zse-sbir train` of `preset` for `steps` steps in `processes` processes; a result row."""
+    from zse_hf.training import load_train_config
+
+    cfg = load_train_config(preset, batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "zse_hf.training", "--config", preset, "--out", str(Path(tmp) / "run"),
+               "--max-steps", str(steps), "--eval-steps", str(steps + 1), "--save-steps", str(steps + 1),
+               "--batch-size", str(cfg.batch_size)]
+        if backbone:
+            cmd += ["--backbone", backbone]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            print(f"{preset} x{processes}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            return None
+        log = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    runtime = next(r["train_runtime"] for r in log if "train_runtime" in r)
+    return {"preset": preset, "processes": processes, "batch_per_process": cfg.batch_size, "steps": steps,
+            "s_per_step": round(runtime / steps, 3),
+            "triplets_per_s": round(processes * cfg.batch_size * steps / runtime, 2)}
+
+
+def _table(rows: list[dict], keys: list[str]) -> None:
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+
+
 def main() -> int:
     """Run each preset in a subprocess and print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,8 +129,16 @@ def main() -> int:
     p.add_argument("--relation-rank-weight", type=float, default=None,
                    help="also train the listwise relation loss with this weight")
     p.add_argument("--backbone", default=None, help="converted backbone folder for the offline presets")
+    p.add_argument("--processes", type=int, nargs="+", default=None,
+                   help="data-parallel mode: run `zse-sbir train` under torchrun with each process count")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.processes:
+        rows = [run_data_parallel(preset, n, args.steps, args.batch_size, args.backbone)
+                for preset in args.presets for n in args.processes]
+        _table([r for r in rows if r], ["preset", "processes", "batch_per_process", "steps", "s_per_step",
+                                        "triplets_per_s"])
+        return 0
     if args.one:
         print(json.dumps(run_one(args.one, args.steps, args.device, args.batch_size,
                                  args.relation_rank_weight, args.backbone)))
@@ -109,12 +157,8 @@ def main() -> int:
             print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    keys = ["preset", "device", "image_size", "batch", "frozen_blocks", "trainable_M", "s_per_step",
-            "data_s_per_step", "peak_rss_GiB", "peak_gpu_GiB"]
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    _table(rows, ["preset", "device", "image_size", "batch", "frozen_blocks", "trainable_M", "s_per_step",
+                  "data_s_per_step", "peak_rss_GiB", "peak_gpu_GiB"])
     return 0
 
 

@@ -5,17 +5,28 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Dinov2Config, Dinov2Model, TrainerCallback
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTModel,
+)
 
 from zse_hf.data import load_split
 from zse_hf.training import (
     COMPLETE_MARKER,
     PRESETS,
+    RunFolderError,
     TrainConfig,
     build_datasets,
+    build_model,
     last_complete_checkpoint,
     load_train_config,
+    prepare_run_folder,
     train,
+    trim_log,
 )
 
 pytestmark = pytest.mark.slow  # needs the real QuickDraw / Tux Paint data
@@ -56,7 +67,11 @@ def test_resume_is_exact(tiny_backbone, tmp_path):
 
     early = export_best(tmp_path / "split")  # a stopped run still yields a usable model folder
     assert json.loads((early / "training_summary.json").read_text())["global_step"] == 2
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:  # logged before a kill, after checkpoint-2
+        f.write(json.dumps({"step": 4, "loss": 99.0}) + "\n")
     train(cfg, tmp_path / "split", resume=True)
+    split_log = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"] == 99.0) for r in split_log if "loss" in r] == [(2, False), (4, False)]
     a = load_file(tmp_path / "straight" / "checkpoint-4" / "model.safetensors")
     b = load_file(tmp_path / "split" / "checkpoint-4" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -102,6 +117,48 @@ def test_time_limit_stops_and_keeps_the_last_step(tiny_backbone, tmp_path):
     assert json.loads((best / "config.json").read_text())["relation_rank_weight"] == 1.0
 
 
+@pytest.mark.parametrize("kind", ["dinov2", "vit"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_every_trainable_weight_gets_a_gradient(kind, checkpointing, tmp_path):
+    """DDP (find_unused_parameters=False) needs a gradient for each trainable weight: the unused
+    mask token and ViT pooler are frozen."""
+    torch.manual_seed(0)
+    if kind == "vit":
+        ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56,
+                           intermediate_size=64)).save_pretrained(tmp_path)
+    else:
+        Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                                 image_size=56, mlp_ratio=2)).save_pretrained(tmp_path)
+    model = build_model(_cfg(str(tmp_path), freeze_blocks=0, gradient_checkpointing=checkpointing)).train()
+    images = torch.randn(3, 3, 3, 56, 56)
+    model(sketch_pixel_values=images[0], photo_pixel_values=images[1], negative_pixel_values=images[2],
+          labels=torch.tensor([0, 1, 1])).loss.backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("encoder.backbone.") for n in trainable)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_resume_trims_the_log_and_refuses_reuse(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "loss": 3}\n{"step": 3, "eval')
+    trim_log(log, 2)  # steps after the checkpoint are logged again by the resumed run; torn lines go
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / COMPLETE_MARKER).write_text("2")
+    (ckpt / "rng_state.pth").write_bytes(b"")
+    assert prepare_run_folder(tmp_path, args, resume=True, config={"a": 1}) == ckpt
+    assert json.loads((tmp_path / "train_config.json").read_text()) == {"a": 1}
+    with pytest.raises(RunFolderError, match="earlier run"):
+        prepare_run_folder(tmp_path, args, resume=False, config={})
+    for r in range(4):  # written by a 4-process run
+        (ckpt / f"rng_state_{r}.pth").write_bytes(b"")
+    (ckpt / "rng_state.pth").unlink()
+    with pytest.raises(RunFolderError, match="4 process"):
+        prepare_run_folder(tmp_path, args, resume=True, config={})
+
+
 def test_incomplete_checkpoint_is_ignored(tmp_path):
     good = tmp_path / "checkpoint-2"
     good.mkdir()
@@ -115,7 +172,7 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
 
 def test_validation_uses_training_classes_only(tiny_backbone):
     cfg = _cfg(tiny_backbone)
-    triplets, val_q, val_g = build_datasets(cfg)
+    triplets, val_q, _ = build_datasets(cfg)
     split = load_split()
     unseen = set(split["unseen_all"])
     val_classes = {val_q.class_names[i] for i in range(len(val_q))}
@@ -123,6 +180,24 @@ def test_validation_uses_training_classes_only(tiny_backbone):
     assert val_classes <= set(split["train"]) and not val_classes & unseen
     assert not train_classes & unseen and not train_classes & val_classes
     assert len(val_classes) == 3
+
+
+def test_subset_keeps_labels_and_items(tmp_path):
+    from PIL import Image
+
+    from zse_hf.data import ImageListDataset
+    from zse_hf.training import _Subset
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
+    base = ImageListDataset(paths, ["a", "b", "c"], ["a", "b", "c", "a", "b", "c"], modality="sketch")
+    sub = _Subset(base, [5, 3, 2])
+    assert sub.classes == base.classes and sub.modality == "sketch" and len(sub) == 3
+    assert sub.labels.tolist() == [2, 0, 2] and sub.ids == [str(paths[i]) for i in (5, 3, 2)]
+    assert {k: v.tolist() for k, v in sub.indices_by_label().items()} == {0: [1], 2: [0, 2]}
+    assert sub[1]["image"].getpixel((0, 0)) == base[3]["image"].getpixel((0, 0)) and sub[1]["label"] == 0
 
 
 def test_presets_and_yaml(tmp_path):

@@ -11,7 +11,10 @@ class swapped in for the last candidate when [Ret] found none. The loss is listw
 
 The loop is the stock HF `Trainer` (checkpoints, `--resume`, logging); validation is rn@K
 mAP@all on the validation classes carved from the training classes, which also picks the
-saved model.
+saved model. Under `torchrun` / `accelerate launch` it runs data parallel like `zse-sbir
+train` (see `zse_hf.training`): every process caches the features itself (the caches are
+never broadcast), all use process 0's candidate lists, and process 0 alone validates and
+writes files.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,10 +37,13 @@ from .training import (
     JsonlLogger,
     MarkedCheckpointsMixin,
     TimeLimit,
-    _save_best,
     checkpoint_step,
-    last_complete_checkpoint,
+    device_arguments,
+    from_main_process,
+    prepare_run_folder,
+    release_process_group_at_exit,
     retrieval_validation,
+    save_best,
 )
 
 
@@ -164,21 +171,29 @@ class RelationStageTrainer(MarkedCheckpointsMixin, Trainer):
         return retrieval_validation(self, self.model.model, rerank_k=self.top_k, prefix=metric_key_prefix)
 
 
-def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig):
+def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, fit=None):
     """Encode the training-fit sketches and photos once; returns `(sketches, photos, labels...)`.
+
+    `fit`: the `evaluation_set("train_fit", ...)` pair (built from `cfg` when not given).
 
     Returns: `(sketch_features, photo_features, sketch_labels [S], photo_labels [P])`; the
     features carry fp16 local tokens `[N, T, D]` and fp32 [Ret] embeddings.
     """
-    from .data import evaluation_set
     from .evaluation import encode_dataset
 
-    fit = evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                         max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.size, 112))
+    if fit is None:
+        fit = _fit_set(cfg, image_processor)
     model.eval()
     s = encode_dataset(model, image_processor, fit.queries, "sketch", desc="caching training sketches")
     p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
     return s, p, np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
+
+
+def _fit_set(cfg: RelationStageConfig, image_processor):
+    from .data import evaluation_set
+
+    return evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+                          max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.size, 112))
 
 
 def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, resume: bool = False,
@@ -192,50 +207,55 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     from .loading import load_model, weights_fingerprint
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps({"stage": "relation", "base_model": str(model_dir),
-                                                       **dataclasses.asdict(cfg)}, indent=1))
-    model, processor, built = load_model(str(model_dir))
-    if built:
-        raise ValueError(f"{model_dir} is a backbone folder; the relation stage needs a trained ZSE model")
-    model = model.float()
-    ip = getattr(processor, "image_processor", processor)
-    base_hash = weights_fingerprint(model, short=True)
-    s, p, s_lab, p_lab = cache_features(model, ip, cfg)
-    cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
-    objective = RelationHeadObjective(model, s, p, cand, pos)
-    val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                         max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.size, 112))
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=32,
         max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type="constant", logging_steps=10, eval_strategy="steps", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="rn_mAP@all", greater_is_better=True, remove_unused_columns=False,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
+        report_to="none",
+        ddp_broadcast_buffers=False,  # the feature caches are buffers: never broadcast by DDP
+        ddp_find_unused_parameters=False,  # the loss uses the whole pairwise head
+        **device_arguments({}),
     )
+    model, processor, built = load_model(str(model_dir))
+    if built:
+        raise ValueError(f"{model_dir} is a backbone folder; the relation stage needs a trained ZSE model")
+    checkpoint = prepare_run_folder(out, args, resume, {"stage": "relation", "base_model": str(model_dir),
+                                                        **dataclasses.asdict(cfg)})
+    model, ip = model.float(), processor
+    base_hash = weights_fingerprint(model, short=True)
+    with args.main_process_first(local=True, desc="loading the data"):  # one asset fetch per machine
+        fit = _fit_set(cfg, ip)
+        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+                             max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.size, 112))
+    s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit)
+    cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
+    cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
+    objective = RelationHeadObjective(model, s, p, cand, pos)
     callbacks = [JsonlLogger(out / "metrics.jsonl")] + ([TimeLimit(time_limit)] if time_limit is not None else [])
     trainer = RelationStageTrainer(
         model=objective, args=args, train_dataset=_SketchIndices(len(s_lab)), eval_dataset=val.queries,
         val_queries=val.queries, val_gallery=val.gallery, image_processor=ip, top_k=cfg.top_k, callbacks=callbacks,
     )
-    checkpoint = last_complete_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     best_ckpt = trainer.state.best_model_checkpoint
     source = {}
     summary_path = Path(model_dir) / "training_summary.json"
     if summary_path.is_file():
         source = json.loads(summary_path.read_text())
-    return _save_best(out, objective.model, ip, {
+    return save_best(trainer, out, ip, {
         **source,
         "relation_stage": {
             "base_model": str(model_dir), "base_model_hash": base_hash,
             "best_checkpoint": best_ckpt, "best_val_rn_mAP@all": trainer.state.best_metric,
             "step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
-            "stopped_at_step": trainer.state.global_step, "config": dataclasses.asdict(cfg),
+            "stopped_at_step": trainer.state.global_step, "processes": args.world_size,
+            "config": dataclasses.asdict(cfg),
             "candidates_with_a_positive_from_ret": float(pos[:, :-1].any(1).float().mean()),
         },
-    })
+    }, model=objective.model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"zse-sbir train-relation: {err}", file=sys.stderr)
         return 1
-    print(f"best model: {best}")
+    finally:
+        release_process_group_at_exit()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best model: {best}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Training ZSE models with the Hugging Face `Trainer`.
 
 `zse-sbir train --config offline-cpu|paper|FILE.yaml --out DIR [--resume]`. The loop is the
-stock `Trainer` (so `accelerate launch` / `torchrun` run it on several GPUs unchanged) with:
+stock `Trainer` with:
 
 * a collator that turns (sketch, positive, negative) triplets of PIL images into tensors;
 * a sequential sampler over an index-deterministic triplet stream, so `--resume` continues
@@ -10,30 +10,44 @@ stock `Trainer` (so `accelerate launch` / `torchrun` run it on several GPUs unch
   test classes), which selects the best checkpoint;
 * checkpoints marked complete only after everything is written, so a kill at any moment
   never makes `--resume` pick a half-written checkpoint;
-* a JSON-lines metrics log (`metrics.jsonl`).
+* a JSON-lines metrics log (`metrics.jsonl`), trimmed back to the checkpoint on `--resume`.
+
+Data parallel: under `torchrun` or `accelerate launch` (N processes, one per GPU, or gloo on
+CPU) the Trainer's DDP runs it. The stream holds `max_steps x batch x N` triplets and rank `r`
+gets batches `r, r + N, ...`, so step `s` trains on triplets `[s N B, (s + 1) N B)`: N ranks see
+N times the data of one, no item twice. Process 0 alone writes files (run config, log,
+checkpoint marker, `best/`) and validates (the metrics are broadcast); `--time-limit` stops
+all ranks at the same step; a checkpoint is marked complete once every rank's state is in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .data import RetrievalDataset
 from .image_processing_zse import ZseImageProcessor
 from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
 from .processing_zse import ZseProcessor
 
 COMPLETE_MARKER = "zse_checkpoint_complete"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be (re)started as asked (earlier checkpoints, another process count)."""
 
 
 @dataclasses.dataclass
@@ -48,7 +62,7 @@ class TrainConfig:
         relation_grid: G of the relation network.
         freeze_blocks: the first N backbone blocks (and the patch/position embeddings) get no
             weight updates (gradients still flow through them to the tokenizer).
-        batch_size: triplets per step (per device).
+        batch_size: triplets per step and process (N processes: N x batch_size a step).
         max_steps: optimiser steps.
         lr: learning rate of the backbone; `head_lr` that of the tokenizer, cross-attention
             and relation network (new weights).
@@ -149,19 +163,21 @@ class TripletCollator:
         }
 
 
-def build_datasets(cfg: TrainConfig):
+def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     """`(train_triplets, val_queries, val_gallery)` for the recipe's data.
 
     Offline: triplets from the training classes minus the validation classes; validation on
     the held-out training classes. Research layouts: their `train` split, with validation
-    classes carved from it the same way.
+    classes carved from it the same way. `num_triplets` is the stream length (default
+    `max_steps x batch_size`, one process; `train` multiplies it by the number of processes).
     """
     from .data import TripletDataset, evaluation_set, open_dataset, train_val_split
 
+    length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
     if cfg.data == "offline":
         fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
         triplets = TripletDataset.offline(
-            fit, seed=cfg.seed, length=cfg.max_steps * cfg.batch_size, sketch_size=max(cfg.image_size, 112),
+            fit, seed=cfg.seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
         )
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
@@ -170,46 +186,32 @@ def build_datasets(cfg: TrainConfig):
     queries, gallery = open_dataset(cfg.data, "train")
     rng = np.random.default_rng(cfg.seed)
     val_labels = set(rng.choice(len(queries.classes), size=cfg.val_classes, replace=False).tolist())
-    fit_q = _subset(queries, [i for i, lab in enumerate(queries.labels) if lab not in val_labels])
-    fit_g = _subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab not in val_labels])
+    fit_q = _Subset(queries, [i for i, lab in enumerate(queries.labels) if lab not in val_labels])
+    fit_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab not in val_labels])
     per_class: dict[int, int] = {}
     val_q_idx = []
     for i, lab in enumerate(queries.labels):
         if lab in val_labels and per_class.get(lab, 0) < cfg.val_sketches_per_class:
             per_class[lab] = per_class.get(lab, 0) + 1
             val_q_idx.append(i)
-    val_q = _subset(queries, val_q_idx)
-    val_g = _subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
-    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=cfg.max_steps * cfg.batch_size)
+    val_q = _Subset(queries, val_q_idx)
+    val_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
+    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length)
     return triplets, val_q, val_g
 
 
-class _Subset(torch.utils.data.Dataset):
-    """A view of a retrieval dataset on some indices, keeping its label metadata."""
+class _Subset(RetrievalDataset):
+    """A [`RetrievalDataset`] of some items of another one (same `classes`, so same labels)."""
 
-    def __init__(self, base, indices):
-        self.base, self.indices = base, list(indices)
-        self.classes = base.classes
-        self.labels = np.asarray(base.labels)[self.indices]
-        self.ids = [base.ids[i] for i in self.indices]
-        self.instances = [base.instances[i] for i in self.indices]
-        self.class_names = [base.class_names[i] for i in self.indices]
+    def __init__(self, base: RetrievalDataset, indices: Sequence[int]):
+        self.base, self.indices = base, [int(i) for i in indices]
+        super().__init__(base.classes, [base.class_names[i] for i in self.indices],
+                         [base.ids[i] for i in self.indices], [base.instances[i] for i in self.indices],
+                         transform=base.transform)
+        self.modality = base.modality
 
-    def __len__(self):
-        return len(self.indices)
-
-    def load(self, i, rgba=False):
-        return self.base.load(self.indices[i], rgba=rgba)
-
-    def __getitem__(self, i):
-        return self.base[self.indices[i]]
-
-    def indices_by_label(self):
-        return {lab: np.flatnonzero(self.labels == lab) for lab in np.unique(self.labels).tolist()}
-
-
-def _subset(ds, indices):
-    return _Subset(ds, indices)
+    def load(self, index: int, rgba: bool = False):
+        return self.base.load(self.indices[index], rgba=rgba)
 
 
 # ----------------------------------------------------------------------------- model
@@ -228,9 +230,19 @@ def build_model(cfg: TrainConfig) -> ZseModel:
         relation_rank_weight=cfg.relation_rank_weight,
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
+    freeze_unused(model)
     if cfg.gradient_checkpointing:
-        model.encoder.backbone.gradient_checkpointing_enable()
+        backbone = model.encoder.backbone
+        getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)()
     return model
+
+
+def freeze_unused(model: ZseModel) -> None:
+    """Stop updates of backbone weights ZSE never uses (a masked-image-modelling mask token, a ViT
+    pooler): they get no gradient, which data-parallel training (DDP) does not allow."""
+    for name, p in model.encoder.backbone.named_parameters():
+        if name.split(".")[-1] == "mask_token" or (not model.encoder.is_clip and name.startswith("pooler.")):
+            p.requires_grad_(False)
 
 
 def freeze_early_blocks(model: ZseModel, n: int) -> None:
@@ -249,11 +261,13 @@ def freeze_early_blocks(model: ZseModel, n: int) -> None:
 
 
 class MarkedCheckpointsMixin:
-    """`Trainer` mixin: a checkpoint folder gets its completion marker only once fully written."""
+    """`Trainer` mixin: a checkpoint folder gets its completion marker only once fully written,
+    by every process (each one saves its own RNG state there)."""
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()  # all ranks' files are on disk past this point
         if folder.exists() and self.args.should_save:
             with open(folder / COMPLETE_MARKER, "w") as f:
                 f.write(str(self.state.global_step))
@@ -311,18 +325,23 @@ def retrieval_validation(trainer: Trainer, model: ZseModel, rerank_k: int, prefi
 
     Logs and returns `{prefix}_mAP@all` and `{prefix}_P@100` of [Ret] ranking and
     `{prefix}_rn_mAP@all` of the rn@`rerank_k` re-rank, and fires the `on_evaluate` callbacks.
+    With several processes, process 0 validates and the others receive its metrics (so every
+    rank takes the same best-checkpoint decision).
     """
     from .evaluation import evaluate as run_eval
 
-    was_training = model.training
-    res = run_eval(model, trainer.image_processor, trainer.val_queries, trainer.val_gallery, modes=("ret", "rn"),
-                   rerank_k=rerank_k, batch_size=trainer.args.per_device_eval_batch_size, n_bootstrap=0)
-    model.train(was_training)
-    metrics = {
-        f"{prefix}_mAP@all": res["ret"]["mAP@all"],
-        f"{prefix}_P@100": res["ret"]["P@100"],
-        f"{prefix}_rn_mAP@all": res[f"rn@{rerank_k}"]["mAP@all"],
-    }
+    metrics = None
+    if trainer.is_world_process_zero():
+        was_training = model.training
+        res = run_eval(model, trainer.image_processor, trainer.val_queries, trainer.val_gallery, modes=("ret", "rn"),
+                       rerank_k=rerank_k, batch_size=trainer.args.per_device_eval_batch_size, n_bootstrap=0)
+        model.train(was_training)
+        metrics = {
+            f"{prefix}_mAP@all": res["ret"]["mAP@all"],
+            f"{prefix}_P@100": res["ret"]["P@100"],
+            f"{prefix}_rn_mAP@all": res[f"rn@{rerank_k}"]["mAP@all"],
+        }
+    metrics = from_main_process(trainer.args, metrics)
     trainer.log(metrics)
     trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
     return metrics
@@ -343,7 +362,8 @@ class JsonlLogger(TrainerCallback):
 
 class TimeLimit(TrainerCallback):
     """Ends training after `seconds` of wall clock, validating and checkpointing the last step
-    so that the best-model choice sees it and `--resume` can continue from it."""
+    so that the best-model choice sees it and `--resume` can continue from it. With several
+    processes the decision is agreed (any rank over the limit stops all at the same step)."""
 
     def __init__(self, seconds: float):
         self.seconds = float(seconds)
@@ -353,11 +373,141 @@ class TimeLimit(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None and time.monotonic() - self.start >= self.seconds:
+        if self.start is None:
+            return control
+        over = time.monotonic() - self.start >= self.seconds
+        if args.world_size > 1:
+            flag = torch.tensor([float(over)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
             control.should_training_stop = True
             control.should_evaluate = True
             control.should_save = True
         return control
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def launched_world_size() -> int:
+    """The number of processes a launcher started (`WORLD_SIZE` of torchrun / accelerate, or MPI's)."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 1
+
+
+def device_arguments(overrides: dict) -> dict:
+    """`TrainingArguments` keywords that make a multi-process launch real data parallelism.
+
+    Several processes on a machine without an accelerator get `use_cpu=True` (DDP over gloo);
+    otherwise the Trainer sees a process group but no device to spread over and would run N
+    independent copies. Warns when `accelerate launch --cpu --num_processes N` started one
+    process (accelerate starts several CPU processes only through mpirun).
+    """
+    world = launched_world_size()
+    if hasattr(torch, "accelerator"):  # torch >= 2.6: CUDA, XPU, MPS, ...
+        has_accelerator = torch.accelerator.current_accelerator() is not None
+    else:
+        has_accelerator = torch.cuda.is_available()
+    if world > 1 and not has_accelerator and "use_cpu" not in overrides:
+        return {"use_cpu": True}
+    cpu_flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if world == 1 and cpu_flag and os.environ.get("MASTER_ADDR"):
+        print("zse-sbir train: `accelerate launch --cpu --num_processes N` starts ONE process (accelerate "
+              "uses mpirun for several CPU processes); for N CPU processes use `accelerate launch --multi_gpu "
+              "--num_processes N` or `torchrun --nproc_per_node N` (both train with gloo on CPU)", file=sys.stderr)
+    return {}
+
+
+def from_main_process(args: TrainingArguments, obj: Any) -> Any:
+    """`obj` of process 0, on every process (a no-op for one process)."""
+    if args.world_size <= 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def wait_for_everyone(args: TrainingArguments) -> None:
+    """A barrier across the processes of the run (a no-op for one process)."""
+    if args.world_size > 1:
+        args.distributed_state.wait_for_everyone()
+
+
+def release_process_group_at_exit() -> None:
+    """Destroy the launcher's process group when this process exits (a clean NCCL shutdown), not
+    when a command ends: a later command of the same process (a script running train, then
+    train-relation) reuses the group, since re-creating one is unreliable under torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and not _release_registered:
+        _release_registered.append(True)
+        atexit.register(_destroy_process_group)
+
+
+_release_registered: list[bool] = []
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def checkpoint_world_size(folder: str | os.PathLike) -> int | None:
+    """How many processes wrote a checkpoint (from its per-rank RNG files); `None`: unknown."""
+    folder = Path(folder)
+    ranked = list(folder.glob("rng_state_*.pth"))
+    if ranked:
+        return len(ranked)
+    return 1 if (folder / "rng_state.pth").exists() else None
+
+
+def trim_log(path: str | os.PathLike, last_step: int) -> None:
+    """Drop the records after `last_step` (and any torn last line) from a `metrics.jsonl`,
+    atomically: a resumed run logs those steps again."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in kept))
+    os.replace(tmp, path)
+
+
+def prepare_run_folder(out: Path, args: TrainingArguments, resume: bool, config: dict) -> Path | None:
+    """Process 0 picks the checkpoint to resume (removing incomplete ones), checks it was written
+    by as many processes as this run has, trims `metrics.jsonl` to it and writes
+    `train_config.json`; every process gets the checkpoint (or the same `RunFolderError`).
+
+    A fresh run (no `resume`) refuses a folder holding complete checkpoints of an earlier run.
+    """
+    checkpoint, error = None, None
+    if args.process_index == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        found = last_complete_checkpoint(out)
+        if resume:
+            checkpoint = found
+            if checkpoint is None:
+                print(f"no complete checkpoint in {out}; starting from scratch", file=sys.stderr)
+            elif (written := checkpoint_world_size(checkpoint)) not in (None, args.world_size):
+                error = (f"{checkpoint} was written by {written} process(es) but this run has {args.world_size}: "
+                         f"resume with {written} (the data stream and per-rank RNG states depend on it)")
+        elif found is not None:
+            error = f"{out} holds checkpoints of an earlier run ({found.name}); use --resume or another --out"
+        if error is None:
+            trim_log(out / "metrics.jsonl", checkpoint_step(checkpoint) if checkpoint else 0)
+            (out / "train_config.json").write_text(json.dumps(config, indent=1))
+    checkpoint, error = from_main_process(args, (checkpoint, error))
+    if error:
+        raise RunFolderError(error)
+    return checkpoint
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -387,17 +537,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     """Train a model and save the best one (by validation mAP@all) to `out_dir/best`.
 
     `time_limit` (seconds) ends the run early, after validating and checkpointing its last step.
+    Under `torchrun` / `accelerate launch` every process calls this; `cfg.batch_size` is per
+    process and `out_dir` must be on a file system all processes share.
 
     Returns:
         the path of the saved best model folder (`save_pretrained` + processor).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    image_processor = ZseImageProcessor.from_model_config(model.config)
-    triplets, val_q, val_g = build_datasets(cfg)
     args = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
@@ -422,8 +568,17 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=report_to,
-        **training_overrides,
+        # every trainable weight gets a gradient (see freeze_unused), so DDP need not search for unused ones
+        **{"ddp_find_unused_parameters": False, **device_arguments(training_overrides), **training_overrides},
     )
+    checkpoint = prepare_run_folder(out, args, resume, dataclasses.asdict(cfg))
+    # one stream for all ranks: max_steps optimiser steps of world_size x batch triplets each
+    num_triplets = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    with args.main_process_first(local=True, desc="building the model and data"):  # one asset fetch per machine
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+        triplets, val_q, val_g = build_datasets(cfg, num_triplets=num_triplets)
+    image_processor = ZseImageProcessor.from_model_config(model.config)
     trainer = ZseTrainer(
         model=model,
         args=args,
@@ -437,19 +592,27 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         callbacks=[JsonlLogger(out / "metrics.jsonl"), *callbacks,
                    *([TimeLimit(time_limit)] if time_limit is not None else [])],
     )
-    checkpoint = last_complete_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        print(f"no complete checkpoint in {out}; starting from scratch", file=sys.stderr)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     best_ckpt = trainer.state.best_model_checkpoint
-    return _save_best(out, trainer.model, image_processor, {
+    return save_best(trainer, out, image_processor, {
         "best_checkpoint": best_ckpt,
         "best_val_mAP@all": trainer.state.best_metric,
         # the step of the saved (best) weights; `stopped_at_step` is where the run ended
         "global_step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
         "stopped_at_step": trainer.state.global_step,
+        "processes": args.world_size,
         "config": dataclasses.asdict(cfg),
     })
+
+
+def save_best(trainer: Trainer, out: Path, image_processor, summary: dict, model: ZseModel | None = None) -> Path:
+    """`_save_best` of `model` (default `trainer.model`) on process 0, then a barrier so that
+    every process returns once `out/best` is complete."""
+    best = out / "best"
+    if trainer.is_world_process_zero():
+        _save_best(out, model if model is not None else trainer.model, image_processor, summary)
+    wait_for_everyone(trainer.args)
+    return best
 
 
 def _save_best(out: Path, model: ZseModel, image_processor, summary: dict) -> Path:
@@ -517,8 +680,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             eval_steps=args.eval_steps, save_steps=args.save_steps,
                             relation_rank_weight=args.relation_rank_weight,
                             dataloader_workers=args.dataloader_workers)
-    best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
-    print(f"best model: {best}")
+    try:
+        best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
+    except RunFolderError as err:
+        print(f"zse-sbir train: {err}", file=sys.stderr)
+        return 2
+    finally:
+        release_process_group_at_exit()
+    if launched_world_size() == 1 or os.environ.get("RANK", "0") == "0":
+        print(f"best model: {best}")
     return 0
 
 
