@@ -249,13 +249,14 @@ def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
     script = textwrap.dedent(f"""
         import sys, time
         from zse_hf import retrieval
+        from zse_hf.retrieval import persistence
         idx = retrieval.ZseIndex.load({str(target)!r})
         idx.remove([idx.ids[0]])
         def hook(name):
             if name == {kill_at!r}:
                 print("KILL ME", flush=True)
                 time.sleep(120)
-        retrieval._SAVE_FILE_HOOK = hook
+        persistence.save_hook = hook
         idx.save({str(target)!r})
         print("SAVED", flush=True)
     """)
