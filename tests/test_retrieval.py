@@ -242,14 +242,17 @@ def test_load_errors(saved, model, tmp_path):
         ZseIndex.load(saved).save(tmp_path / "junk")
 
 
-@pytest.mark.parametrize("kill_at", ["tokens-0000.npy", "swap"])
-def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at,exchange", [("tokens-0000.npy", True), ("swap", True), ("swap", False)])
+def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at, exchange):
+    """kill -9 at a file or at the swap (one atomic exchange, or between the fallback's two
+    renames): the old index stays loadable, loads move nothing, the next save cleans up."""
     target = Path(shutil.copytree(saved, tmp_path / "idx"))
     before = ZseIndex.load(target)
     script = textwrap.dedent(f"""
         import sys, time
         from zse_hf import retrieval
         from zse_hf.retrieval import persistence
+        persistence.use_rename_exchange = {exchange!r}
         idx = retrieval.ZseIndex.load({str(target)!r})
         idx.remove([idx.ids[0]])
         def hook(name):
@@ -266,13 +269,17 @@ def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")]
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".idx."))
     assert leftovers  # the killed save left its temporary / moved-aside directory behind
-    with pytest.warns(UserWarning, match="restored") if kill_at == "swap" else contextlib.nullcontext():
+    between_renames = kill_at == "swap" and not exchange
+    assert target.exists() != between_renames
+    with pytest.warns(UserWarning, match="interrupted save") if between_renames else contextlib.nullcontext():
         after = ZseIndex.load(target, model=model)  # the previous index, intact and verified
     assert after.ids == before.ids and len(after) == N_PHOTOS
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")) == leftovers  # loads move nothing
     after.remove([after.ids[0]])
-    after.save(target)  # a later save cleans up and succeeds
+    with pytest.warns(UserWarning, match="restored") if between_renames else contextlib.nullcontext():
+        after.save(target)  # a later save cleans up and succeeds
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     assert len(ZseIndex.load(target)) == N_PHOTOS - 1
 

@@ -15,6 +15,7 @@ except ImportError as _err:  # pragma: no cover
 FLAT_MAX = 50_000  # automatic factory: exact search below this many photos
 IVF_SQ_MAX = 5_000_000  # ... IVF + 8-bit scalar quantizer below this, IVF-PQ above
 DEFAULT_TRAIN_SIZE = 262_144  # at most this many embeddings train IVF/PQ (64 per list at IVF4096)
+SEARCH_PARAM_NAMES = ("nprobe", "efSearch", "refine")
 
 
 def auto_factory(n: int, dim: int) -> str:
@@ -89,3 +90,52 @@ def default_search_params(index) -> dict:
         params["refine"] = 4 if isinstance(core, (faiss.IndexPQ, faiss.IndexIVFPQ)) else 1
     return params
 
+
+
+def check_search_params(params: dict) -> dict:
+    """`params` when its keys are among `nprobe`, `efSearch`, `refine` and each is an int >= 1."""
+    if not isinstance(params, dict):
+        raise ValueError(f"search_params must be a dict, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(SEARCH_PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown search parameter(s) {unknown}; use {list(SEARCH_PARAM_NAMES)}")
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"search parameter {key} must be an integer >= 1, got {value!r}")
+    return params
+
+
+def set_search_params(index, on_gpu: bool, params: dict, k: int) -> None:
+    """Apply `nprobe` (IVF) and `efSearch` (HNSW, at least `k`) to a CPU or GPU faiss index."""
+    if "nprobe" in params:
+        if on_gpu:
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", int(params["nprobe"]))
+        else:
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.nprobe = int(params["nprobe"])
+    core = core_index(index)
+    if isinstance(core, faiss.IndexHNSW):
+        core.hnsw.efSearch = max(int(params.get("efSearch", 128)), k)
+
+
+def read_index_bytes(data: bytes, where, dim: int, live_rows: np.ndarray):
+    """The faiss index serialised in `data` (read from `where`), checked to be an inner-product
+    index of width `dim` holding the vectors of `live_rows` `[M]` (sorted row numbers; checked
+    exactly for ID-mapped indexes, by count for IVF); ValueError naming `where` otherwise."""
+    ntotal = len(live_rows)
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except (RuntimeError, ValueError, TypeError, MemoryError) as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ValueError(f"index file {where} is not a faiss index this faiss can read: {reason}") from None
+    if index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != ntotal:
+        raise ValueError(f"index file {where} does not match its manifest: faiss index of width {index.d} holding "
+                         f"{index.ntotal} vectors (metric {index.metric_type}), expected an inner-product index of width "
+                         f"{dim} holding {ntotal}")
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        ids = faiss.vector_to_array(inner.id_map)
+        if not np.array_equal(np.sort(ids), live_rows):
+            raise ValueError(f"index file {where} does not match rows.json: its ids are not the rows of the photos")
+    return index

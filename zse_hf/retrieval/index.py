@@ -9,9 +9,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,15 +17,15 @@ import numpy as np
 import torch
 
 from ..modeling_zse import ZseImageFeatures
-from .faiss_index import (DEFAULT_TRAIN_SIZE, auto_factory, core_index, default_search_params, faiss, is_exact,
-                          new_faiss_index)
+from .faiss_index import (DEFAULT_TRAIN_SIZE, auto_factory, check_search_params, default_search_params, faiss,
+                          is_exact, new_faiss_index, set_search_params)
 from .inputs import json_id, resolve_items
 from .model_binding import (check_model, default_processor, image_processor, model_device_dtype, model_fingerprint,
                             model_name)
 from .records import Hit, Skipped
 from .persistence import load_index, save_index
 from .sharding import check_shard, merge_indexes
-from .token_store import Segment, SegmentWriter
+from .token_store import Segment, SegmentWriter, new_work_dir
 
 
 class ZseIndex:
@@ -320,12 +318,24 @@ class ZseIndex:
 
     def _work_dir(self) -> Path:
         if self._work is None:
-            root = None if self._work_root is None else os.fspath(self._work_root)
-            if root is not None:
-                os.makedirs(root, exist_ok=True)
-            self._work = Path(tempfile.mkdtemp(prefix="zse-index-", dir=root))
-            weakref.finalize(self, shutil.rmtree, self._work, True)
+            self._work = new_work_dir(self, self._work_root)
         return self._work
+
+    def close(self) -> None:
+        """Delete this index's unsaved segment files now (they are also deleted when the index is
+        garbage-collected or the process exits). The index is unusable afterwards."""
+        self._segments, self._index, self._gpu = [], None, None
+        self._ids, self._paths, self._positions, self._row_of = [], [], [], {}
+        self._starts = np.zeros(1, dtype=np.int64)
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
+
+    def __enter__(self) -> "ZseIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _open_segment(self, dim: int, token_shape, grid_size) -> SegmentWriter:
         if self.dim is not None and dim != self.dim:
@@ -402,8 +412,8 @@ class ZseIndex:
     def remove(self, ids: Iterable[str | int], rebuild: bool = False) -> int:
         """Remove photos by id; returns how many were removed. Flat and IVF indexes remove in
         place; others (e.g. HNSW) raise NotImplementedError unless `rebuild=True`, which
-        rebuilds the faiss index from the remaining stored embeddings."""
-        rows = self.rows_of(ids)
+        rebuilds the faiss index from the remaining stored embeddings. Repeated ids count once."""
+        rows = self.rows_of(dict.fromkeys(json_id(i) for i in ids))
         if len(rows) == 0:
             return 0
         try:
@@ -464,32 +474,30 @@ class ZseIndex:
         """
         if self._index is None or len(self) == 0:
             raise ValueError("the index is empty: build it or add photos before searching")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        _check_k(k)
         q = query_embeds.detach().float().cpu().numpy() if isinstance(query_embeds, torch.Tensor) else query_embeds
         q = np.ascontiguousarray(q, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query embeddings must have shape [Q, {self.dim}], got {list(q.shape)}")
-        params = {**self.search_params, **(search_params or {})}
+        params = check_search_params({**self.search_params, **(search_params or {})})
         k = min(k, len(self))
         exact = is_exact(self._index)
         fetch = k if exact else min(len(self), k * max(1, int(params.get("refine", 1))))
         index, on_gpu = self._search_index()
-        self._set_params(index, on_gpu, params, fetch)
+        set_search_params(index, on_gpu, params, fetch)
         scores, rows = index.search(q, fetch)
+        self._check_rows(rows)
         if not exact:
             scores, rows = self._rescore(q, rows, k)
         return scores, rows
 
-    def _set_params(self, index, on_gpu: bool, params: dict, k: int) -> None:
-        if "nprobe" in params:
-            if on_gpu:
-                faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", int(params["nprobe"]))
-            else:
-                faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-        core = core_index(index)
-        if isinstance(core, faiss.IndexHNSW):
-            core.hnsw.efSearch = max(int(params.get("efSearch", 128)), k)
+    def _check_rows(self, rows: np.ndarray) -> None:
+        """ValueError when faiss returned rows that are not photos of this index (a tampered
+        or mismatched index.faiss)."""
+        found = rows[rows >= 0]
+        if (rows < -1).any() or (found >= self.num_rows).any() or any(self._ids[r] is None for r in np.unique(found)):
+            raise ValueError("the faiss index returned rows that are not photos of this index: index.faiss does "
+                             "not match rows.json")
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosines of the candidates from the stored embeddings; keep the best `k` per query."""
@@ -579,13 +587,18 @@ class ZseIndex:
             k: hits per sketch (all photos when the gallery is smaller).
             rerank_k: re-rank the best `rerank_k` [Ret] candidates with the relation network
                 (needs stored tokens); the hits then come in relation-score order, followed by
-                any further [Ret] candidates when `k > rerank_k`.
+                any further [Ret] candidates when `k > rerank_k`. None or 0: no re-ranking.
             batch_size: sketches encoded per forward pass.
             search_params: overrides of `self.search_params` (`nprobe`, `efSearch`, `refine`).
             autocast_dtype: see [`rerank_rows`].
 
         Returns: one list of [`Hit`] per sketch, best first.
         """
+        _check_k(k)
+        if rerank_k is not None and (isinstance(rerank_k, bool) or not isinstance(rerank_k, (int, np.integer)) or rerank_k < 0):
+            raise ValueError(f"rerank_k must be None or an integer >= 0 (0: no re-ranking), got {rerank_k!r}")
+        if search_params is not None:
+            check_search_params(search_params)
         if self._index is None or len(self) == 0:
             raise ValueError("the index is empty: build it or add photos before searching")
         feats = sketches if isinstance(sketches, ZseImageFeatures) else self.encode_sketches(sketches, batch_size)
@@ -653,3 +666,8 @@ class ZseIndex:
         stored embeddings.
         """
         return merge_indexes(cls, directories, model=model, index_factory=index_factory, verify=verify, work_dir=work_dir)
+
+
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")

@@ -1,17 +1,31 @@
 """The row store behind an index: per segment (one `build`/`add` call), `[n, D]` float32
 [Ret] embeddings, `[n, N, D]` float16 local tokens and `[n, N]` bool masks, each a `.npy`
-file streamed once and then memory-mapped read-only."""
+file streamed once and then memory-mapped read-only.
+
+A segment file is never modified once written. Every file is mapped when its segment is
+opened, so a loaded index keeps reading the bytes it verified even when its directory is
+replaced or deleted afterwards. Unsaved segments live in a work directory
+(`zse-index-<pid>-*`) that is removed when the index is closed or garbage-collected, and by the
+next index that makes a work directory in the same place when its process died.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import tempfile
 import uuid
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 _NPY_HEADER = 128  # fixed .npy header length of streamed segment files
 KINDS = ("embeddings", "tokens", "mask")
+DTYPES = {"embeddings": np.dtype(np.float32), "tokens": np.dtype(np.float16), "mask": np.dtype(np.bool_)}
+WORK_PREFIX = "zse-index-"
 
 
 class NpyWriter:
@@ -51,25 +65,94 @@ class NpyWriter:
         self.path.unlink(missing_ok=True)
 
 
-class Segment:
-    """Rows written by one `build`/`add` call: embeddings `[n, D]` float32, and optionally
-    tokens `[n, N, D]` float16 and masks `[n, N]` bool, each a memory-mapped `.npy` file."""
+@dataclass(frozen=True)
+class StoredArray:
+    """One mapped `.npy` file: `array` (read-only memory map), the file it was opened from
+    (`path`, and its `(st_dev, st_ino)` `identity`), and its `header` bytes."""
 
-    def __init__(self, n: int, embeddings: Path, tokens: Path | None, mask: Path | None):
-        self.n, self.paths = n, {"embeddings": embeddings, "tokens": tokens, "mask": mask}
-        self._arrays: dict[str, np.ndarray] = {}
+    array: np.ndarray
+    path: Path
+    identity: tuple[int, int]
+    header: bytes
+
+    def save_to(self, dst: Path) -> None:
+        """Put this array's file at `dst`: a hard link when `path` still is the file that was
+        mapped, else a copy of the mapped bytes (never another version's file)."""
+        try:
+            if _identity(os.stat(self.path)) == self.identity:
+                os.link(self.path, dst)
+                if _identity(os.stat(dst)) == self.identity:
+                    return
+                os.unlink(dst)
+        except OSError:
+            pass
+        with open(dst, "wb") as f:
+            f.write(self.header)
+            flat = self.array.reshape(len(self.array), -1) if self.array.ndim > 1 else self.array
+            for s in range(0, len(flat), 4096):
+                f.write(np.ascontiguousarray(flat[s:s + 4096]).tobytes())
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def open_npy(fd: int, path: Path, dtype: np.dtype, shape: tuple[int, ...], label: str) -> StoredArray:
+    """Map the `.npy` file open at `fd` (read-only), checking that it holds exactly `shape`
+    of `dtype` (C order). `path` is where it was opened from; `label` names it in errors.
+    Takes ownership of `fd`."""
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, SyntaxError, TypeError, EOFError, OSError) as err:
+            raise ValueError(f"{label} is not a valid .npy file: {err}") from None
+        offset = f.tell()
+        if got_dtype != dtype or tuple(got_shape) != tuple(shape) or fortran:
+            raise ValueError(f"{label} holds {got_dtype} {list(got_shape)}{' (Fortran order)' if fortran else ''}, "
+                             f"expected {dtype} {list(shape)}")
+        if st.st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"{label} is {st.st_size} bytes, which does not match its header {list(shape)} {dtype}")
+        f.seek(0)
+        header = f.read(offset)
+        array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    return StoredArray(array, Path(path), _identity(st), header)
+
+
+class Segment:
+    """Rows written by one `build`/`add` call: `n` rows of `arrays["embeddings"]` `[n, D]`
+    float32 and, when tokens are stored, `arrays["tokens"]` `[n, N, D]` float16 and
+    `arrays["mask"]` `[n, N]` bool (each a [`StoredArray`], or None)."""
+
+    def __init__(self, n: int, arrays: dict[str, StoredArray | None]):
+        """A segment of `n` rows over already-opened arrays."""
+        self.n, self.arrays = int(n), {k: arrays.get(k) for k in KINDS}
+
+    @classmethod
+    def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape) -> "Segment":
+        """Open and map the files of a segment written in a work directory."""
+        shapes = {"embeddings": (n, dim)}
+        if token_shape is not None:
+            shapes.update(tokens=(n, *token_shape), mask=(n, token_shape[0]))
+        arrays = {}
+        for kind, path in paths.items():
+            if path is not None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                arrays[kind] = open_npy(fd, path, DTYPES[kind], shapes[kind], path.name)
+        return cls(n, arrays)
 
     def array(self, kind: str) -> np.ndarray:
-        if kind not in self._arrays:
-            path = self.paths[kind]
-            if path is None:
-                raise ValueError("this index stores no local tokens (built with store_local_tokens=False)")
-            arr = np.lib.format.open_memmap(path, mode="r")
-            if arr.shape[0] != self.n:
-                raise ValueError(f"{path.name} holds {arr.shape[0]} rows, expected {self.n}")
-            self._arrays[kind] = arr
-        return self._arrays[kind]
-
+        """The memory-mapped rows of `kind` ("embeddings", "tokens" or "mask")."""
+        stored = self.arrays[kind]
+        if stored is None:
+            raise ValueError("this index stores no local tokens (built with store_local_tokens=False)")
+        return stored.array
 
 
 class SegmentWriter:
@@ -89,6 +172,7 @@ class SegmentWriter:
             self.mask = NpyWriter(folder / f"mask-{tag}.npy", np.bool_, (token_shape[0],))
 
     def append(self, emb, tok=None, mask=None, grid_size=None) -> None:
+        """Write rows: `emb [m, D]`, and `tok [m, N, D]`, `mask [m, N]` when tokens are stored."""
         if grid_size is not None and self.grid_size is not None and tuple(grid_size) != tuple(self.grid_size):
             raise ValueError(f"token grid {tuple(grid_size)} does not match the index ({tuple(self.grid_size)}); "
                              "use the processor (image size) the index was built with")
@@ -98,6 +182,7 @@ class SegmentWriter:
             self.mask.append(mask)
 
     def close(self) -> Segment | None:
+        """Finish the files and map them as a [`Segment`] (None, files deleted, when no rows)."""
         writers = [w for w in (self.emb, self.tok, self.mask) if w is not None]
         if self.emb.n == 0:
             for w in writers:
@@ -105,10 +190,68 @@ class SegmentWriter:
             return None
         for w in writers:
             w.close()
-        return Segment(self.emb.n, self.emb.path, self.tok.path if self.tok else None, self.mask.path if self.mask else None)
+        paths = {"embeddings": self.emb.path, "tokens": self.tok.path if self.tok else None,
+                 "mask": self.mask.path if self.mask else None}
+        return Segment.open_files(self.emb.n, paths, self.dim, self.tok.row_shape if self.tok else None)
 
     def abort(self) -> None:
+        """Delete the partial files."""
         for w in (self.emb, self.tok, self.mask):
             if w is not None:
                 w.abort()
 
+
+# ----------------------------------------------------------------------------- work directories
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process `pid` exists (or may: no permission to signal it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pid_in(name: str, prefix: str) -> int | None:
+    try:
+        return int(name[len(prefix):].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def remove_stale_work_dirs(root: str | os.PathLike) -> list[Path]:
+    """Delete `root/zse-index-<pid>-*` directories of this user whose process is gone (left by
+    a killed build); returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(WORK_PREFIX):
+            continue
+        pid = _pid_in(entry.name, WORK_PREFIX)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if pid is None or pid == os.getpid() or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        if not pid_alive(pid):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def new_work_dir(owner, root: str | os.PathLike | None = None) -> Path:
+    """A new `zse-index-<pid>-*` directory under `root` (default: the system temp directory),
+    removed when `owner` is garbage-collected or at exit; stale ones in `root` are removed first."""
+    root = os.fspath(root) if root is not None else tempfile.gettempdir()
+    os.makedirs(root, exist_ok=True)
+    remove_stale_work_dirs(root)
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=root))
+    weakref.finalize(owner, shutil.rmtree, work, True)
+    return work
