@@ -1,25 +1,63 @@
-"""The `zse-sbir index`, `zse-sbir merge-index` and `zse-sbir search` commands."""
+"""The `zse-sbir index`, `zse-sbir merge-index` and `zse-sbir search` commands.
+
+Every user error (a bad argument, a model or index that cannot be read, an output path that
+cannot be written) is one line on stderr and exit code 2; the output path is checked before
+any photo is embedded.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from PIL import Image
+
 from .faiss_index import FLAT_MAX, IVF_SQ_MAX
 from .index import ZseIndex
 from .manifest import read_manifest
+from .persistence import check_save_target
 from .sharding import parse_shard
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _load_model(model_dir: str, device: str | None):
+    """`(model, processor)`; ValueError with one line when the model cannot be loaded."""
     from ..evaluation import load_model_and_processor
 
-    return load_model_and_processor(model_dir, device)
+    local = Path(model_dir).expanduser()
+    # a Hub id is "name" or "org/name"; anything else is a folder
+    if not local.exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1 or os.sep != "/"
+                               and os.sep in model_dir):
+        raise ValueError(f"model folder {model_dir} does not exist")
+    try:
+        return load_model_and_processor(str(local) if local.exists() else model_dir, device)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot load the model {model_dir!r}: {first}") from None
+
+
+def _fail(command: str, err: Exception) -> int:
+    text = str(err).strip().splitlines()
+    print(f"zse-sbir {command}: error: {text[0] if text else type(err).__name__}", file=sys.stderr)
+    return 2
 
 
 def index_main(argv: list[str] | None = None) -> int:
@@ -32,8 +70,8 @@ def index_main(argv: list[str] | None = None) -> int:
                    f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
     p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I ('auto': RANK/WORLD_SIZE; "
                    "writes OUT/shard-I-of-N); combine with merge-index")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
+    p.add_argument("--num-workers", type=_at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
     p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,24 +81,32 @@ def index_main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if args.shard == "auto":
             out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        if not Path(args.photo_dir).is_dir():
+            raise ValueError(f"photo folder {args.photo_dir} is not a directory")
+        check_save_target(out)  # before any work
         model, processor = _load_model(args.model, args.device)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            # each skipped file is printed below; huge images are refused by the processor's own pixel limit
+            warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable", category=UserWarning)
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            # segment files go next to the output, so saving links them instead of copying
+            out.absolute().parent.mkdir(parents=True, exist_ok=True)
             index = ZseIndex.build(model, processor, args.photo_dir, index_factory=args.factory,
                                    store_local_tokens=not args.no_tokens, batch_size=args.batch_size, shard=shard,
-                                   num_workers=args.num_workers, progress=not args.quiet)
-        for s in index.skipped:
-            print(f"skipped {s.path or s.id}: {s.reason}", file=sys.stderr)
-        if len(index) == 0:
-            print(f"zse-sbir index: no readable images under {args.photo_dir}", file=sys.stderr)
-            return 1
-        index.save(out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"zse-sbir index: error: {err}", file=sys.stderr)
-        return 2
-    print(f"indexed {len(index)} photos ({len(index.skipped)} skipped) with {index.factory} into {out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+                                   num_workers=args.num_workers, progress=not args.quiet,
+                                   work_dir=out.absolute().parent)
+        with index:
+            for s in index.skipped:
+                print(f"skipped {s.path or s.id}: {s.reason}", file=sys.stderr)
+            if len(index) == 0:
+                print(f"zse-sbir index: no readable images under {args.photo_dir}", file=sys.stderr)
+                return 1
+            index.save(out)
+            n, n_skipped, factory = len(index), len(index.skipped), index.factory
+    except (ValueError, OSError) as err:
+        return _fail("index", err)
+    print(f"indexed {n} photos ({n_skipped} skipped) with {factory} into {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -73,13 +119,16 @@ def merge_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="check file sizes only, not checksums")
     args = p.parse_args(argv)
     try:
+        check_save_target(args.out)
         factory = None if args.factory == "auto" else args.factory
-        merged = ZseIndex.merge(args.shard_dirs, index_factory=factory, verify=not args.no_verify)
-        merged.save(args.out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"zse-sbir merge-index: error: {err}", file=sys.stderr)
-        return 2
-    print(f"merged {len(args.shard_dirs)} indexes: {len(merged)} photos ({merged.factory}) into {args.out}")
+        out = Path(args.out).absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with ZseIndex.merge(args.shard_dirs, index_factory=factory, verify=not args.no_verify, work_dir=out.parent) as merged:
+            merged.save(out)
+            n, factory = len(merged), merged.factory
+    except (ValueError, OSError) as err:
+        return _fail("merge-index", err)
+    print(f"merged {len(args.shard_dirs)} indexes: {n} photos ({factory}) into {args.out}")
     return 0
 
 
@@ -89,8 +138,9 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("index_dir")
     p.add_argument("sketches", nargs="+")
     p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--rerank-k", type=int, default=None, help="re-rank this many [Ret] candidates with the relation network")
+    p.add_argument("-k", type=_at_least(1), default=10)
+    p.add_argument("--rerank-k", type=_at_least(0), default=None,
+                   help="re-rank this many [Ret] candidates with the relation network (0: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default=None)
     p.add_argument("--no-verify", action="store_true", help="check index file sizes only, not checksums")
@@ -103,9 +153,8 @@ def search_main(argv: list[str] | None = None) -> int:
         model, processor = _load_model(model_dir, args.device)
         index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
         results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"zse-sbir search: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:
+        return _fail("search", err)
     if args.json:
         print(json.dumps([{"sketch": s, "hits": [asdict(h) for h in hits]} for s, hits in zip(args.sketches, results)], indent=2))
         return 0
@@ -115,4 +164,3 @@ def search_main(argv: list[str] | None = None) -> int:
             rel = f"  relation {h.relation_score:.4f}" if h.relation_score is not None else ""
             print(f"{h.rank:>4}  {h.ret_score:+.4f}{rel}  {h.id}" + (f"  ({h.path})" if h.path and h.path != h.id else ""))
     return 0
-

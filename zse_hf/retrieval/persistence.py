@@ -120,8 +120,10 @@ def check_save_target(target: str | os.PathLike) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"cannot save to {target}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot save to {target}: {parent} is not writable")
+    try:  # the real test of writability (os.access is wrong for root and for read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+    except OSError as err:
+        raise ValueError(f"cannot save to {target}: {parent} is not writable ({err.strerror})") from None
     return target
 
 
