@@ -112,7 +112,8 @@ def open_npy(fd: int, path: Path, dtype: np.dtype, shape: tuple[int, ...], label
             else:
                 raise ValueError(f"unsupported .npy version {version}")
         except (ValueError, SyntaxError, TypeError, EOFError, OSError) as err:
-            raise ValueError(f"{label} is not a valid .npy file: {err}") from None
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(f"{label} is not a valid .npy file: {reason}") from None
         offset = f.tell()
         if got_dtype != dtype or tuple(got_shape) != tuple(shape) or fortran:
             raise ValueError(f"{label} holds {got_dtype} {list(got_shape)}{' (Fortran order)' if fortran else ''}, "
