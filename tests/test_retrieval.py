@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -387,3 +388,98 @@ def test_gpu_move_when_faiss_reports_gpus(saved, model, sketches, monkeypatch):
     fresh.remove([cpu[0][0].id])  # invalidates the GPU copy
     assert [h.id for h in fresh.search(sketches[0], k=5)[0][:4]] == [h.id for h in cpu[0][1:]]
     assert moved == [0, 0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_build_leaves_no_work_directory_after_the_next_run(tmp_path, sig):
+    """A build killed (kill -9, or SIGTERM without a handler) leaves its zse-index-<pid>-*
+    work directory; the next index that makes one in the same place removes it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+
+    def build():
+        rng = np.random.default_rng(0)
+        idx = ZseIndex.from_features(rng.standard_normal((8, 4)).astype(np.float32), work_dir=tmp_path)
+        assert len(idx) == 8
+        ready.set()
+        time.sleep(120)
+
+    proc = ctx.Process(target=build)
+    proc.start()
+    try:
+        assert ready.wait(60)
+        os.kill(proc.pid, sig)
+    finally:
+        proc.join(60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left == [next(iter(left))] and left[0].startswith(f"zse-index-{proc.pid}-")
+    with ZseIndex.from_features(np.eye(4, dtype=np.float32), work_dir=tmp_path) as fresh:
+        assert len(fresh) == 4
+        assert [p.name for p in tmp_path.iterdir()] == [fresh._work.name]
+    assert list(tmp_path.iterdir()) == []  # close() removed the fresh one too
+
+
+def test_search_argument_errors(index, sketches):
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got -5"):
+        index.search(sketches[0], k=-5)
+    with pytest.raises(ValueError, match="rerank_k must be None or an integer >= 0"):
+        index.search(sketches[0], k=3, rerank_k=-2)
+    with pytest.raises(ValueError, match="search parameter nprobe must be an integer >= 1, got 0"):
+        index.search(sketches[0], k=3, search_params={"nprobe": 0})
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        index.search(sketches[0], k=3, search_params={"nprob": 4})
+    assert index.search(sketches[0], k=3, rerank_k=0) == index.search(sketches[0], k=3)
+
+
+def test_remove_counts_repeated_ids_once(model, processor, photo_dir):
+    paths = sorted(str(p) for p in photo_dir.rglob("*.png"))[:4]
+    idx = ZseIndex.build(model, processor, paths, progress=False)
+    assert idx.remove([paths[0], paths[0]]) == 1 and len(idx) == 3
+
+
+def test_saved_index_is_readable_like_a_file_and_mapped_at_load(index, saved, tmp_path, sketches):
+    mode = os.stat(saved).st_mode & 0o777
+    assert mode == 0o777 & ~_umask(), oct(mode)
+    target = index.save(tmp_path / "idx")
+    loaded = ZseIndex.load(target)
+    before = loaded.embeddings().copy()
+    shutil.rmtree(target)  # the loaded index keeps the bytes it verified
+    np.testing.assert_array_equal(loaded.embeddings(), before)
+    assert loaded.local_tokens(loaded.ids[:2]).local_tokens.shape == (2, 16, 32)
+    again = loaded.save(tmp_path / "copy")  # saving writes the mapped bytes, not whatever is at the old path
+    np.testing.assert_array_equal(ZseIndex.load(again).embeddings(), before)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_cli_user_errors_are_one_line(model, processor, photo_dir, sketches, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    cases = [
+        (retrieval.index_main, [str(photo_dir), "--model", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "o")],
+         "model folder"),
+        (retrieval.index_main, [str(photo_dir), "--model", str(model_dir), "--out", str(a_file)], "is a file"),
+        (retrieval.index_main, [str(tmp_path / "no_photos"), "--model", str(model_dir), "--out", str(tmp_path / "o")],
+         "not a directory"),
+        (retrieval.merge_main, [str(tmp_path / "nowhere"), "--out", str(a_file)], "is a file"),
+    ]
+    for main, argv, expected in cases:
+        assert main(argv + ["--quiet"] if main is retrieval.index_main else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
+    for argv, expected in ((["-k", "-5"], "argument -k: must be >= 1, got -5"),
+                           (["--rerank-k", "-1"], "argument --rerank-k: must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as info:
+            retrieval.search_main([str(tmp_path), sketches[0], *argv])
+        assert info.value.code == 2 and expected in capsys.readouterr().err
