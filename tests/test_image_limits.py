@@ -21,15 +21,18 @@ from zse_hf.retrieval import ZseIndex
 from conftest import tiny_config
 
 
-def big_png(path: Path, width: int, height: int) -> Path:
-    """A grayscale PNG of `width x height` written row by row (a few hundred KB, little memory)."""
+def big_png(path: Path, width: int, height: int, ink: bool = False) -> Path:
+    """A white grayscale PNG of `width x height` (with a black band across the middle when
+    `ink`), written row by row: a few hundred KB, little memory."""
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     comp, row = zlib.compressobj(9), b"\x00" + b"\xff" * width
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
-        parts = [comp.compress(row) for _ in range(height)] + [comp.flush()]
+        black = b"\x00" + b"\x00" * width
+        band = range(height * 9 // 20, height * 11 // 20) if ink else range(0)
+        parts = [comp.compress(black if y in band else row) for y in range(height)] + [comp.flush()]
         f.write(chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
     return path
 

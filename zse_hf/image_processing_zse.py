@@ -186,10 +186,14 @@ class BlankSketchError(ValueError):
     """A sketch with no ink (an empty canvas or a blank upload)."""
 
 
+class ImageTooLargeError(ValueError):
+    """An input with more pixels than `max_input_pixels` (refused before decoding)."""
+
+
 def _check_pixels(n_pixels: int, name: str, max_pixels: int, hw=None) -> None:
     if n_pixels > max_pixels:
         size = f"{hw[1]}x{hw[0]} px, " if hw is not None and len(hw) == 2 else ""
-        raise ValueError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is {max_pixels / 1e6:.3g} MP "
+        raise ImageTooLargeError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is {max_pixels / 1e6:.3g} MP "
                          "(max_input_pixels)")
 
 
@@ -219,7 +223,7 @@ def _open(source, max_side: int, max_pixels: int = 40_000_000) -> Image.Image:
         image.load()
         image = _upright(image)
     except Image.DecompressionBombError as err:
-        raise ValueError(f"image {name} is too large: {err}") from None
+        raise ImageTooLargeError(f"image {name} is too large: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {name}: {err}") from err
     return image
@@ -290,4 +294,4 @@ def sketch_ink(image: Image.Image) -> np.ndarray:
     return 1.0 - gray
 
 
-__all__ = ["BlankSketchError", "ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]
+__all__ = ["BlankSketchError", "ImageTooLargeError", "ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]

@@ -51,7 +51,8 @@ from .inputs import IMAGE_EXTENSIONS, list_images
 from .manifest import FORMAT_NAME, FORMAT_VERSION, read_manifest
 from .model_binding import model_fingerprint
 from .records import Hit, Skipped
+from .token_store import remove_stale_work_dirs
 
 __all__ = ["DEFAULT_TRAIN_SIZE", "FLAT_MAX", "FORMAT_NAME", "FORMAT_VERSION", "Hit", "IMAGE_EXTENSIONS", "IVF_SQ_MAX",
            "Skipped", "ZseImageFeatures", "ZseIndex", "auto_factory", "index_main", "list_images", "merge_main",
-           "model_fingerprint", "read_manifest", "search_main"]
+           "model_fingerprint", "read_manifest", "remove_stale_work_dirs", "search_main"]

@@ -223,9 +223,10 @@ def _pid_in(name: str, prefix: str) -> int | None:
         return None
 
 
-def remove_stale_work_dirs(root: str | os.PathLike) -> list[Path]:
-    """Delete `root/zse-index-<pid>-*` directories of this user whose process is gone (left by
-    a killed build); returns what was removed."""
+def remove_stale_work_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Delete `root/zse-index-<pid>-*` directories (default root: the system temp directory) of
+    this user whose process is gone (left by a killed build); returns what was removed."""
+    root = os.fspath(root) if root is not None else tempfile.gettempdir()
     removed = []
     try:
         entries = list(os.scandir(root))
