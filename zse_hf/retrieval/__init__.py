@@ -23,13 +23,18 @@ A saved index is a directory (format version 1):
     mask-NNNN.npy            [n, N] bool token-selection masks
 
 Rows are appended in segments (one per `build`/`add` call); segment files are never modified
-after they are written, so saving hard-links them instead of copying when it can. Saving is
-atomic: everything is written to a temporary sibling directory that is then renamed over the
-target. No pickle is used anywhere.
+after they are written, so saving hard-links them instead of copying when it can. The manifest
+is confined to its directory: file names only, and every file listed with its size and sha256.
+Any malformed or tampered file is a one-line `ValueError` naming it. No pickle is used anywhere.
+
+Saving is atomic (a complete sibling directory swapped in, see `persistence`); loading opens
+the directory once, verifies and memory-maps every file, so a loaded index is immutable and
+self-consistent. Any number of processes may load and search while one process saves.
 
 Modules (each one concern):
 
     index.py          ZseIndex: build, add, remove, search, re-rank
+    encoding.py       photos (batched, threaded decoding, unreadable ones reported) and sketches to features
     token_store.py    the segment files (.npy writers, memory-mapped readers)
     faiss_index.py    faiss factory choice, construction, search parameters
     manifest.py       the manifest format: read, validate, build

@@ -3,7 +3,6 @@ memory-mapped token store for relation-network re-ranking."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -17,10 +16,11 @@ import numpy as np
 import torch
 
 from ..modeling_zse import ZseImageFeatures
+from .encoding import encode_photos, encode_sketches
 from .faiss_index import (DEFAULT_TRAIN_SIZE, auto_factory, check_search_params, default_search_params, faiss,
                           is_exact, new_faiss_index, set_search_params)
 from .inputs import json_id, resolve_items
-from .model_binding import (check_model, default_processor, image_processor, model_device_dtype, model_fingerprint,
+from .model_binding import (check_model, default_processor, model_device_dtype, model_fingerprint,
                             model_name)
 from .records import Hit, Skipped
 from .persistence import load_index, save_index
@@ -253,65 +253,34 @@ class ZseIndex:
         return skipped
 
     def _encode(self, items, item_ids, item_paths, selected, base, batch_size, device, num_workers, progress):
-        from tqdm.auto import tqdm
-
-        model = self.model
+        """Encode `items[p]` for `p` in `selected` into one new segment; returns the skipped items."""
         if device is not None:
-            model.to(device)
-        dev, dtype = model_device_dtype(model)
-        ip = image_processor(self.processor)
+            self.model.to(device)
         skipped: list[Skipped] = []
-
-        def load(p):
-            try:
-                return ip([items[p]], modality="photo", return_tensors="pt")["pixel_values"]
-            except (ValueError, TypeError, OSError) as err:
-                return err
-
-        batches = [selected[s:s + batch_size] for s in range(0, len(selected), batch_size)]
-        pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers > 0 else None
-        submit = (lambda b: [pool.submit(load, p) for p in b]) if pool else (lambda b: b)
-        fetch = (lambda f: f.result()) if pool else load
         writer = None
         ok_ids, ok_paths, ok_pos = [], [], []
-        was_training = model.training
-        model.eval()
         try:
-            pending = submit(batches[0]) if batches else None
-            with tqdm(total=len(selected), desc="indexing photos", unit="img", disable=not progress) as bar, torch.inference_mode():
-                for b, batch in enumerate(batches):
-                    loaded = [fetch(x) for x in pending]
-                    if b + 1 < len(batches):
-                        pending = submit(batches[b + 1])
-                    pixels, kept = [], []
-                    for p, out in zip(batch, loaded):
-                        if isinstance(out, Exception):
-                            skipped.append(Skipped(base + p, item_ids[p], item_paths[p], str(out)))
-                        else:
-                            pixels.append(out)
-                            kept.append(p)
-                    if pixels:
-                        feats = model.get_image_features(torch.cat(pixels).to(dev, dtype))
-                        if writer is None:
-                            writer = self._open_segment(feats.ret_embeds.shape[1], tuple(feats.local_tokens.shape[1:]),
-                                                        feats.grid_size)
-                        tok = mask = None
-                        if self.store_local_tokens:
-                            tok = feats.local_tokens.float().clamp(-65504, 65504).cpu().numpy()
-                            mask = feats.token_mask.cpu().numpy()
-                        writer.append(feats.ret_embeds.float().cpu().numpy(), tok, mask, grid_size=feats.grid_size)
-                        ok_ids += [item_ids[p] for p in kept]
-                        ok_paths += [item_paths[p] for p in kept]
-                        ok_pos += [base + p for p in kept]
-                    bar.update(len(batch))
+            with contextlib.closing(encode_photos(self.model, self.processor, items, selected, batch_size, num_workers,
+                                                  progress)) as batches:
+                for kept, feats, failed in batches:
+                    skipped += [Skipped(base + p, item_ids[p], item_paths[p], reason) for p, reason in failed]
+                    if feats is None:
+                        continue
+                    if writer is None:
+                        writer = self._open_segment(feats.ret_embeds.shape[1], tuple(feats.local_tokens.shape[1:]),
+                                                    feats.grid_size)
+                    tok = mask = None
+                    if self.store_local_tokens:
+                        tok = feats.local_tokens.float().clamp(-65504, 65504).cpu().numpy()
+                        mask = feats.token_mask.cpu().numpy()
+                    writer.append(feats.ret_embeds.float().cpu().numpy(), tok, mask, grid_size=feats.grid_size)
+                    ok_ids += [item_ids[p] for p in kept]
+                    ok_paths += [item_paths[p] for p in kept]
+                    ok_pos += [base + p for p in kept]
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        finally:
-            model.train(was_training)
-            if pool:
-                pool.shutdown(cancel_futures=True)
         if writer is not None:
             self._commit_segment(writer, ok_ids, ok_paths, ok_pos)
         return skipped
@@ -558,24 +527,7 @@ class ZseIndex:
         `local_tokens [Q, N, D]`, `token_mask [Q, N]`, `grid_size`."""
         if self.model is None:
             raise ValueError("no model attached: pass model= to ZseIndex.load or call attach_model() first")
-        items = list(sketches) if isinstance(sketches, (list, tuple)) else [sketches]
-        if not items:
-            raise ValueError("no sketches given")
-        ip = image_processor(self.processor)
-        dev, dtype = model_device_dtype(self.model)
-        parts = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for s in range(0, len(items), batch_size):
-                    pixels = ip(items[s:s + batch_size], modality="sketch", return_tensors="pt")["pixel_values"]
-                    parts.append(self.model.get_image_features(pixels.to(dev, dtype)))
-        finally:
-            self.model.train(was_training)
-        return ZseImageFeatures(ret_embeds=torch.cat([p.ret_embeds for p in parts]).float(),
-                                local_tokens=torch.cat([p.local_tokens for p in parts]),
-                                token_mask=torch.cat([p.token_mask for p in parts]), grid_size=parts[0].grid_size)
+        return encode_sketches(self.model, self.processor, sketches, batch_size)
 
     def search(self, sketches, k: int = 10, rerank_k: int | None = None, batch_size: int = 32,
                search_params: dict | None = None, autocast_dtype: torch.dtype | None = None) -> list[list[Hit]]:
