@@ -46,11 +46,9 @@ Modules (each one concern):
     cli.py            zse-sbir index / merge-index / search
 """
 
-import faiss  # noqa: F401  (re-exported: `zse_hf.retrieval.faiss`)
-
 from ..modeling_zse import ZseImageFeatures
 from .cli import index_main, merge_main, search_main
-from .faiss_index import DEFAULT_TRAIN_SIZE, FLAT_MAX, IVF_SQ_MAX, auto_factory
+from .faiss_index import DEFAULT_TRAIN_SIZE, FLAT_MAX, IVF_SQ_MAX, auto_factory, faiss  # noqa: F401 (faiss re-exported)
 from .index import ZseIndex
 from .inputs import IMAGE_EXTENSIONS, list_images
 from .manifest import FORMAT_NAME, FORMAT_VERSION, read_manifest

@@ -10,7 +10,8 @@ import numpy as np
 try:
     import faiss
 except ImportError as _err:  # pragma: no cover
-    raise ImportError("zse_hf.retrieval needs faiss: pip install 'zse-sbir[faiss]' (or faiss-gpu)") from _err
+    raise ModuleNotFoundError("zse_hf.retrieval needs faiss: pip install 'zse-sbir[faiss]' (or faiss-gpu)",
+                              name="faiss") from _err
 
 FLAT_MAX = 50_000  # automatic factory: exact search below this many photos
 IVF_SQ_MAX = 5_000_000  # ... IVF + 8-bit scalar quantizer below this, IVF-PQ above

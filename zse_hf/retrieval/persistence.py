@@ -61,6 +61,10 @@ class _Replaced(Exception):
     """The directory being loaded was replaced or deleted meanwhile: load again."""
 
 
+class _Missing(ValueError):
+    """A file the manifest lists is not in the (unchanged) index directory."""
+
+
 # ----------------------------------------------------------------------------- saving
 
 
@@ -121,7 +125,7 @@ def check_save_target(target: str | os.PathLike) -> Path:
     if not parent.is_dir():
         raise ValueError(f"cannot save to {target}: {parent} is a file")
     try:  # the real test of writability (os.access is wrong for root and for read-only mounts)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-{os.getpid()}-", dir=parent))
     except OSError as err:
         raise ValueError(f"cannot save to {target}: {parent} is not writable ({err.strerror})") from None
     return target
@@ -221,7 +225,7 @@ def _recover_interrupted(target: Path) -> None:
 
 def _clean_stale(target: Path) -> None:
     """(Writer only.) Delete temporary / moved-aside directories left by saves whose process is gone."""
-    for kind in ("tmp", "old"):
+    for kind in ("tmp", "old", "probe"):
         for p in _siblings(target, kind):
             pid = _sibling_pid(p, kind)
             if pid is not None and pid != os.getpid() and not pid_alive(pid):
@@ -298,7 +302,7 @@ def _open_member(dir_fd: int, where: Path, name: str) -> int:
     except FileNotFoundError:
         if not _still_there(where, dir_fd):
             raise _Replaced from None
-        raise ValueError(f"index file {where / name} is missing") from None
+        raise _Missing(f"index file {where / name} is missing") from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(f"index file {where / name} is a symbolic link; index files must be regular files "
@@ -361,9 +365,7 @@ def _member_sha256(dir_fd: int, where: Path, name: str, fd: int) -> str:
 def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, use_gpu):
     try:
         text = _read_member(dir_fd, where, MANIFEST)
-    except ValueError:
-        if not _still_there(where, dir_fd):
-            raise _Replaced from None
+    except _Missing:
         raise ValueError(f"{where} is not a ZseIndex directory (no {MANIFEST})") from None
     manifest = parse_manifest(text, where / MANIFEST)
     files = manifest["files"]
