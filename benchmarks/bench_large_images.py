@@ -67,7 +67,8 @@ print(json.dumps({{"peak_mb": (status("VmHWM:") - before) / 2**20, "seconds": ti
 
 def run_case(case: dict) -> dict:
     code = CHILD.format(repo=str(REPO))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True, text=True, env=env,
                          timeout=900)
     if out.returncode != 0:
@@ -77,6 +78,7 @@ def run_case(case: dict) -> dict:
 
 def main() -> None:
     from PIL import Image
+
     from test_image_limits import big_png
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,13 +98,15 @@ def main() -> None:
             (folder / name).symlink_to(png144)
         (folder / "c.jpg").symlink_to(jpg)
         Image.new("RGB", (300, 200), "red").save(folder / "d.png")
-        print(f"# inputs written in {time.perf_counter() - t0:.0f} s: PNG 144 MP {png144.stat().st_size / 1e6:.2f} MB, "
-              f"PNG 38 MP {png39.stat().st_size / 1e6:.2f} MB, JPEG {side * side / 1e6:.0f} MP {jpg.stat().st_size / 1e6:.1f} MB")
+        mb = {p: p.stat().st_size / 1e6 for p in (png144, png39, jpg)}
+        print(f"# inputs written in {time.perf_counter() - t0:.0f} s: PNG 144 MP {mb[png144]:.2f} MB, "
+              f"PNG 38 MP {mb[png39]:.2f} MB, JPEG {side * side / 1e6:.0f} MP {mb[jpg]:.1f} MB")
         cases = [
             ("PNG 12000x12000 (144 MP), photo", {"kind": "image", "path": str(png144), "modality": "photo"}),
             ("PNG 12000x12000 (144 MP), sketch", {"kind": "image", "path": str(png144), "modality": "sketch"}),
             ("PNG 6200x6200 (38 MP), photo", {"kind": "image", "path": str(png39), "modality": "photo"}),
-            (f"JPEG {side}x{side} ({side * side / 1e6:.0f} MP), photo", {"kind": "image", "path": str(jpg), "modality": "photo"}),
+            (f"JPEG {side}x{side} ({side * side / 1e6:.0f} MP), photo",
+             {"kind": "image", "path": str(jpg), "modality": "photo"}),
             ("PNG 144 MP with the limit raised to 200 MP (full decode)",
              {"kind": "image", "path": str(png144), "modality": "photo", "limit": 200_000_000}),
         ]

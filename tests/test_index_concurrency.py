@@ -129,7 +129,8 @@ def run(folder: Path, saves: int, readers: int = 2, swap_delay: float = 0.0, two
         p.start()
     try:
         time.sleep(0.2)
-        w = ctx.Process(target=_child, args=("writer", str(target), saves, swap_delay, two_renames, str(folder / "w.json")))
+        args = ("writer", str(target), saves, swap_delay, two_renames, str(folder / "w.json"))
+        w = ctx.Process(target=_child, args=args)
         w.start()
         w.join(timeout)
         if w.is_alive():
@@ -166,7 +167,8 @@ def test_readers_and_a_writer(tmp_path):
 
 def test_readers_and_a_writer_two_renames_wide_window(tmp_path):
     """The two-rename fallback with 20 ms between the renames: readers wait, never move files."""
-    _assert_clean(run(tmp_path, saves=int(os.environ.get("ZSE_CONCURRENCY_SAVES", 40)), swap_delay=0.02, two_renames=True))
+    saves = int(os.environ.get("ZSE_CONCURRENCY_SAVES", 40))
+    _assert_clean(run(tmp_path, saves=saves, swap_delay=0.02, two_renames=True))
 
 
 if __name__ == "__main__":

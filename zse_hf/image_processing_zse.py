@@ -78,7 +78,7 @@ class ZseImageProcessor(BaseImageProcessor):
             raise ValueError("max_input_side and max_input_pixels must be >= 1")
 
     @classmethod
-    def from_model_config(cls, config, **kwargs) -> "ZseImageProcessor":
+    def from_model_config(cls, config, **kwargs) -> ZseImageProcessor:
         """A processor matching a [`ZseConfig`] (size and normalisation)."""
         return cls(size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs)
 
@@ -193,8 +193,8 @@ class ImageTooLargeError(ValueError):
 def _check_pixels(n_pixels: int, name: str, max_pixels: int, hw=None) -> None:
     if n_pixels > max_pixels:
         size = f"{hw[1]}x{hw[0]} px, " if hw is not None and len(hw) == 2 else ""
-        raise ImageTooLargeError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is {max_pixels / 1e6:.3g} MP "
-                         "(max_input_pixels)")
+        raise ImageTooLargeError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is "
+                                 f"{max_pixels / 1e6:.3g} MP (max_input_pixels)")
 
 
 def _upright(image: Image.Image) -> Image.Image:

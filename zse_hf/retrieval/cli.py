@@ -68,8 +68,8 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
     p.add_argument("--factory", default=None, help="faiss index_factory string (default: by gallery size: Flat "
                    f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
-    p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I ('auto': RANK/WORLD_SIZE; "
-                   "writes OUT/shard-I-of-N); combine with merge-index")
+    p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I "
+                   "('auto': RANK/WORLD_SIZE; writes OUT/shard-I-of-N); combine with merge-index")
     p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--num-workers", type=_at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
@@ -123,7 +123,8 @@ def merge_main(argv: list[str] | None = None) -> int:
         factory = None if args.factory == "auto" else args.factory
         out = Path(args.out).absolute()
         out.parent.mkdir(parents=True, exist_ok=True)
-        with ZseIndex.merge(args.shard_dirs, index_factory=factory, verify=not args.no_verify, work_dir=out.parent) as merged:
+        merged = ZseIndex.merge(args.shard_dirs, index_factory=factory, verify=not args.no_verify, work_dir=out.parent)
+        with merged:
             merged.save(out)
             n, factory = len(merged), merged.factory
     except (ValueError, OSError) as err:
@@ -156,11 +157,13 @@ def search_main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         return _fail("search", err)
     if args.json:
-        print(json.dumps([{"sketch": s, "hits": [asdict(h) for h in hits]} for s, hits in zip(args.sketches, results)], indent=2))
+        rows = [{"sketch": s, "hits": [asdict(h) for h in hits]} for s, hits in zip(args.sketches, results)]
+        print(json.dumps(rows, indent=2))
         return 0
     for sketch, hits in zip(args.sketches, results):
         print(f"# {sketch}")
         for h in hits:
             rel = f"  relation {h.relation_score:.4f}" if h.relation_score is not None else ""
-            print(f"{h.rank:>4}  {h.ret_score:+.4f}{rel}  {h.id}" + (f"  ({h.path})" if h.path and h.path != h.id else ""))
+            where = f"  ({h.path})" if h.path and h.path != h.id else ""
+            print(f"{h.rank:>4}  {h.ret_score:+.4f}{rel}  {h.id}{where}")
     return 0

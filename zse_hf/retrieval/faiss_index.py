@@ -132,8 +132,8 @@ def read_index_bytes(data: bytes, where, dim: int, live_rows: np.ndarray):
         raise ValueError(f"index file {where} is not a faiss index this faiss can read: {reason}") from None
     if index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal != ntotal:
         raise ValueError(f"index file {where} does not match its manifest: faiss index of width {index.d} holding "
-                         f"{index.ntotal} vectors (metric {index.metric_type}), expected an inner-product index of width "
-                         f"{dim} holding {ntotal}")
+                         f"{index.ntotal} vectors (metric {index.metric_type}), expected an inner-product index "
+                         f"of width {dim} holding {ntotal}")
     inner = faiss.downcast_index(index)
     if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         ids = faiss.vector_to_array(inner.id_map)

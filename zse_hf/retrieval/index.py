@@ -17,13 +17,20 @@ import torch
 
 from ..modeling_zse import ZseImageFeatures
 from .encoding import encode_photos, encode_sketches
-from .faiss_index import (DEFAULT_TRAIN_SIZE, auto_factory, check_search_params, default_search_params, faiss,
-                          is_exact, new_faiss_index, set_search_params)
+from .faiss_index import (
+    DEFAULT_TRAIN_SIZE,
+    auto_factory,
+    check_search_params,
+    default_search_params,
+    faiss,
+    is_exact,
+    new_faiss_index,
+    set_search_params,
+)
 from .inputs import json_id, resolve_items
-from .model_binding import (check_model, default_processor, model_device_dtype, model_fingerprint,
-                            model_name)
-from .records import Hit, Skipped
+from .model_binding import check_model, default_processor, model_device_dtype, model_fingerprint, model_name
 from .persistence import load_index, save_index
+from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
 from .token_store import Segment, SegmentWriter, new_work_dir
 
@@ -46,7 +53,8 @@ class ZseIndex:
     """
 
     def __init__(self, model=None, processor=None, *, index_factory: str | None = None, store_local_tokens: bool = True,
-                 use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None, train_size: int = DEFAULT_TRAIN_SIZE):
+                 use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
+                 train_size: int = DEFAULT_TRAIN_SIZE):
         """An empty index; usually made by `build`, `from_features`, `load` or `merge`."""
         self.model = model
         self.processor = processor if processor is not None or model is None else default_processor(model)
@@ -60,7 +68,9 @@ class ZseIndex:
         self.dim: int | None = None
         self.token_shape: tuple[int, int] | None = None
         self.grid_size: tuple[int, int] | None = None
-        self.model_info = {"name_or_path": model_name(model), "sha256": model_fingerprint(model)} if model is not None else None
+        self.model_info = None
+        if model is not None:
+            self.model_info = {"name_or_path": model_name(model), "sha256": model_fingerprint(model)}
         self.shard: dict | None = None
         self._index = None  # CPU faiss index, ids = row numbers
         self._gpu = None  # (resources, gpu index) cache
@@ -130,9 +140,11 @@ class ZseIndex:
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim is None:
             raise ValueError("the index is empty")
-        shape = {"embeddings": (self.dim,), "tokens": self.token_shape, "mask": self.token_shape[:1] if self.token_shape else None}[kind]
+        mask_shape = self.token_shape[:1] if self.token_shape else None
+        shape = {"embeddings": (self.dim,), "tokens": self.token_shape, "mask": mask_shape}[kind]
         if kind != "embeddings" and not self.store_local_tokens:
-            raise ValueError("this index stores no local tokens (built with store_local_tokens=False); re-ranking needs them")
+            raise ValueError("this index stores no local tokens (built with store_local_tokens=False); "
+                             "re-ranking needs them")
         dtype = {"embeddings": np.float32, "tokens": np.float16, "mask": np.bool_}[kind]
         out = np.empty((len(rows), *shape), dtype=dtype)
         if len(rows) == 0:
@@ -152,7 +164,7 @@ class ZseIndex:
               store_local_tokens: bool = True, batch_size: int = 32, device: str | torch.device | None = None,
               shard: tuple[int, int] | None = None, num_workers: int = 0, progress: bool = True,
               use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-              train_size: int = DEFAULT_TRAIN_SIZE) -> "ZseIndex":
+              train_size: int = DEFAULT_TRAIN_SIZE) -> ZseIndex:
         """Encode a gallery and index it.
 
         Args:
@@ -187,7 +199,7 @@ class ZseIndex:
     def from_features(cls, ret_embeds, local_tokens=None, token_mask=None, grid_size=None, ids: Sequence | None = None,
                       paths: Sequence | None = None, model=None, processor=None, index_factory: str | None = None,
                       use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-                      train_size: int = DEFAULT_TRAIN_SIZE) -> "ZseIndex":
+                      train_size: int = DEFAULT_TRAIN_SIZE) -> ZseIndex:
         """An index over precomputed features.
 
         Args:
@@ -199,7 +211,9 @@ class ZseIndex:
         """
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=local_tokens is not None,
                     use_gpu=use_gpu, work_dir=work_dir, train_size=train_size)
-        emb = np.asarray(ret_embeds.detach().cpu() if isinstance(ret_embeds, torch.Tensor) else ret_embeds, dtype=np.float32)
+        if isinstance(ret_embeds, torch.Tensor):
+            ret_embeds = ret_embeds.detach().cpu()
+        emb = np.asarray(ret_embeds, dtype=np.float32)
         m = emb.shape[0]
         ids = list(range(m)) if ids is None else [json_id(i) for i in ids]
         paths = [None] * m if paths is None else [None if p is None else os.fspath(p) for p in paths]
@@ -213,8 +227,11 @@ class ZseIndex:
                 if local_tokens is not None:
                     tok = local_tokens[s:s + 4096]
                     tok = tok.detach().cpu().float().numpy() if isinstance(tok, torch.Tensor) else np.asarray(tok)
-                    mask = (np.ones(tok.shape[:2], dtype=bool) if token_mask is None else
-                            np.asarray(token_mask[s:s + 4096].cpu() if isinstance(token_mask, torch.Tensor) else token_mask[s:s + 4096]))
+                    if token_mask is None:
+                        mask = np.ones(tok.shape[:2], dtype=bool)
+                    else:
+                        part = token_mask[s:s + 4096]
+                        mask = np.asarray(part.cpu() if isinstance(part, torch.Tensor) else part)
                 writer.append(emb[s:s + 4096], tok, mask)
         except BaseException:
             writer.abort()
@@ -244,7 +261,8 @@ class ZseIndex:
         dup = [item_ids[p] for p in selected if item_ids[p] in self._row_of]
         if dup:
             raise ValueError(f"ids already in the index: {dup[:5]}")
-        skipped = self._encode(items, item_ids, item_paths, list(selected), base, batch_size, device, num_workers, progress)
+        skipped = self._encode(items, item_ids, item_paths, list(selected), base, batch_size, device, num_workers,
+                               progress)
         if skipped:
             shown = "; ".join(f"{s.path or s.id}: {s.reason}" for s in skipped[:3])
             warnings.warn(f"skipped {len(skipped)} unreadable item(s) of {len(selected)}: {shown}"
@@ -300,7 +318,7 @@ class ZseIndex:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None
 
-    def __enter__(self) -> "ZseIndex":
+    def __enter__(self) -> ZseIndex:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -366,7 +384,7 @@ class ZseIndex:
                 "IVF needs at least nlist and 8-bit PQ at least 256 training vectors; use 'Flat' for small galleries"
             ) from None
 
-    def rebuild(self, index_factory: str | None = None, train_size: int | None = None) -> "ZseIndex":
+    def rebuild(self, index_factory: str | None = None, train_size: int | None = None) -> ZseIndex:
         """Rebuild the faiss index from the stored embeddings of the searchable photos, e.g. with
         another factory (None: automatic for the current size); tokens are kept. Returns self."""
         if train_size is not None:
@@ -404,7 +422,7 @@ class ZseIndex:
             self._row_of.pop(self._ids[r], None)
             self._ids[r] = None
 
-    def attach_model(self, model, processor=None) -> "ZseIndex":
+    def attach_model(self, model, processor=None) -> ZseIndex:
         """Use `model` (and `processor`, default derived from its config) for searching; raises
         ValueError when its weights differ from the model the index was built with."""
         check_model(self.model_info, model)
@@ -517,7 +535,8 @@ class ZseIndex:
                                               grid_size=query_features.grid_size)
                     photo = ZseImageFeatures(local_tokens=tokens[ci].to(dev, dtype), token_mask=masks[ci].to(dev),
                                              grid_size=self.grid_size)
-                    out[torch.from_numpy(valid[s:s + batch_size])] = self.model.relation_score(sketch, photo).float().cpu()
+                    scores = self.model.relation_score(sketch, photo).float().cpu()
+                    out[torch.from_numpy(valid[s:s + batch_size])] = scores
         finally:
             self.model.train(was_training)
         return out.view(q_n, k_n)
@@ -547,7 +566,8 @@ class ZseIndex:
         Returns: one list of [`Hit`] per sketch, best first.
         """
         _check_k(k)
-        if rerank_k is not None and (isinstance(rerank_k, bool) or not isinstance(rerank_k, (int, np.integer)) or rerank_k < 0):
+        bad_rerank = isinstance(rerank_k, bool) or not isinstance(rerank_k, (int, np.integer)) or rerank_k < 0
+        if rerank_k is not None and bad_rerank:
             raise ValueError(f"rerank_k must be None or an integer >= 0 (0: no re-ranking), got {rerank_k!r}")
         if search_params is not None:
             check_search_params(search_params)
@@ -588,7 +608,7 @@ class ZseIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model=None, processor=None, verify: bool = True,
-             use_gpu: bool | None = None) -> "ZseIndex":
+             use_gpu: bool | None = None) -> ZseIndex:
         """Load an index saved by [`save`].
 
         Args:
@@ -606,7 +626,7 @@ class ZseIndex:
 
     @classmethod
     def merge(cls, directories: Sequence[str | os.PathLike], model=None, index_factory: str | None = "same",
-              verify: bool = True, work_dir: str | os.PathLike | None = None) -> "ZseIndex":
+              verify: bool = True, work_dir: str | os.PathLike | None = None) -> ZseIndex:
         """Merge saved indexes (typically the shards of one `build(..., shard=(i, n))` run) into
         one in-memory index (call `save` on it).
 
@@ -617,7 +637,8 @@ class ZseIndex:
         re-chosen for the merged size); the faiss index is rebuilt (and retrained) from the
         stored embeddings.
         """
-        return merge_indexes(cls, directories, model=model, index_factory=index_factory, verify=verify, work_dir=work_dir)
+        return merge_indexes(cls, directories, model=model, index_factory=index_factory, verify=verify,
+                             work_dir=work_dir)
 
 
 def _check_k(k) -> None:

@@ -107,7 +107,8 @@ def check_manifest(m: dict, where) -> None:
         raise _bad(where, "files must be an object mapping file names to {bytes, sha256}")
     for name, meta in files.items():
         check_file_name(name, where)
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not _SHA256.fullmatch(meta["sha256"]):
+        digest = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise _bad(where, f"files[{name!r}] must be {{bytes, sha256 (64 hex digits)}}")
         _int(meta.get("bytes"), where, f"files[{name!r}].bytes")
     segments = m["segments"]
@@ -152,7 +153,8 @@ def parse_rows(text: bytes, where, n_rows: int) -> dict:
         rows = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"index file {where} is not valid JSON: {err}") from None
-    if not isinstance(rows, dict) or any(not isinstance(rows.get(k), list) for k in ("ids", "paths", "positions", "skipped")):
+    keys = ("ids", "paths", "positions", "skipped")
+    if not isinstance(rows, dict) or any(not isinstance(rows.get(k), list) for k in keys):
         raise _bad(where, "it must be an object with the lists ids, paths, positions and skipped")
     for key in ("ids", "paths", "positions"):
         if len(rows[key]) != n_rows:

@@ -394,8 +394,8 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
                 continue
             fd = _open_member(dir_fd, where, name)
             try:
-                _check_bytes(name, files[name], os.fstat(fd).st_size,
-                             (lambda: _member_sha256(dir_fd, where, name, fd)) if verify else None, where)
+                digest = (lambda name=name, fd=fd: _member_sha256(dir_fd, where, name, fd)) if verify else None
+                _check_bytes(name, files[name], os.fstat(fd).st_size, digest, where)
             except BaseException:
                 os.close(fd)
                 raise

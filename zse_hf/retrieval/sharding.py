@@ -36,7 +36,8 @@ def check_shard_set(shards: list[dict], directories) -> None:
     """ValueError unless `shards` (manifest records) are all `n` shards of one run."""
     n = shards[0]["count"]
     for d, s in zip(directories, shards):
-        if (s["count"], s["total_items"], s["items_sha256"]) != (n, shards[0]["total_items"], shards[0]["items_sha256"]):
+        first = shards[0]
+        if (s["count"], s["total_items"], s["items_sha256"]) != (n, first["total_items"], first["items_sha256"]):
             raise ValueError(f"{d} is a shard of another run (other item list or shard count) than {directories[0]}")
     got = sorted(s["index"] for s in shards)
     if got != list(range(n)):
@@ -55,7 +56,8 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
     for d, p in zip(directories, parts):
         if (p.model_info or {}).get("sha256") != (first.model_info or {}).get("sha256"):
             raise ValueError(f"{d} was built with a different model than {directories[0]}")
-        if (p.dim, p.token_shape, p.grid_size, p.store_local_tokens) != (first.dim, first.token_shape, first.grid_size, first.store_local_tokens):
+        shape = (p.dim, p.token_shape, p.grid_size, p.store_local_tokens)
+        if shape != (first.dim, first.token_shape, first.grid_size, first.store_local_tokens):
             raise ValueError(f"{d} stores features of another shape than {directories[0]}")
     factories = {p.index_factory for p in parts}
     if index_factory == "same":

@@ -136,7 +136,7 @@ class Segment:
         self.n, self.arrays = int(n), {k: arrays.get(k) for k in KINDS}
 
     @classmethod
-    def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape) -> "Segment":
+    def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape) -> Segment:
         """Open and map the files of a segment written in a work directory."""
         shapes = {"embeddings": (n, dim)}
         if token_shape is not None:
@@ -164,7 +164,8 @@ class SegmentWriter:
         `index_*`: what the index already holds (None for a new one), which must match."""
         self.dim, self.token_shape, self.grid_size = dim, index_token_shape or token_shape, index_grid_size or grid_size
         if index_token_shape is not None and token_shape is not None and tuple(token_shape) != tuple(index_token_shape):
-            raise ValueError(f"local tokens of shape {tuple(token_shape)} do not match the index ({tuple(index_token_shape)})")
+            raise ValueError(f"local tokens of shape {tuple(token_shape)} do not match the index "
+                             f"({tuple(index_token_shape)})")
         tag = uuid.uuid4().hex[:12]
         self.emb = NpyWriter(folder / f"embeddings-{tag}.npy", np.float32, (dim,))
         self.tok = self.mask = None
