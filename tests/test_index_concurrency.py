@@ -44,7 +44,15 @@ def _build(tag: str, work_dir: str):
 
 
 def _consistent(index, refs) -> bool:
-    """True when every part of `index` comes from the one version its ids name."""
+    """True when every part of `index` comes from the one version its ids name (a read that
+    fails after a successful load counts as inconsistent)."""
+    try:
+        return _same_version(index, refs)
+    except Exception:  # noqa: BLE001 - e.g. a data file that vanished under a lazily opened index
+        return False
+
+
+def _same_version(index, refs) -> bool:
     tag = index.ids[0][0]
     if tag not in refs or any(i[0] != tag for i in index.ids):
         return False
