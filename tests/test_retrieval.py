@@ -484,3 +484,24 @@ def test_cli_user_errors_are_one_line(model, processor, photo_dir, sketches, tmp
         with pytest.raises(SystemExit) as info:
             retrieval.search_main([str(tmp_path), sketches[0], *argv])
         assert info.value.code == 2 and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4", "IVF2,SQ8"])
+def test_other_factories_round_trip(tmp_path, factory):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    with ZseIndex.from_features(emb, index_factory=factory, work_dir=tmp_path) as idx:
+        if "IVF" in factory:
+            idx.remove([3, 7])
+        loaded = ZseIndex.load(idx.save(tmp_path / "idx"))
+        assert loaded.factory == factory and loaded.ids == idx.ids
+        np.testing.assert_array_equal(loaded.ann_search(emb[:5], k=4)[1], idx.ann_search(emb[:5], k=4)[1])
+
+
+def test_saving_through_a_symlink_keeps_the_link(index, tmp_path):
+    real = index.save(tmp_path / "real")
+    (tmp_path / "link").symlink_to(real)
+    index.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and len(ZseIndex.load(tmp_path / "link")) == N_PHOTOS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

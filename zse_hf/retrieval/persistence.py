@@ -73,6 +73,8 @@ def save_index(index, directory: str | os.PathLike) -> Path:
     if index._index is None:
         raise ValueError("nothing to save: the index is empty")
     target = Path(directory).absolute()
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()  # replace the directory the link points to; the link stays
     check_save_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted(target)
