@@ -52,6 +52,7 @@ save_hook: Callable[[str], None] | None = None
 # Swap with renameat2(RENAME_EXCHANGE) where the system has it (False: the two-rename fallback).
 use_rename_exchange: bool = sys.platform.startswith("linux")
 LOAD_TIMEOUT_S = 30.0  # a load waits at most this long for a directory that keeps changing
+SWAP_WAIT_S = 5.0  # ... and this long for a save that is between its two renames
 
 _SHA_CACHE: dict[tuple, str] = {}
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
@@ -208,10 +209,11 @@ def _sibling_pid(path: Path, kind: str) -> int | None:
         return None
 
 
-def _interrupted_copy(target: Path) -> Path | None:
-    """The newest complete `.NAME.old-*` directory left by a save whose process is gone."""
-    olds = [p for p in _siblings(target, "old") if (p / MANIFEST).is_file()
-            and _sibling_pid(p, "old") not in (None, os.getpid()) and not pid_alive(_sibling_pid(p, "old"))]
+def _interrupted_copy(target: Path, any_pid: bool = False) -> Path | None:
+    """The newest complete `.NAME.old-*` directory left by a save whose process is gone (or by
+    any save, with `any_pid`)."""
+    olds = [p for p in _siblings(target, "old") if (p / MANIFEST).is_file() and _sibling_pid(p, "old") is not None
+            and (any_pid or (_sibling_pid(p, "old") != os.getpid() and not pid_alive(_sibling_pid(p, "old"))))]
     return max(olds, key=lambda p: p.stat().st_mtime) if olds else None
 
 
@@ -255,8 +257,9 @@ def load_index(cls, directory: str | os.PathLike, model=None, processor=None, ve
 @contextlib.contextmanager
 def _open_index_dir(root: Path, deadline: float):
     """Yield `(fd, path)` of the directory to load: `root`, or, after a save killed between its
-    renames, the moved-aside copy (read in place, with a warning). Waits while a live save is
-    between its renames."""
+    renames, the moved-aside copy (read in place, with a warning). Waits (at most `SWAP_WAIT_S`)
+    while a live save is between its renames."""
+    swap_deadline = min(deadline, time.monotonic() + SWAP_WAIT_S)
     while True:
         try:
             fd = os.open(root, _O_FLAGS | getattr(os, "O_DIRECTORY", 0))
@@ -266,10 +269,10 @@ def _open_index_dir(root: Path, deadline: float):
             raise ValueError(f"{root} is not a ZseIndex directory (it is a file)") from None
         except FileNotFoundError:
             busy = [p for p in _siblings(root, "old") if _sibling_pid(p, "old") and pid_alive(_sibling_pid(p, "old"))]
-            if busy and time.monotonic() < deadline:
+            if busy and time.monotonic() < swap_deadline:
                 time.sleep(0.002)  # a save is between its two renames
                 continue
-            old = _interrupted_copy(root)
+            old = _interrupted_copy(root, any_pid=bool(busy))
             if old is None:
                 if root.exists():
                     continue
