@@ -135,7 +135,13 @@ def check_save_target(target: str | os.PathLike) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    try:  # Linux: read it without changing it (os.umask is process-wide, racy under threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
