@@ -36,7 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zse_hf import ZseConfig, ZseImageFeatures, ZseModel  # noqa: E402
-from zse_hf.retrieval import ZseIndex, _ivf_lists, auto_factory  # noqa: E402
+from zse_hf.retrieval import ZseIndex, auto_factory  # noqa: E402
+from zse_hf.retrieval.faiss_index import ivf_lists  # noqa: E402
 
 D = 384
 K_RECALL = 100
@@ -66,7 +67,7 @@ def clustered(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def configs(n: int) -> list[tuple[str, list[dict]]]:
-    nlist = _ivf_lists(n)
+    nlist = ivf_lists(n)
     return [
         ("Flat", [{}]),
         ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}]),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,8 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from zse_hf import ZseModel, ZseProcessor
-from zse_hf import retrieval
+from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
 from conftest import tiny_config
@@ -27,7 +27,8 @@ N_PHOTOS = 24
 
 
 def _photo(rng) -> Image.Image:
-    img = Image.new("RGB", (int(rng.integers(48, 90)), int(rng.integers(48, 90))), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    size = (int(rng.integers(48, 90)), int(rng.integers(48, 90)))
+    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
     draw = ImageDraw.Draw(img)
     for _ in range(2):
         x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
@@ -185,7 +186,8 @@ def test_unreadable_files_are_skipped_and_reported(model, processor, photo_dir, 
     assert [s.path for s in idx.skipped] == [str(p) for p in bad]
     assert [s.position for s in idx.skipped] == [1, 3, 4, 7]
     reasons = [s.reason for s in idx.skipped]
-    assert "not found" in reasons[0] and "empty" in reasons[1] and "cannot read" in reasons[2] and "cannot read" in reasons[3]
+    assert "not found" in reasons[0] and "empty" in reasons[1]
+    assert "cannot read" in reasons[2] and "cannot read" in reasons[3]
 
 
 def test_save_load_round_trip(index, saved, model, processor, sketches):
@@ -242,20 +244,24 @@ def test_load_errors(saved, model, tmp_path):
         ZseIndex.load(saved).save(tmp_path / "junk")
 
 
-@pytest.mark.parametrize("kill_at", ["tokens-0000.npy", "swap"])
-def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at,exchange", [("tokens-0000.npy", True), ("swap", True), ("swap", False)])
+def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at, exchange):
+    """kill -9 at a file or at the swap (one atomic exchange, or between the fallback's two
+    renames): the old index stays loadable, loads move nothing, the next save cleans up."""
     target = Path(shutil.copytree(saved, tmp_path / "idx"))
     before = ZseIndex.load(target)
     script = textwrap.dedent(f"""
         import sys, time
         from zse_hf import retrieval
+        from zse_hf.retrieval import persistence
+        persistence.use_rename_exchange = {exchange!r}
         idx = retrieval.ZseIndex.load({str(target)!r})
         idx.remove([idx.ids[0]])
         def hook(name):
             if name == {kill_at!r}:
                 print("KILL ME", flush=True)
                 time.sleep(120)
-        retrieval._SAVE_FILE_HOOK = hook
+        persistence.save_hook = hook
         idx.save({str(target)!r})
         print("SAVED", flush=True)
     """)
@@ -265,13 +271,17 @@ def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")]
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".idx."))
     assert leftovers  # the killed save left its temporary / moved-aside directory behind
-    with pytest.warns(UserWarning, match="restored") if kill_at == "swap" else contextlib.nullcontext():
+    between_renames = kill_at == "swap" and not exchange
+    assert target.exists() != between_renames
+    with pytest.warns(UserWarning, match="interrupted save") if between_renames else contextlib.nullcontext():
         after = ZseIndex.load(target, model=model)  # the previous index, intact and verified
     assert after.ids == before.ids and len(after) == N_PHOTOS
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")) == leftovers  # loads move nothing
     after.remove([after.ids[0]])
-    after.save(target)  # a later save cleans up and succeeds
+    with pytest.warns(UserWarning, match="restored") if between_renames else contextlib.nullcontext():
+        after.save(target)  # a later save cleans up and succeeds
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     assert len(ZseIndex.load(target)) == N_PHOTOS - 1
 
@@ -379,3 +389,119 @@ def test_gpu_move_when_faiss_reports_gpus(saved, model, sketches, monkeypatch):
     fresh.remove([cpu[0][0].id])  # invalidates the GPU copy
     assert [h.id for h in fresh.search(sketches[0], k=5)[0][:4]] == [h.id for h in cpu[0][1:]]
     assert moved == [0, 0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_build_leaves_no_work_directory_after_the_next_run(tmp_path, sig):
+    """A build killed (kill -9, or SIGTERM without a handler) leaves its zse-index-<pid>-*
+    work directory; the next index that makes one in the same place removes it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+
+    def build():
+        rng = np.random.default_rng(0)
+        idx = ZseIndex.from_features(rng.standard_normal((8, 4)).astype(np.float32), work_dir=tmp_path)
+        assert len(idx) == 8
+        ready.set()
+        time.sleep(120)
+
+    proc = ctx.Process(target=build)
+    proc.start()
+    try:
+        assert ready.wait(60)
+        os.kill(proc.pid, sig)
+    finally:
+        proc.join(60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left == [next(iter(left))] and left[0].startswith(f"zse-index-{proc.pid}-")
+    with ZseIndex.from_features(np.eye(4, dtype=np.float32), work_dir=tmp_path) as fresh:
+        assert len(fresh) == 4
+        assert [p.name for p in tmp_path.iterdir()] == [fresh._work.name]
+    assert list(tmp_path.iterdir()) == []  # close() removed the fresh one too
+
+
+def test_search_argument_errors(index, sketches):
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got -5"):
+        index.search(sketches[0], k=-5)
+    with pytest.raises(ValueError, match="rerank_k must be None or an integer >= 0"):
+        index.search(sketches[0], k=3, rerank_k=-2)
+    with pytest.raises(ValueError, match="search parameter nprobe must be an integer >= 1, got 0"):
+        index.search(sketches[0], k=3, search_params={"nprobe": 0})
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        index.search(sketches[0], k=3, search_params={"nprob": 4})
+    assert index.search(sketches[0], k=3, rerank_k=0) == index.search(sketches[0], k=3)
+
+
+def test_remove_counts_repeated_ids_once(model, processor, photo_dir):
+    paths = sorted(str(p) for p in photo_dir.rglob("*.png"))[:4]
+    idx = ZseIndex.build(model, processor, paths, progress=False)
+    assert idx.remove([paths[0], paths[0]]) == 1 and len(idx) == 3
+
+
+def test_saved_index_is_readable_like_a_file_and_mapped_at_load(index, saved, tmp_path, sketches):
+    mode = os.stat(saved).st_mode & 0o777
+    assert mode == 0o777 & ~_umask(), oct(mode)
+    target = index.save(tmp_path / "idx")
+    loaded = ZseIndex.load(target)
+    before = loaded.embeddings().copy()
+    shutil.rmtree(target)  # the loaded index keeps the bytes it verified
+    np.testing.assert_array_equal(loaded.embeddings(), before)
+    assert loaded.local_tokens(loaded.ids[:2]).local_tokens.shape == (2, 16, 32)
+    again = loaded.save(tmp_path / "copy")  # saving writes the mapped bytes, not whatever is at the old path
+    np.testing.assert_array_equal(ZseIndex.load(again).embeddings(), before)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_cli_user_errors_are_one_line(model, processor, photo_dir, sketches, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    cases = [
+        (retrieval.index_main, [str(photo_dir), "--model", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "o")],
+         "model folder"),
+        (retrieval.index_main, [str(photo_dir), "--model", str(model_dir), "--out", str(a_file)], "is a file"),
+        (retrieval.index_main, [str(tmp_path / "no_photos"), "--model", str(model_dir), "--out", str(tmp_path / "o")],
+         "not a directory"),
+        (retrieval.merge_main, [str(tmp_path / "nowhere"), "--out", str(a_file)], "is a file"),
+    ]
+    for main, argv, expected in cases:
+        assert main(argv + ["--quiet"] if main is retrieval.index_main else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
+    for argv, expected in ((["-k", "-5"], "argument -k: must be >= 1, got -5"),
+                           (["--rerank-k", "-1"], "argument --rerank-k: must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as info:
+            retrieval.search_main([str(tmp_path), sketches[0], *argv])
+        assert info.value.code == 2 and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4", "IVF2,SQ8"])
+def test_other_factories_round_trip(tmp_path, factory):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    with ZseIndex.from_features(emb, index_factory=factory, work_dir=tmp_path) as idx:
+        if "IVF" in factory:
+            idx.remove([3, 7])
+        loaded = ZseIndex.load(idx.save(tmp_path / "idx"))
+        assert loaded.factory == factory and loaded.ids == idx.ids
+        np.testing.assert_array_equal(loaded.ann_search(emb[:5], k=4)[1], idx.ann_search(emb[:5], k=4)[1])
+
+
+def test_saving_through_a_symlink_keeps_the_link(index, tmp_path):
+    real = index.save(tmp_path / "real")
+    (tmp_path / "link").symlink_to(real)
+    index.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and len(ZseIndex.load(tmp_path / "link")) == N_PHOTOS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

@@ -822,6 +822,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_n < 1:
         parser.error("--top-n must be >= 1")
+    for flag, value in (("--grid", args.grid), ("--image-size", args.image_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    out = Path(args.out)
+    try:  # check the output folder before any work
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"--out {out}: {existing} is a file, not a folder")
+        probe = existing / f".zse-explain-write-test-{os.getpid()}"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except ValueError as err:
+        print(f"zse-sbir explain: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"zse-sbir explain: cannot write to {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     try:
         model, processor, built = load_model(args.model)
         note = "relation head untrained (model built from a backbone folder)" if built else ""
@@ -835,7 +854,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError, OSError) as err:
         print(f"zse-sbir explain: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for key, image in pictures.items():
         image.save(out / PICTURES[key])

@@ -35,6 +35,12 @@ class ZseImageProcessor(BaseImageProcessor):
         photo_resize_mode (`str`, defaults to `"pad"`): `"pad"` or `"crop"`.
         max_input_side (`int`, defaults to 2048): larger inputs are downscaled first (bounded
             memory for huge images).
+        max_input_pixels (`int`, defaults to 40_000_000): inputs with more pixels (width x height)
+            are refused with a `ValueError` before they are decoded; JPEGs are decoded at a reduced
+            scale first (at least `max_input_side`), so only that reduced size counts. Applies to
+            files, bytes, PIL images, arrays and tensors alike.
+
+    Files and PIL images are turned upright by their EXIF orientation tag (as phone photos expect).
     """
 
     model_input_names = ["pixel_values"]
@@ -49,6 +55,7 @@ class ZseImageProcessor(BaseImageProcessor):
         ink_threshold: int = 40,
         photo_resize_mode: str = "pad",
         max_input_side: int = 2048,
+        max_input_pixels: int = 40_000_000,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,9 +73,12 @@ class ZseImageProcessor(BaseImageProcessor):
         self.ink_threshold = int(ink_threshold)
         self.photo_resize_mode = photo_resize_mode
         self.max_input_side = int(max_input_side)
+        self.max_input_pixels = int(max_input_pixels)
+        if self.max_input_side < 1 or self.max_input_pixels < 1:
+            raise ValueError("max_input_side and max_input_pixels must be >= 1")
 
     @classmethod
-    def from_model_config(cls, config, **kwargs) -> "ZseImageProcessor":
+    def from_model_config(cls, config, **kwargs) -> ZseImageProcessor:
         """A processor matching a [`ZseConfig`] (size and normalisation)."""
         return cls(size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs)
 
@@ -76,14 +86,19 @@ class ZseImageProcessor(BaseImageProcessor):
 
     def load_image(self, image) -> Image.Image:
         """Any supported input (path, bytes, PIL, `[H, W]`/`[H, W, C]`/`[C, H, W]` array or tensor)
-        as a PIL image, downscaled so its longer side is at most `max_input_side`."""
+        as an upright (EXIF orientation applied) PIL image, downscaled so its longer side is at most
+        `max_input_side`. ValueError for more than `max_input_pixels` pixels."""
         if isinstance(image, (str, os.PathLike, bytes)):
-            image = _open(image, self.max_input_side)
-        elif isinstance(image, torch.Tensor):
-            image = _array_to_pil(image.detach().cpu().numpy())
-        elif isinstance(image, np.ndarray):
-            image = _array_to_pil(image)
-        elif not isinstance(image, Image.Image):
+            image = _open(image, self.max_input_side, self.max_input_pixels)
+        elif isinstance(image, (torch.Tensor, np.ndarray)):
+            shape = tuple(image.shape)
+            hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4) else shape[:2]
+            _check_pixels(int(np.prod(hw)) if len(hw) == 2 else 0, "image array", self.max_input_pixels, hw)
+            image = _array_to_pil(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
+        elif isinstance(image, Image.Image):
+            _check_pixels(image.width * image.height, "image", self.max_input_pixels, image.size[::-1])
+            image = _upright(image)
+        else:
             raise TypeError(f"unsupported image type {type(image).__name__}; pass a path, PIL image, array or tensor")
         if image.width < 1 or image.height < 1:
             raise ValueError(f"image has no pixels ({image.width}x{image.height})")
@@ -99,7 +114,7 @@ class ZseImageProcessor(BaseImageProcessor):
         ink = sketch_ink(self.load_image(image))  # [H, W] float in [0, 1], 1 = ink
         mask = ink * 255 > self.ink_threshold
         if not mask.any():
-            raise ValueError("the sketch is blank: no ink found (draw something, or lower ink_threshold)")
+            raise BlankSketchError("the sketch is blank: no ink found (draw something, or lower ink_threshold)")
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         crop = ink[top:bottom, left:right]
@@ -167,8 +182,33 @@ class ZseImageProcessor(BaseImageProcessor):
 # ---------------------------------------------------------------------- helpers
 
 
-def _open(source, max_side: int) -> Image.Image:
-    """Open and fully decode an image file or bytes with clear errors."""
+class BlankSketchError(ValueError):
+    """A sketch with no ink (an empty canvas or a blank upload)."""
+
+
+class ImageTooLargeError(ValueError):
+    """An input with more pixels than `max_input_pixels` (refused before decoding)."""
+
+
+def _check_pixels(n_pixels: int, name: str, max_pixels: int, hw=None) -> None:
+    if n_pixels > max_pixels:
+        size = f"{hw[1]}x{hw[0]} px, " if hw is not None and len(hw) == 2 else ""
+        raise ImageTooLargeError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is "
+                                 f"{max_pixels / 1e6:.3g} MP (max_input_pixels)")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """`image` turned by its EXIF orientation tag (unchanged when it has none)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+
+
+def _open(source, max_side: int, max_pixels: int = 40_000_000) -> Image.Image:
+    """Open and decode an image file or bytes with clear errors: JPEGs at a reduced scale (at
+    least `max_side`), nothing above `max_pixels` decoded, EXIF orientation applied."""
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes):
         if not os.path.exists(name):
@@ -179,8 +219,12 @@ def _open(source, max_side: int) -> Image.Image:
         image = Image.open(BytesIO(source) if isinstance(source, bytes) else name)
         if image.format == "JPEG":
             image.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced size
+        _check_pixels(image.width * image.height, f"image {name}", max_pixels, image.size[::-1])
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        image = _upright(image)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image {name} is too large: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {name}: {err}") from err
     return image
 
@@ -250,4 +294,4 @@ def sketch_ink(image: Image.Image) -> np.ndarray:
     return 1.0 - gray
 
 
-__all__ = ["ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]
+__all__ = ["BlankSketchError", "ImageTooLargeError", "ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]

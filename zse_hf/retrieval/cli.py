@@ -1,0 +1,169 @@
+"""The `zse-sbir index`, `zse-sbir merge-index` and `zse-sbir search` commands.
+
+Every user error (a bad argument, a model or index that cannot be read, an output path that
+cannot be written) is one line on stderr and exit code 2; the output path is checked before
+any photo is embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from .faiss_index import FLAT_MAX, IVF_SQ_MAX
+from .index import ZseIndex
+from .manifest import read_manifest
+from .persistence import check_save_target
+from .sharding import parse_shard
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _load_model(model_dir: str, device: str | None):
+    """`(model, processor)`; ValueError with one line when the model cannot be loaded."""
+    from ..evaluation import load_model_and_processor
+
+    local = Path(model_dir).expanduser()
+    # a Hub id is "name" or "org/name"; anything else is a folder
+    if not local.exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1 or os.sep != "/"
+                               and os.sep in model_dir):
+        raise ValueError(f"model folder {model_dir} does not exist")
+    try:
+        return load_model_and_processor(str(local) if local.exists() else model_dir, device)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot load the model {model_dir!r}: {first}") from None
+
+
+def _fail(command: str, err: Exception) -> int:
+    text = str(err).strip().splitlines()
+    print(f"zse-sbir {command}: error: {text[0] if text else type(err).__name__}", file=sys.stderr)
+    return 2
+
+
+def index_main(argv: list[str] | None = None) -> int:
+    """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR [--factory F] [--shard I/N] [--batch-size B]`."""
+    p = argparse.ArgumentParser(prog="zse-sbir index", description="Build a faiss index of all images under PHOTO_DIR.")
+    p.add_argument("photo_dir")
+    p.add_argument("--model", required=True, help="ZSE model folder or Hub id")
+    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    p.add_argument("--factory", default=None, help="faiss index_factory string (default: by gallery size: Flat "
+                   f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
+    p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I "
+                   "('auto': RANK/WORLD_SIZE; writes OUT/shard-I-of-N); combine with merge-index")
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
+    p.add_argument("--num-workers", type=_at_least(0), default=2, help="image decoding threads")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        out = Path(args.out)
+        if args.shard == "auto":
+            out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        if not Path(args.photo_dir).is_dir():
+            raise ValueError(f"photo folder {args.photo_dir} is not a directory")
+        check_save_target(out)  # before any work
+        model, processor = _load_model(args.model, args.device)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            # each skipped file is printed below; huge images are refused by the processor's own pixel limit
+            warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable", category=UserWarning)
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            # segment files go next to the output, so saving links them instead of copying
+            out.absolute().parent.mkdir(parents=True, exist_ok=True)
+            index = ZseIndex.build(model, processor, args.photo_dir, index_factory=args.factory,
+                                   store_local_tokens=not args.no_tokens, batch_size=args.batch_size, shard=shard,
+                                   num_workers=args.num_workers, progress=not args.quiet,
+                                   work_dir=out.absolute().parent)
+        with index:
+            for s in index.skipped:
+                print(f"skipped {s.path or s.id}: {s.reason}", file=sys.stderr)
+            if len(index) == 0:
+                print(f"zse-sbir index: no readable images under {args.photo_dir}", file=sys.stderr)
+                return 1
+            index.save(out)
+            n, n_skipped, factory = len(index), len(index.skipped), index.factory
+    except (ValueError, OSError) as err:
+        return _fail("index", err)
+    print(f"indexed {n} photos ({n_skipped} skipped) with {factory} into {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    """`zse-sbir merge-index SHARD_DIRS... --out INDEX_DIR [--factory F]`."""
+    p = argparse.ArgumentParser(prog="zse-sbir merge-index", description="Merge sharded (or separate) indexes.")
+    p.add_argument("shard_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--factory", default="same", help="faiss factory of the merged index (default: the shards')")
+    p.add_argument("--no-verify", action="store_true", help="check file sizes only, not checksums")
+    args = p.parse_args(argv)
+    try:
+        check_save_target(args.out)
+        factory = None if args.factory == "auto" else args.factory
+        out = Path(args.out).absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        merged = ZseIndex.merge(args.shard_dirs, index_factory=factory, verify=not args.no_verify, work_dir=out.parent)
+        with merged:
+            merged.save(out)
+            n, factory = len(merged), merged.factory
+    except (ValueError, OSError) as err:
+        return _fail("merge-index", err)
+    print(f"merged {len(args.shard_dirs)} indexes: {n} photos ({factory}) into {args.out}")
+    return 0
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--json]`."""
+    p = argparse.ArgumentParser(prog="zse-sbir search", description="Search an index with sketches.")
+    p.add_argument("index_dir")
+    p.add_argument("sketches", nargs="+")
+    p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
+    p.add_argument("-k", type=_at_least(1), default=10)
+    p.add_argument("--rerank-k", type=_at_least(0), default=None,
+                   help="re-rank this many [Ret] candidates with the relation network (0: none)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-verify", action="store_true", help="check index file sizes only, not checksums")
+    args = p.parse_args(argv)
+    try:
+        manifest = read_manifest(args.index_dir)
+        model_dir = args.model or (manifest.get("model") or {}).get("name_or_path")
+        if not model_dir:
+            raise ValueError("the index records no model; pass --model")
+        model, processor = _load_model(model_dir, args.device)
+        index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
+        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k)
+    except (ValueError, OSError) as err:
+        return _fail("search", err)
+    if args.json:
+        rows = [{"sketch": s, "hits": [asdict(h) for h in hits]} for s, hits in zip(args.sketches, results)]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for sketch, hits in zip(args.sketches, results):
+        print(f"# {sketch}")
+        for h in hits:
+            rel = f"  relation {h.relation_score:.4f}" if h.relation_score is not None else ""
+            where = f"  ({h.path})" if h.path and h.path != h.id else ""
+            print(f"{h.rank:>4}  {h.ret_score:+.4f}{rel}  {h.id}{where}")
+    return 0
