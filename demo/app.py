@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -36,15 +37,15 @@ except ModuleNotFoundError:  # a source checkout, or a Space with the package co
             break
     import zse_hf  # noqa: F401
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from zse_hf import assets, model_summary
 from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE, ink_map
+from zse_hf.image_processing_zse import BlankSketchError
 from zse_hf.loading import load_model, weights_fingerprint
 from zse_hf.model_summary import format_metric, mode_description
-from zse_hf.retrieval import ZseIndex
-from zse_hf.uploads import MAX_UPLOAD_BYTES, fit_on_white, read_upload
+from zse_hf.retrieval import ZseIndex, remove_stale_work_dirs
+from zse_hf.uploads import MAX_UPLOAD_BYTES, fit_on_white, load_user_image, read_upload
 from zse_hf.uploads import UserInputError as UserError
 
 log = logging.getLogger("zse_demo")
@@ -148,19 +149,16 @@ def ink_pixels(image: Image.Image) -> int:
     return int(ink_map(image).sum())
 
 
-def canvas_image(value) -> Image.Image | None:
-    """The drawing of a `gr.Sketchpad` value (its composite, flattened on white), or None."""
+def canvas_image(value, image_processor) -> Image.Image | None:
+    """The drawing of a `gr.Sketchpad` value (its composite, flattened on white), or None. The
+    composite is read through the processor's loader (its pixel limit; `UserError` when refused)."""
     if value is None:
         return None
     if isinstance(value, dict):
         value = value.get("composite")
     if value is None:
         return None
-    if isinstance(value, (str, os.PathLike)):
-        value = Image.open(value)
-    if isinstance(value, np.ndarray):
-        value = Image.fromarray(value)
-    return fit_on_white(value)
+    return fit_on_white(load_user_image(image_processor, value, "The drawing"))
 
 
 def photo_class(name: str) -> str:
@@ -319,16 +317,17 @@ class DemoApp:
 
     def _query(self, sketch_value, upload, input_tab: str) -> Image.Image:
         """The query sketch: the active tab's input, else the other one; UserError if none."""
-        drawn = canvas_image(sketch_value)
+        drawn = canvas_image(sketch_value, self.dm.processor)
         if drawn is not None and ink_pixels(drawn) < MIN_INK_PIXELS:
             drawn = None
         upload_path = upload.get("path") if isinstance(upload, dict) else upload
-        if input_tab == "upload" and upload_path:
-            return read_upload(upload_path, "the uploaded sketch")
+        if upload_path and (input_tab == "upload" or drawn is None):
+            uploaded = read_upload(upload_path, "the uploaded sketch", self.dm.processor)
+            if ink_pixels(uploaded) < MIN_INK_PIXELS:
+                raise UserError("The uploaded sketch is blank: upload a drawing with dark lines on a light background.")
+            return uploaded
         if drawn is not None:
             return drawn
-        if upload_path:
-            return read_upload(upload_path, "the uploaded sketch")
         if input_tab == "upload":
             raise UserError("No sketch uploaded yet: choose an image file in the **Upload a sketch** tab.")
         raise UserError("The canvas is empty: draw something (or click an example sketch, or upload one) first.")
@@ -375,10 +374,11 @@ class DemoApp:
             items = [(r["path"], self._caption(r)) for r in results]
             public = [{key: v for key, v in r.items() if key != "path"} for r in results]
             return items, public, status, session, 1
-        except UserError as err:
-            gr.Warning(str(err))
+        except (UserError, BlankSketchError) as err:
+            msg = str(err) if isinstance(err, UserError) else "The sketch is blank: draw something with dark lines."
+            gr.Warning(msg)
             session.hits = []
-            return [], [], f"⚠️ {err}", session, 1
+            return [], [], f"⚠️ {msg}", session, 1
         except Exception as err:  # noqa: BLE001 - never show a traceback to the user
             log.error("search failed:\n%s", traceback.format_exc())
             gr.Warning("Search failed; see the message below.")
@@ -453,7 +453,7 @@ class DemoApp:
                 images, ids = [], []
                 for p in paths[start:start + INDEX_CHUNK]:
                     try:
-                        images.append(read_upload(p, "photo"))
+                        images.append(read_upload(p, "photo", self.dm.processor))
                     except UserError as err:
                         skipped.append(str(err))
                         continue
@@ -520,7 +520,7 @@ class DemoApp:
                     with gr.Tabs(selected="draw"):
                         with gr.Tab("Draw", id="draw") as draw_tab:
                             sketchpad = gr.Sketchpad(
-                                label="Sketch (black brush on white)", type="pil", image_mode="RGB",
+                                label="Sketch (black brush on white)", type="filepath", image_mode="RGB",
                                 canvas_size=(512, 512), fixed_canvas=True, layers=False, height=380,
                                 brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed",
                                                default_size=8),
@@ -633,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run clean-ups (index work dirs)
+    remove_stale_work_dirs()  # left by a demo that was killed
     try:
         demo = build_demo(args.model)
     except (UserError, FileNotFoundError) as err:

@@ -23,13 +23,13 @@ pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio", "ignore::UserWarning")
 
+from test_image_limits import big_png  # noqa: E402
+
 from zse_hf import ZseModel, ZseProcessor, demo_launcher  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from test_image_limits import big_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-NEEDS_DEMO_CHANGE = pytest.mark.xfail(strict=True, reason="needs the demo/app.py change in the index-integrity report")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,6 @@ def test_exif_rotated_photo_embeds_the_same_through_api_and_demo(demo, upload_ar
     np.testing.assert_allclose(index.embeddings(["api"]), index.embeddings(["demo"]), atol=1e-5)
 
 
-@NEEDS_DEMO_CHANGE
 def test_sketchpad_composite_gets_the_pixel_limit(demo, upload_area):
     app, zse, _, _ = demo
     huge = big_png(upload_area / "composite.png", 8000, 8000, ink=True)  # 64 MP with a stroke
@@ -113,7 +112,6 @@ def test_sketchpad_composite_gets_the_pixel_limit(demo, upload_area):
         zse._query({"composite": str(huge)}, None, "draw")
 
 
-@NEEDS_DEMO_CHANGE
 def test_sketchpad_composite_that_is_not_an_image(demo, upload_area):
     app, zse, _, _ = demo
     fake = upload_area / "composite.png"
@@ -122,7 +120,6 @@ def test_sketchpad_composite_that_is_not_an_image(demo, upload_area):
         zse._query({"composite": str(fake)}, None, "draw")
 
 
-@NEEDS_DEMO_CHANGE
 def test_blank_uploaded_sketch_gets_a_friendly_message(demo, upload_area):
     app, zse, _, _ = demo
     white = upload_area / "white.png"

@@ -1,21 +1,20 @@
 """Reading images that users upload to a web page (the demo), safely: only from the web
-framework's upload folder, size- and pixel-limited (no decompression bombs), EXIF-rotated,
-downscaled, transparency on white. Problems raise :class:`UserInputError` worded for the user.
+framework's upload folder and size-limited; decoding goes through the image processor's loader
+(its pixel limit, reduced JPEG decoding and EXIF orientation, as for the CLI and the API), then
+downscaled with transparency on white. Problems raise :class:`UserInputError` worded for the user.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .image_processing_zse import to_rgb_on_white
+from .image_processing_zse import ImageTooLargeError, ZseImageProcessor, to_rgb_on_white
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
-MAX_PIXELS = 40_000_000  # width x height of one upload
 MAX_SIDE = 1024  # uploads are downscaled to this longest side
 
 
@@ -43,25 +42,28 @@ def in_upload_area(path: str | os.PathLike) -> bool:
     return any(p == r or r in p.parents for r in upload_roots())
 
 
-def read_upload(path: str | os.PathLike, what: str = "file") -> Image.Image:
+def read_upload(path: str | os.PathLike, what: str = "file",
+                image_processor: ZseImageProcessor | None = None) -> Image.Image:
     """Open an uploaded image: RGB on white, at most `MAX_SIDE` pixels a side.
 
     Args:
         path: the uploaded file; it must lie in an upload folder.
         what: how the message names it (`"photo"`, `"the uploaded sketch"`).
+        image_processor: whose `load_image` decodes it (its `max_input_pixels`); default a
+            `ZseImageProcessor()` with the library's defaults.
 
     Raises:
-        UserInputError: not uploaded here, gone, empty, over `MAX_UPLOAD_BYTES` or
-            `MAX_PIXELS`, or not an image; the message starts with a capital.
+        UserInputError: not uploaded here, gone, empty, over `MAX_UPLOAD_BYTES` or the
+            processor's pixel limit, or not an image; the message starts with a capital.
     """
     try:
-        return _read_upload(Path(path), what)
+        return _read_upload(Path(path), what, image_processor or ZseImageProcessor())
     except UserInputError as err:
         msg = str(err)
         raise UserInputError(msg[:1].upper() + msg[1:]) from None
 
 
-def _read_upload(p: Path, what: str) -> Image.Image:
+def _read_upload(p: Path, what: str, image_processor: ZseImageProcessor) -> Image.Image:
     name = p.name
     if not in_upload_area(p):
         raise UserInputError(f"{what} {name!r} was not uploaded through this page; it cannot be read.")
@@ -72,25 +74,27 @@ def _read_upload(p: Path, what: str) -> Image.Image:
         raise UserInputError(f"{what} {name!r} is empty (0 bytes).")
     if size > MAX_UPLOAD_BYTES:
         raise UserInputError(f"{what} {name!r} is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+    return fit_on_white(load_user_image(image_processor, p, f"{what} {name!r}"))
+
+
+def load_user_image(image_processor: ZseImageProcessor, image, what: str) -> Image.Image:
+    """`image_processor.load_image(image)` (pixel limit, EXIF orientation) with its errors
+    worded for the user as :class:`UserInputError`; `what` names the input in the message."""
+    limit = image_processor.max_input_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(p)
-            w, h = image.size
-            if w * h > MAX_PIXELS:
-                raise UserInputError(f"{what} {name!r} is huge ({w}×{h} px, {w * h / 1e6:.0f} MP); please use an "
-                                     f"image under {MAX_PIXELS / 1e6:.0f} MP (e.g. 2000×2000 px).")
-            if image.format == "JPEG":
-                image.draft("RGB", (MAX_SIDE, MAX_SIDE))
-            image.load()
-    except UserInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserInputError(f"{what} {name!r} is huge (too many pixels); please use an image under "
-                             f"{MAX_PIXELS / 1e6:.0f} MP.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise UserInputError(f"{what} {name!r} is not an image this demo can read (PNG, JPEG, WebP, ...).") from None
-    return fit_on_white(ImageOps.exif_transpose(image))
+        return image_processor.load_image(image)
+    except ImageTooLargeError as err:
+        size = ""
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                with Image.open(image) as probe:  # the header only
+                    size = f" ({probe.width}×{probe.height} px, {probe.width * probe.height / 1e6:.0f} MP)"
+            except (OSError, ValueError, Image.DecompressionBombError):
+                pass
+        raise UserInputError(f"{what} is huge{size}; please use an image under {limit / 1e6:.0f} MP "
+                             "(e.g. 2000×2000 px).") from err
+    except (ValueError, TypeError):
+        raise UserInputError(f"{what} is not an image this demo can read (PNG, JPEG, WebP, ...).") from None
 
 
 def fit_on_white(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
@@ -101,5 +105,5 @@ def fit_on_white(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     return image
 
 
-__all__ = ["MAX_PIXELS", "MAX_SIDE", "MAX_UPLOAD_BYTES", "UserInputError", "fit_on_white", "in_upload_area",
+__all__ = ["MAX_SIDE", "MAX_UPLOAD_BYTES", "UserInputError", "fit_on_white", "in_upload_area", "load_user_image",
            "read_upload", "upload_roots"]

@@ -40,7 +40,7 @@ def _at_least(minimum: int):
 
 def _load_model(model_dir: str, device: str | None):
     """`(model, processor)`; ValueError with one line when the model cannot be loaded."""
-    from ..evaluation import load_model_and_processor
+    from ..loading import load_model
 
     local = Path(model_dir).expanduser()
     # a Hub id is "name" or "org/name"; anything else is a folder
@@ -48,7 +48,8 @@ def _load_model(model_dir: str, device: str | None):
                                and os.sep in model_dir):
         raise ValueError(f"model folder {model_dir} does not exist")
     try:
-        return load_model_and_processor(str(local) if local.exists() else model_dir, device)
+        model, processor, _ = load_model(str(local) if local.exists() else model_dir, device)
+        return model, processor
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot load the model {model_dir!r}: {first}") from None

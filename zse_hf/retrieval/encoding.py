@@ -8,8 +8,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..loading import image_processor_of
 from ..modeling_zse import ZseImageFeatures
-from .model_binding import image_processor, model_device_dtype
+from .model_binding import model_device_dtype
 
 
 def encode_photos(model, processor, items: Sequence, selected: Sequence[int], batch_size: int = 32,
@@ -26,7 +27,7 @@ def encode_photos(model, processor, items: Sequence, selected: Sequence[int], ba
     from tqdm.auto import tqdm
 
     dev, dtype = model_device_dtype(model)
-    ip = image_processor(processor)
+    ip = image_processor_of(processor)
 
     def load(p):
         try:
@@ -68,7 +69,7 @@ def encode_sketches(model, processor, sketches, batch_size: int = 32) -> ZseImag
     items = list(sketches) if isinstance(sketches, (list, tuple)) else [sketches]
     if not items:
         raise ValueError("no sketches given")
-    ip = image_processor(processor)
+    ip = image_processor_of(processor)
     dev, dtype = model_device_dtype(model)
     parts = []
     was_training = model.training

@@ -3,23 +3,11 @@ from it, and where it runs."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the model's `state_dict` (names, shapes, and values cast to float32 for
-    floating tensors), so the same weights hash the same whatever their dtype or device."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        if t.is_floating_point():
-            t = t.float()
-        h.update(f"{name}|{list(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from ..loading import weights_fingerprint as model_fingerprint  # the index manifest's `model.sha256`
 
 
 def model_name(model) -> str | None:
@@ -29,12 +17,6 @@ def model_name(model) -> str | None:
         return None
     p = Path(name)
     return str(p.resolve()) if p.exists() else str(name)
-
-
-
-def image_processor(processor):
-    """The object whose `__call__(images, modality=...)` gives `pixel_values`."""
-    return getattr(processor, "image_processor", processor)
 
 
 def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
