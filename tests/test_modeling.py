@@ -182,8 +182,10 @@ def test_bad_tensor_inputs(tiny_model, pixels):
         tiny_model.get_image_features(pixels.numpy())
     bad = pixels.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        tiny_model.get_image_features(bad)
+    # values are not inspected (that would stop torch.export and sync the device on every
+    # call; the processor rejects NaN images): a NaN stays in its own row
+    out = tiny_model.get_image_features(bad)
+    assert torch.isnan(out.ret_embeds[0]).all() and torch.isfinite(out.ret_embeds[1:]).all()
     with pytest.raises(ValueError, match="at least 14 px"):
         tiny_model.get_image_features(torch.randn(1, 3, 8, 8))
     a = tiny_model.get_image_features(pixels)
@@ -265,7 +267,7 @@ def test_save_load_round_trip_auto_classes(tmp_path, pixels):
     assert_same_state(loaded.state_dict(), model.state_dict())
     assert torch.equal(model.get_image_features(pixels).ret_embeds, loaded.get_image_features(pixels).ret_embeds)
     proc = AutoProcessor.from_pretrained(tmp_path)
-    assert isinstance(proc, ZseProcessor) and proc.image_processor.size == 56
+    assert isinstance(proc, ZseProcessor) and proc.image_processor.side == 56
     assert isinstance(AutoConfig.from_pretrained(tmp_path), ZseConfig)
 
 

@@ -13,7 +13,8 @@ class ZseProcessor(ProcessorMixin):
 
     `processor(sketches=..., photos=..., return_tensors="pt")` returns a `BatchFeature` with
     `sketch_pixel_values` `[B, 3, S, S]` and/or `photo_pixel_values` `[B', 3, S, S]`, ready for
-    `model(**inputs)` or `model.get_image_features(...)`.
+    `model(**inputs)` or `model.get_image_features(...)`. Without `return_tensors` the values
+    are numpy arrays, as with transformers' own processors.
     """
 
     def __init__(self, image_processor=None, **kwargs):
@@ -26,8 +27,14 @@ class ZseProcessor(ProcessorMixin):
         """A processor matching a [`ZseConfig`] (input size and normalisation)."""
         return cls(ZseImageProcessor.from_model_config(config, **kwargs))
 
-    def __call__(self, sketches=None, photos=None, return_tensors="pt", **kwargs) -> BatchFeature:
-        """Process sketches and/or photos (each one image or a list)."""
+    def __call__(self, sketches=None, photos=None, return_tensors=None, **kwargs) -> BatchFeature:
+        """Process sketches and/or photos (each one image or a list).
+
+        Args:
+            sketches, photos: one image or a list (paths, bytes, PIL images, arrays, tensors).
+            return_tensors: `"pt"`, `"np"` or None (numpy arrays).
+            **kwargs: image-processor options for this call.
+        """
         if sketches is None and photos is None:
             raise ValueError("pass sketches=..., photos=... or both")
         data = {}

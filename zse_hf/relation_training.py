@@ -174,7 +174,7 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig):
     from .evaluation import encode_dataset
 
     fit = evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                         max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.size, 112))
+                         max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.side, 112))
     model.eval()
     s = encode_dataset(model, image_processor, fit.queries, "sketch", desc="caching training sketches")
     p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
@@ -205,7 +205,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
     objective = RelationHeadObjective(model, s, p, cand, pos)
     val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                         max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.size, 112))
+                         max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=32,
         max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
