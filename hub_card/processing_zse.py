@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
 from .image_processing_zse import ZseImageProcessor
 
@@ -27,24 +27,25 @@ class ZseProcessor(ProcessorMixin):
         """A processor matching a [`ZseConfig`] (input size and normalisation)."""
         return cls(ZseImageProcessor.from_model_config(config, **kwargs))
 
-    def __call__(self, sketches=None, photos=None, return_tensors=None, **kwargs) -> BatchFeature:
+    def __call__(self, sketches=None, photos=None, **kwargs: Unpack[ProcessingKwargs]) -> BatchFeature:
         """Process sketches and/or photos (each one image or a list).
 
         Args:
             sketches, photos: one image or a list (paths, bytes, PIL images, arrays, tensors).
-            return_tensors: `"pt"`, `"np"` or None (numpy arrays).
-            **kwargs: image-processor options for this call.
+            **kwargs: processing options, e.g. `return_tensors` (`"pt"`, `"np"`, or None for
+                numpy arrays, the default), flat or as `images_kwargs={...}` / `common_kwargs`.
         """
         if sketches is None and photos is None:
             raise ValueError("pass sketches=..., photos=... or both")
+        merged = self._merge_kwargs(ProcessingKwargs, **kwargs)
+        options = merged["images_kwargs"]
+        options.setdefault("return_tensors", None)  # numpy unless asked, as transformers' processors
         data = {}
         if sketches is not None:
-            out = self.image_processor(sketches, modality="sketch", return_tensors=return_tensors, **kwargs)
-            data["sketch_pixel_values"] = out["pixel_values"]
+            data["sketch_pixel_values"] = self.image_processor(sketches, modality="sketch", **options)["pixel_values"]
         if photos is not None:
-            out = self.image_processor(photos, modality="photo", return_tensors=return_tensors, **kwargs)
-            data["photo_pixel_values"] = out["pixel_values"]
-        return BatchFeature(data=data)
+            data["photo_pixel_values"] = self.image_processor(photos, modality="photo", **options)["pixel_values"]
+        return BatchFeature(data=data, tensor_type=options.get("return_tensors"))
 
     @property
     def model_input_names(self):

@@ -117,6 +117,7 @@ def export_image_encoder_onnx(
                 dynamo=True,
                 dynamic_shapes=shapes,
                 external_data=False,
+                verbose=False,
             )
         program.save(str(tmp), external_data=False)
         os.replace(tmp, path)
