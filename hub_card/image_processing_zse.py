@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.utils.generic import filter_out_non_signature_kwargs
 
 _MODALITIES = ("sketch", "photo")
 _PHOTO_MODES = ("pad", "crop")
@@ -129,8 +130,11 @@ class ZseImageProcessor(BaseImageProcessor):
 
     # ------------------------------------------------------------------ batch
 
-    def preprocess(self, images, modality: str | None = None, return_tensors="pt", **kwargs) -> BatchFeature:
+    @filter_out_non_signature_kwargs()
+    def preprocess(self, images, modality: str | None = None, return_tensors="pt") -> BatchFeature:
         """Process one image or a list into `pixel_values` `[B, 3, size, size]` (float32).
+
+        Unknown keyword arguments are dropped with a warning naming them.
 
         Raises:
             ValueError / TypeError: an unreadable file, an unsupported type, a blank sketch,
