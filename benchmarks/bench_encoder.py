@@ -420,7 +420,7 @@ def main(argv=None) -> int:
                   flush=True)
         if args.profile:
             profile(zse, plain, depth, args)
-        del zse, plain
+        zse = plain = onnx_encoder = None  # free the models before the next depth
 
     print(f"\n## Throughput ({dev}, {torch.get_num_threads()} threads; median of {args.repeats} rounds, "
           f"best round in brackets)\n")

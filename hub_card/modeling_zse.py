@@ -500,8 +500,12 @@ class ZseCrossAttention(nn.Module):
         else:
             s_q, p_q = p, s
         s_kv, p_kv = p_q, s_q
-        s_tok, s_attn = self.sketch_layer(s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=output_attentions)
-        p_tok, p_attn = self.photo_layer(p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=output_attentions)
+        s_tok, s_attn = self.sketch_layer(
+            s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=output_attentions
+        )
+        p_tok, p_attn = self.photo_layer(
+            p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=output_attentions
+        )
         return ZseCrossAttentionOutput(
             sketch_tokens=s_tok,
             sketch_grid_size=s_q.grid_size,
@@ -840,7 +844,9 @@ class ZseModel(ZsePreTrainedModel):
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states, "return_dict": True}
+        flags = {
+            "output_attentions": output_attentions, "output_hidden_states": output_hidden_states, "return_dict": True
+        }
         sketch = self.get_image_features(sketch_pixel_values, **flags)
         photo = self.get_image_features(photo_pixel_values, **flags)
         pair = self.score_pairs(sketch, photo, output_attentions=output_attentions)

@@ -86,7 +86,8 @@ class ZseModelTester:
 
     def prepare_config_and_inputs_for_common(self):
         shape = [self.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE]
-        return self.get_config(), {"sketch_pixel_values": floats_tensor(shape), "photo_pixel_values": floats_tensor(shape)}
+        inputs = {"sketch_pixel_values": floats_tensor(shape), "photo_pixel_values": floats_tensor(shape)}
+        return self.get_config(), inputs
 
 
 class ZseModelTest(ModelTesterMixin, unittest.TestCase):
@@ -151,7 +152,9 @@ class ZseModelTest(ModelTesterMixin, unittest.TestCase):
 
 _declare(ZseModelTest, ModelTesterMixin, {
     "ZSE has no language-model head, labels shift or cache": (
-        "test_bc_cache_name_forward", "test_causal_lm_loss_honors_shift_labels", "test_encoder_decoder_loss_no_double_shift",
+        "test_bc_cache_name_forward",
+        "test_causal_lm_loss_honors_shift_labels",
+        "test_encoder_decoder_loss_no_double_shift",
     ),
     "no rotary position embeddings (DINOv2's are learned and interpolated)": (
         "test_model_rope_scaling_frequencies", "test_model_rope_scaling_from_config_0_linear",
@@ -160,7 +163,8 @@ _declare(ZseModelTest, ModelTesterMixin, {
     ),
     "no mixture-of-experts layers": (
         "test_moe_models_record_router_logits", "test_output_router_logits_from_config",
-        "test_eager_matches_batched_and_grouped_inference_0_fp16", "test_eager_matches_batched_and_grouped_inference_1_fp32",
+        "test_eager_matches_batched_and_grouped_inference_0_fp16",
+        "test_eager_matches_batched_and_grouped_inference_1_fp32",
         "test_eager_matches_batched_and_grouped_inference_2_bf16",
     ),
     "no token or position-embedding vocabulary to resize (pixel inputs)": (
@@ -173,7 +177,9 @@ _declare(ZseModelTest, ModelTesterMixin, {
         "test_enable_input_require_grads_with_gradient_checkpointing",
     ),
     "no modules are kept in fp32": (
-        "test_keep_in_fp32_modules", "test_keep_in_fp32_modules_exist", "test_keep_in_fp32_modules_strict_also_hardcode_fp32",
+        "test_keep_in_fp32_modules",
+        "test_keep_in_fp32_modules_exist",
+        "test_keep_in_fp32_modules_strict_also_hardcode_fp32",
     ),
     "no sliding-window attention": ("test_sliding_window_mask",),
     "no tensor-parallel plan (a small vision model)": ("test_tp_plan_matches_params",),
@@ -297,7 +303,9 @@ _declare(ZseProcessorTest, ProcessorTesterMixin, {
         "test_overlapping_text_image_kwargs_handling_0_images", "test_overlapping_text_image_kwargs_handling_1_videos",
         "test_overlapping_text_image_kwargs_handling_2_audio", "test_structured_kwargs_nested_from_dict_0_images",
         "test_structured_kwargs_nested_from_dict_1_videos", "test_structured_kwargs_nested_from_dict_2_audio",
-        "test_subprocessor_defaults_0_text", "test_subprocessor_defaults_2_videos", "test_subprocessor_defaults_3_audio",
+        "test_subprocessor_defaults_0_text",
+        "test_subprocessor_defaults_2_videos",
+        "test_subprocessor_defaults_3_audio",
         "test_subprocessor_defaults_preserved_by_kwargs_0_images",
         "test_subprocessor_defaults_preserved_by_kwargs_1_videos",
         "test_subprocessor_defaults_preserved_by_kwargs_2_audio", "test_tokenizer_decode_defaults",
@@ -307,7 +315,9 @@ _declare(ZseProcessorTest, ProcessorTesterMixin, {
         "test_processor_text_has_no_visual", "test_processor_with_multiple_inputs",
     ),
     "no chat template: ZSE is not a conversational model": (
-        "test_apply_chat_template_assistant_mask", "test_apply_chat_template_audio_0", "test_apply_chat_template_audio_1",
+        "test_apply_chat_template_assistant_mask",
+        "test_apply_chat_template_audio_0",
+        "test_apply_chat_template_audio_1",
         "test_apply_chat_template_audio_2", "test_apply_chat_template_audio_3",
         "test_apply_chat_template_decoded_video_0", "test_apply_chat_template_image_0",
         "test_apply_chat_template_image_1", "test_apply_chat_template_tool_calls_no_content",
@@ -319,7 +329,8 @@ _declare(ZseProcessorTest, ProcessorTesterMixin, {
         "test_chat_template_audio_sampling_rate",
     ),
     "no multimodal tokens: images are not expanded into a text sequence": (
-        "test_get_num_multimodal_tokens_matches_processor_call", "test_get_num_multimodal_tokens_matches_processor_call_audio",
+        "test_get_num_multimodal_tokens_matches_processor_call",
+        "test_get_num_multimodal_tokens_matches_processor_call_audio",
         "test_get_num_multimodal_tokens_matches_processor_call_video", "test_replacement_offsets",
     ),
 })

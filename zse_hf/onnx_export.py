@@ -13,6 +13,7 @@ tensors out, and exported at a fixed image size with a dynamic batch dimension:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -46,7 +47,8 @@ class ZseImageEncoder(nn.Module):
 def _example(model: ZseModel, image_size: int | None, batch_size: int) -> torch.Tensor:
     size = int(image_size or model.config.image_size)
     param = next(model.parameters())
-    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return x.to(param.device, param.dtype)
 
 
 def export_image_encoder(
@@ -91,10 +93,8 @@ def export_image_encoder_onnx(
 
     Returns: `path`.
     """
-    try:
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise ImportError("ONNX export needs `pip install onnx onnxscript`") from err
+    if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs `pip install onnx onnxscript`")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = int(image_size or model.config.image_size)
