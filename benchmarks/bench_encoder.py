@@ -12,6 +12,11 @@ brackets); on a shared machine the best-round figures are the less noisy ones. F
 `torch.utils.flop_counter.FlopCounterMode` on one image (matmuls, convs and attention; no
 element-wise ops), with the tokenizer stem's share.
 
+`--onnx` (CPU) also exports the ZSE encoder with `zse_hf.onnx_export.export_image_encoder_onnx`
+(dynamic batch, weights inside one file), checks it against eager, and times it on onnxruntime
+(CPUExecutionProvider, intra-op threads = torch's threads) in the same interleaved rounds: the
+row `ZSE encoder, ONNX (onnxruntime)` with its ratio vs plain and vs eager ZSE.
+
 `--profile` adds a breakdown of where the extra ZSE time goes (stem convs, interpolation,
 gate/add in the hook, the wrapper's input check and normalisation) and times alternatives
 built inside this process only (other stem widths via `ZseConfig(tokenizer_channels=...)`,
@@ -20,6 +25,7 @@ a channels-last stem); `zse_hf/modeling_zse.py` is not modified.
 Examples::
 
     python benchmarks/bench_encoder.py --quick
+    python benchmarks/bench_encoder.py --onnx --threads 2 --batches 1 32
     python benchmarks/bench_encoder.py --depths 11 12
     python benchmarks/bench_encoder.py --batches 1 32 --profile --profile-batches 1 32
     python benchmarks/bench_encoder.py --device cuda --batches 1 32 128
@@ -108,6 +114,28 @@ def count_flops(fn: Callable[[], object]) -> int:
     with torch.inference_mode(), counter:
         fn()
     return counter.get_total_flops()
+
+
+def onnx_encoder_for(zse: ZseModel, threads: int):
+    """Export `zse`'s encoder to a temporary ONNX file and open it on onnxruntime's CPU provider;
+    raises if it disagrees with eager by more than 1e-4 of the output scale."""
+    import tempfile
+
+    from zse_hf.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
+
+    folder = tempfile.mkdtemp(prefix="zse-bench-onnx-")
+    t0 = time.perf_counter()
+    path = export_image_encoder_onnx(zse, Path(folder) / "encoder.onnx", image_size=224)
+    encoder = OnnxImageEncoder(path, num_threads=threads)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        want = zse.get_image_features(x).local_tokens
+    err = (encoder(x).local_tokens - want).abs().max().item()
+    print(f"ONNX export {time.perf_counter() - t0:.1f} s, {path.stat().st_size / 2**20:.1f} MiB; "
+          f"parity max|onnx - eager| local tokens = {err:.2e} (scale {want.abs().max().item():.2f})")
+    if err > 1e-4 * want.abs().max().item():
+        raise RuntimeError(f"the ONNX encoder disagrees with eager by {err}")
+    return encoder
 
 
 # ----------------------------------------------------------------------------- timing
@@ -299,6 +327,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="timed calls per round at batch 1, scaled by 1/batch on CPU (default 4, quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds; median reported (default 9, quick 5)")
     p.add_argument("--profile", action="store_true", help="breakdown of the ZSE overhead + alternative stems")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time the ZSE encoder exported to ONNX on onnxruntime "
+                        "(CPU; needs onnxscript, onnxruntime)")
     p.add_argument("--profile-batches", type=int, nargs="+", default=[1], help="batches for --profile")
     p.add_argument("--alt-channels", nargs="*", default=["24,48,96"],
                    help="stem widths (comma-separated triples) to try with --profile")
@@ -314,6 +345,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
+    if args.onnx and args.device != "cpu":
+        p.error("--onnx times onnxruntime's CPU provider: use --device cpu")
     if args.clock == "thread" and (args.threads != 1 or args.device != "cpu"):
         p.error("--clock thread needs --device cpu --threads 1")
     args.clock_fn = time.thread_time if args.clock == "thread" else time.perf_counter
@@ -366,22 +399,29 @@ def main(argv=None) -> int:
             f"stem {fl_stem / 1e9:.3f} G = {100 * fl_stem / fl_zse:.1f}% of zse "
             f"(+{100 * (fl_zse / fl_plain - 1):.1f}% over plain)"
         )
+        onnx_encoder = onnx_encoder_for(zse, torch.get_num_threads()) if args.onnx else None
         for batch in args.batches:
             x = torch.randn(batch, 3, 224, 224, device=dev)
-            rates = time_interleaved(
-                {"plain": lambda: plain(pixel_values=x), "zse": lambda: zse.get_image_features(x)},
-                batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn,
-            )
+            fns = {"plain": lambda: plain(pixel_values=x), "zse": lambda: zse.get_image_features(x)}
+            if onnx_encoder is not None:
+                fns["onnx"] = lambda: onnx_encoder(x)
+            rates = time_interleaved(fns, batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn)
             med_ratio, best_ratio = _ratios(rates["zse"], rates["plain"])
             ok &= med_ratio >= TARGET_RATIO
             rows.append((f"Dinov2Model (plain) L{depth}", batch, rates["plain"], (1.0, 1.0), fl_plain))
             rows.append((f"ZseModel.get_image_features L{depth}", batch, rates["zse"], (med_ratio, best_ratio), fl_zse))
+            if onnx_encoder is not None:
+                rows.append((f"ZSE encoder, ONNX (onnxruntime) L{depth}", batch, rates["onnx"],
+                             _ratios(rates["onnx"], rates["plain"]), fl_zse))
+                onnx_vs_eager = _ratios(rates["onnx"], rates["zse"])
+                print(f"  batch {batch}: onnxruntime {statistics.median(rates['onnx']):.2f} img/s = "
+                      f"{onnx_vs_eager[0]:.3f} x eager ZSE ({onnx_vs_eager[1]:.3f} best/best)", flush=True)
             print(f"  batch {batch}: plain {statistics.median(rates['plain']):.2f} img/s, "
                   f"zse {statistics.median(rates['zse']):.2f} img/s, ratio {med_ratio:.3f} ({best_ratio:.3f})",
                   flush=True)
         if args.profile:
             profile(zse, plain, depth, args)
-        del zse, plain
+        zse = plain = onnx_encoder = None  # free the models before the next depth
 
     print(f"\n## Throughput ({dev}, {torch.get_num_threads()} threads; median of {args.repeats} rounds, "
           f"best round in brackets)\n")

@@ -62,7 +62,8 @@ def clustered(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.nda
         m = min(200_000, n - s)
         x = subs[rng.integers(0, len(subs), m)] + 0.8 * rng.standard_normal((m, D), dtype=np.float32) / np.sqrt(D)
         photos[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    q = classes[rng.integers(0, n_classes, n_queries)] + 1.0 * rng.standard_normal((n_queries, D), dtype=np.float32) / np.sqrt(D)
+    noise = rng.standard_normal((n_queries, D), dtype=np.float32) / np.sqrt(D)
+    q = classes[rng.integers(0, n_classes, n_queries)] + 1.0 * noise
     return photos, q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
@@ -71,9 +72,11 @@ def configs(n: int) -> list[tuple[str, list[dict]]]:
     return [
         ("Flat", [{}]),
         ("HNSW32", [{"efSearch": 128}, {"efSearch": 256}]),
-        (f"IVF{nlist},PQ32", [{"nprobe": max(1, nlist // 64), "refine": 1}, {"nprobe": max(1, nlist // 64), "refine": 4},
+        (f"IVF{nlist},PQ32", [{"nprobe": max(1, nlist // 64), "refine": 1},
+                              {"nprobe": max(1, nlist // 64), "refine": 4},
                               {"nprobe": max(1, nlist // 16), "refine": 8}]),
-        (f"IVF{nlist},SQ8", [{"nprobe": max(1, nlist // 128)}, {"nprobe": max(1, nlist // 64)}, {"nprobe": max(1, nlist // 32)}]),
+        (f"IVF{nlist},SQ8", [{"nprobe": max(1, nlist // 128)}, {"nprobe": max(1, nlist // 64)},
+                             {"nprobe": max(1, nlist // 32)}]),
     ]
 
 
@@ -154,8 +157,8 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
         for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             samples = []
             for r in range(args.repeats + 1):
-                q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width), token_mask=torch.ones(1, n_tok, dtype=torch.bool),
-                                     grid_size=(side, side))
+                q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
+                                     token_mask=torch.ones(1, n_tok, dtype=torch.bool), grid_size=(side, side))
                 rows = rng.choice(m, size=(1, k), replace=False)
                 t = time.perf_counter()
                 index.rerank_rows(q, rows, autocast_dtype=dtype)
@@ -173,7 +176,8 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
         two = enc + 2 * n * width + 100 * pair
         full = enc + n * (enc + pair)
         lines.append(f"| {n:,} | {two / 1e9:,.0f} | {full / 1e12:,.1f} | {full / two:,.0f}x |")
-    lines += ["", f"Per image encoder: {enc / 1e9:.1f} GFLOP (224 px); per (sketch, photo) pair head: {pair / 1e9:.2f} GFLOP."]
+    lines += ["", f"Per image encoder: {enc / 1e9:.1f} GFLOP (224 px); "
+                  f"per (sketch, photo) pair head: {pair / 1e9:.2f} GFLOP."]
     return lines
 
 
@@ -185,8 +189,8 @@ def _encoder_flops(model) -> float:
 
 
 def _pair_flops(model, n_tok, width, side) -> float:
-    feats = ZseImageFeatures(local_tokens=torch.randn(2, n_tok, width), token_mask=torch.ones(2, n_tok, dtype=torch.bool),
-                             grid_size=(side, side))
+    feats = ZseImageFeatures(local_tokens=torch.randn(2, n_tok, width),
+                             token_mask=torch.ones(2, n_tok, dtype=torch.bool), grid_size=(side, side))
     counter = FlopCounterMode(display=False)
     with counter:
         model.relation_score(feats, feats)
@@ -215,11 +219,13 @@ def main(argv=None) -> int:
         faiss.omp_set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-", dir=args.work_dir) as tmp:
         folder = Path(tmp)
-        header = [f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        header = [f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                  f"torch {torch.__version__}, "
                   f"faiss {faiss.__version__}, {torch.get_num_threads()} threads, load average at start "
                   f"{os.getloadavg()[0]:.1f}; D={D}, {args.queries} queries "
                   f"(batch 1 timed on {args.batch1_queries}), recall@{K_RECALL} vs exact search.", "",
-                  "| photos | index | search params | build s | index B/photo | ms/query b=1 | ms/query b=64 | recall@100 |",
+                  "| photos | index | search params | build s | index B/photo | ms/query b=1 | ms/query b=64 "
+                  "| recall@100 |",
                   "|---:|---|---|---:|---:|---:|---:|---:|"]
         rows: list[str] = []
         for n in sizes:

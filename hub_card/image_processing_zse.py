@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.utils.generic import filter_out_non_signature_kwargs
 
 _MODALITIES = ("sketch", "photo")
 _PHOTO_MODES = ("pad", "crop")
@@ -27,7 +28,8 @@ class ZseImageProcessor(BaseImageProcessor):
 
     Args:
         modality (`str`, defaults to `"photo"`): default modality of `__call__`.
-        size (`int`, defaults to 224): output side in pixels.
+        size (`dict` or `int`, defaults to `{"height": 224, "width": 224}`): output size; the
+            output is square, so an int (or `{"shortest_edge": s}`) means `s x s`.
         image_mean, image_std (`list[float]`): normalisation (ImageNet's for DINOv2).
         sketch_margin (`float`, defaults to 0.08): margin around the ink box, as a fraction of
             its longer side.
@@ -35,6 +37,12 @@ class ZseImageProcessor(BaseImageProcessor):
         photo_resize_mode (`str`, defaults to `"pad"`): `"pad"` or `"crop"`.
         max_input_side (`int`, defaults to 2048): larger inputs are downscaled first (bounded
             memory for huge images).
+        max_input_pixels (`int`, defaults to 40_000_000): inputs with more pixels (width x height)
+            are refused with a `ValueError` before they are decoded; JPEGs are decoded at a reduced
+            scale first (at least `max_input_side`), so only that reduced size counts. Applies to
+            files, bytes, PIL images, arrays and tensors alike.
+
+    Files and PIL images are turned upright by their EXIF orientation tag (as phone photos expect).
     """
 
     model_input_names = ["pixel_values"]
@@ -42,13 +50,14 @@ class ZseImageProcessor(BaseImageProcessor):
     def __init__(
         self,
         modality: str = "photo",
-        size: int = 224,
+        size: dict | int = 224,
         image_mean=(0.485, 0.456, 0.406),
         image_std=(0.229, 0.224, 0.225),
         sketch_margin: float = 0.08,
         ink_threshold: int = 40,
         photo_resize_mode: str = "pad",
         max_input_side: int = 2048,
+        max_input_pixels: int = 40_000_000,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -56,34 +65,45 @@ class ZseImageProcessor(BaseImageProcessor):
             raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
         if photo_resize_mode not in _PHOTO_MODES:
             raise ValueError(f"photo_resize_mode must be one of {_PHOTO_MODES}, got {photo_resize_mode!r}")
-        if isinstance(size, dict):
-            size = size.get("shortest_edge") or size.get("height")
         self.modality = modality
-        self.size = int(size)
+        self.size = _square_size(size)
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.sketch_margin = float(sketch_margin)
         self.ink_threshold = int(ink_threshold)
         self.photo_resize_mode = photo_resize_mode
         self.max_input_side = int(max_input_side)
+        self.max_input_pixels = int(max_input_pixels)
+        if self.max_input_side < 1 or self.max_input_pixels < 1:
+            raise ValueError("max_input_side and max_input_pixels must be >= 1")
 
     @classmethod
-    def from_model_config(cls, config, **kwargs) -> "ZseImageProcessor":
+    def from_model_config(cls, config, **kwargs) -> ZseImageProcessor:
         """A processor matching a [`ZseConfig`] (size and normalisation)."""
         return cls(size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs)
+
+    @property
+    def side(self) -> int:
+        """Output side in pixels (`size["height"] == size["width"]`)."""
+        return self.size["height"]
 
     # ------------------------------------------------------------------ loading
 
     def load_image(self, image) -> Image.Image:
         """Any supported input (path, bytes, PIL, `[H, W]`/`[H, W, C]`/`[C, H, W]` array or tensor)
-        as a PIL image, downscaled so its longer side is at most `max_input_side`."""
+        as an upright (EXIF orientation applied) PIL image, downscaled so its longer side is at most
+        `max_input_side`. ValueError for more than `max_input_pixels` pixels."""
         if isinstance(image, (str, os.PathLike, bytes)):
-            image = _open(image, self.max_input_side)
-        elif isinstance(image, torch.Tensor):
-            image = _array_to_pil(image.detach().cpu().numpy())
-        elif isinstance(image, np.ndarray):
-            image = _array_to_pil(image)
-        elif not isinstance(image, Image.Image):
+            image = _open(image, self.max_input_side, self.max_input_pixels)
+        elif isinstance(image, (torch.Tensor, np.ndarray)):
+            shape = tuple(image.shape)
+            hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4) else shape[:2]
+            _check_pixels(int(np.prod(hw)) if len(hw) == 2 else 0, "image array", self.max_input_pixels, hw)
+            image = _array_to_pil(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
+        elif isinstance(image, Image.Image):
+            _check_pixels(image.width * image.height, "image", self.max_input_pixels, image.size[::-1])
+            image = _upright(image)
+        else:
             raise TypeError(f"unsupported image type {type(image).__name__}; pass a path, PIL image, array or tensor")
         if image.width < 1 or image.height < 1:
             raise ValueError(f"image has no pixels ({image.width}x{image.height})")
@@ -99,7 +119,7 @@ class ZseImageProcessor(BaseImageProcessor):
         ink = sketch_ink(self.load_image(image))  # [H, W] float in [0, 1], 1 = ink
         mask = ink * 255 > self.ink_threshold
         if not mask.any():
-            raise ValueError("the sketch is blank: no ink found (draw something, or lower ink_threshold)")
+            raise BlankSketchError("the sketch is blank: no ink found (draw something, or lower ink_threshold)")
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         crop = ink[top:bottom, left:right]
@@ -111,22 +131,25 @@ class ZseImageProcessor(BaseImageProcessor):
         x0 = (canvas_side - crop.shape[1]) // 2
         canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         gray = Image.fromarray(np.round(255 * (1 - canvas)).astype(np.uint8), mode="L")
-        gray = gray.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        gray = gray.resize((self.side, self.side), Image.Resampling.LANCZOS)
         return gray.convert("RGB")
 
     def prepare_photo(self, image) -> Image.Image:
         """A photo as an RGB `size x size` PIL image with any transparency made white."""
         rgb = to_rgb_on_white(self.load_image(image))
         if self.photo_resize_mode == "pad":
-            rgb = ImageOps.pad(rgb, (self.size, self.size), Image.Resampling.BICUBIC, color=(255, 255, 255))
+            rgb = ImageOps.pad(rgb, (self.side, self.side), Image.Resampling.BICUBIC, color=(255, 255, 255))
         else:
-            rgb = ImageOps.fit(rgb, (self.size, self.size), Image.Resampling.BICUBIC)
+            rgb = ImageOps.fit(rgb, (self.side, self.side), Image.Resampling.BICUBIC)
         return rgb
 
     # ------------------------------------------------------------------ batch
 
-    def preprocess(self, images, modality: str | None = None, return_tensors="pt", **kwargs) -> BatchFeature:
+    @filter_out_non_signature_kwargs()
+    def preprocess(self, images, modality: str | None = None, return_tensors="pt") -> BatchFeature:
         """Process one image or a list into `pixel_values` `[B, 3, size, size]` (float32).
+
+        Unknown keyword arguments are dropped with a warning naming them.
 
         Raises:
             ValueError / TypeError: an unreadable file, an unsupported type, a blank sketch,
@@ -140,12 +163,18 @@ class ZseImageProcessor(BaseImageProcessor):
         if len(images) == 0:
             raise ValueError("no images given")
         prepare = self.prepare_sketch if modality == "sketch" else self.prepare_photo
-        arrays = []
+        prepared = []
         for i, image in enumerate(images):
             try:
-                arrays.append(np.asarray(prepare(image), dtype=np.float32) / 255.0)
+                prepared.append(prepare(image))
             except (ValueError, TypeError) as err:
                 raise type(err)(f"{modality} {i}: {err}" if len(images) > 1 else str(err)) from err
+        return self.normalize_prepared(prepared, return_tensors=return_tensors)
+
+    def normalize_prepared(self, images, return_tensors="pt") -> BatchFeature:
+        """Already prepared RGB images (from `prepare_sketch` / `prepare_photo`, all of one size)
+        as normalised `pixel_values` `[B, 3, H, W]` float32."""
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
         batch = np.stack(arrays).transpose(0, 3, 1, 2)
         mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -167,8 +196,51 @@ class ZseImageProcessor(BaseImageProcessor):
 # ---------------------------------------------------------------------- helpers
 
 
-def _open(source, max_side: int) -> Image.Image:
-    """Open and fully decode an image file or bytes with clear errors."""
+def _square_size(size) -> dict:
+    """`{"height": s, "width": s}` from an int, `{"height", "width"}` or `{"shortest_edge"}`."""
+    if isinstance(size, dict):
+        if "height" in size and "width" in size:
+            if int(size["height"]) != int(size["width"]):
+                raise ValueError(f"size must be square (the model's inputs are), got {size}")
+            side = size["height"]
+        elif "shortest_edge" in size:
+            side = size["shortest_edge"]
+        else:
+            raise ValueError(f"size must be an int or a dict with height and width, got {size}")
+    else:
+        side = size
+    if isinstance(side, bool) or int(side) != side or int(side) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {side!r}")
+    return {"height": int(side), "width": int(side)}
+
+
+class BlankSketchError(ValueError):
+    """A sketch with no ink (an empty canvas or a blank upload)."""
+
+
+class ImageTooLargeError(ValueError):
+    """An input with more pixels than `max_input_pixels` (refused before decoding)."""
+
+
+def _check_pixels(n_pixels: int, name: str, max_pixels: int, hw=None) -> None:
+    if n_pixels > max_pixels:
+        size = f"{hw[1]}x{hw[0]} px, " if hw is not None and len(hw) == 2 else ""
+        raise ImageTooLargeError(f"{name} is too large: {size}{n_pixels / 1e6:.3g} MP; the limit is "
+                                 f"{max_pixels / 1e6:.3g} MP (max_input_pixels)")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """`image` turned by its EXIF orientation tag (unchanged when it has none)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+
+
+def _open(source, max_side: int, max_pixels: int = 40_000_000) -> Image.Image:
+    """Open and decode an image file or bytes with clear errors: JPEGs at a reduced scale (at
+    least `max_side`), nothing above `max_pixels` decoded, EXIF orientation applied."""
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes):
         if not os.path.exists(name):
@@ -179,8 +251,12 @@ def _open(source, max_side: int) -> Image.Image:
         image = Image.open(BytesIO(source) if isinstance(source, bytes) else name)
         if image.format == "JPEG":
             image.draft("RGB", (max_side, max_side))  # decode huge JPEGs at reduced size
+        _check_pixels(image.width * image.height, f"image {name}", max_pixels, image.size[::-1])
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        image = _upright(image)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image {name} is too large: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {name}: {err}") from err
     return image
 
@@ -250,4 +326,4 @@ def sketch_ink(image: Image.Image) -> np.ndarray:
     return 1.0 - gray
 
 
-__all__ = ["ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]
+__all__ = ["BlankSketchError", "ImageTooLargeError", "ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]

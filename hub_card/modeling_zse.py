@@ -6,16 +6,24 @@ whose patch tokens are enriched by a learnable conv **tokenizer** through a zero
 gate. Its CLS position is the **[Ret] token**, used for fast cosine retrieval. A pairwise head
 ranks (sketch, photo) pairs: a bidirectional **cross-attention** module, then a kernel-based
 **relation network** on spatially pooled local tokens.
+
+Pair API (all on [`ZseModel`]): `get_image_features` encodes images once; `score_pairs` scores
+paired features (sketch i with photo i, `[B]`); `score_indexed_pairs` scores any list of
+(query row, candidate row) pairs in chunks (`[M]`); `score_all_pairs` scores every query
+against every candidate (`[Q, K]`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_zse import ZseConfig
@@ -31,9 +39,17 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class ZseImageFeatures(ModelOutput):
-    """Encoder outputs for a batch of images (sketches or photos).
+    """Encoder outputs for a batch of images (sketches or photos), from [`ZseModel.get_image_features`].
+
+    The first four fields follow transformers' `BaseModelOutputWithPooling`; the rest are what
+    retrieval and the relation head read.
 
     Args:
+        last_hidden_state: `[B, 1 + N, D]` the backbone's last hidden state ([Ret] token first).
+        pooler_output: `[B, D]` the L2-normalised [Ret] embeddings (same tensor as `ret_embeds`).
+        hidden_states: tuple of `[B, 1 + N, D]`, embeddings then every backbone layer, when asked.
+        attentions: tuple of `[B, heads, 1 + N, 1 + N]` backbone self-attentions, when asked
+            (needs `attn_implementation="eager"`, as in transformers' own vision models).
         ret_embeds: `[B, D]` L2-normalised [Ret] embeddings.
         local_tokens: `[B, N, D]` patch tokens after the encoder's final norm, N = h * w.
         token_mask: `[B, N]` bool, True where a token was kept by token selection
@@ -43,11 +59,106 @@ class ZseImageFeatures(ModelOutput):
         grid_size: `(h, w)` patch grid of `local_tokens`.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     ret_embeds: torch.FloatTensor | None = None
     local_tokens: torch.FloatTensor | None = None
     token_mask: torch.BoolTensor | None = None
     ret_attention: torch.FloatTensor | None = None
     grid_size: tuple[int, int] | None = None
+
+    def select(self, index) -> "ZseImageFeatures":
+        """The rows `index` (`[M]` long tensor or a slice) of the per-image fields that the pair
+        head reads (`ret_embeds`, `local_tokens`, `token_mask`, `ret_attention`, `grid_size`)."""
+        return ZseImageFeatures(
+            ret_embeds=self.ret_embeds[index] if self.ret_embeds is not None else None,
+            local_tokens=self.local_tokens[index],
+            token_mask=self.token_mask[index] if self.token_mask is not None else None,
+            ret_attention=self.ret_attention[index] if self.ret_attention is not None else None,
+            grid_size=self.grid_size,
+        )
+
+    def to_model(self, model: nn.Module) -> "ZseImageFeatures":
+        """The pair-head fields on `model`'s device, floating tensors in its dtype (for features
+        stored on the CPU or in fp16, e.g. an index's token store)."""
+        param = next(model.parameters())
+
+        def move(t):
+            if t is None:
+                return None
+            return t.to(param.device, param.dtype) if t.is_floating_point() else t.to(param.device)
+
+        return ZseImageFeatures(
+            ret_embeds=move(self.ret_embeds),
+            local_tokens=move(self.local_tokens),
+            token_mask=move(self.token_mask),
+            ret_attention=move(self.ret_attention),
+            grid_size=self.grid_size,
+        )
+
+
+@dataclass
+class ZseCrossAttentionOutput(ModelOutput):
+    """Outputs of [`ZseCrossAttention`] for B (sketch, photo) pairs.
+
+    Each branch's tokens lie on the grid of the side that supplied its queries, so each branch
+    carries that side's grid and token mask.
+
+    Args:
+        sketch_tokens: `[B, N_q, D]` cross-attended tokens of the sketch branch.
+        sketch_grid_size: `(h, w)` grid of `sketch_tokens`.
+        sketch_token_mask: `[B, N_q]` bool mask of `sketch_tokens`.
+        photo_tokens, photo_grid_size, photo_token_mask: the same for the photo branch.
+        sketch_attentions: `[B, heads, N_q, N_kv]` attention weights of the sketch branch, when asked.
+        photo_attentions: `[B, heads, N_q, N_kv]` the same for the photo branch.
+    """
+
+    sketch_tokens: torch.FloatTensor | None = None
+    sketch_grid_size: tuple[int, int] | None = None
+    sketch_token_mask: torch.BoolTensor | None = None
+    photo_tokens: torch.FloatTensor | None = None
+    photo_grid_size: tuple[int, int] | None = None
+    photo_token_mask: torch.BoolTensor | None = None
+    sketch_attentions: torch.FloatTensor | None = None
+    photo_attentions: torch.FloatTensor | None = None
+
+
+@dataclass
+class ZseRelationOutput(ModelOutput):
+    """Outputs of [`ZseRelationNetwork`] for B pairs.
+
+    Args:
+        logits: `[B]` relation logits (`sigmoid` gives the relation score).
+        kernel: `[B, G*G, G*G]` cosine kernel between sketch cells (rows) and photo cells.
+        sketch_cells, photo_cells: `[B, G*G, C]` pooled cells of each branch (empty cells are 0).
+    """
+
+    logits: torch.FloatTensor | None = None
+    kernel: torch.FloatTensor | None = None
+    sketch_cells: torch.FloatTensor | None = None
+    photo_cells: torch.FloatTensor | None = None
+
+
+@dataclass
+class ZsePairOutput(ModelOutput):
+    """Outputs of [`ZseModel.score_pairs`] for B (sketch i, photo i) pairs.
+
+    Args:
+        relation_logits: `[B]` relation-network logits.
+        relation_scores: `[B]` `sigmoid(relation_logits)` in (0, 1).
+        kernel: `[B, G*G, G*G]` the relation network's cell kernel, when asked.
+        sketch_cross_attentions: `[B, heads, N_q, N_kv]` cross-attention of the sketch branch,
+            when asked (queries from the sketch with `cross_attention_query_side="self"`).
+        photo_cross_attentions: `[B, heads, N_q, N_kv]` the same for the photo branch.
+    """
+
+    relation_logits: torch.FloatTensor | None = None
+    relation_scores: torch.FloatTensor | None = None
+    kernel: torch.FloatTensor | None = None
+    sketch_cross_attentions: torch.FloatTensor | None = None
+    photo_cross_attentions: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -61,11 +172,18 @@ class ZseModelOutput(ModelOutput):
         triplet_loss, relation_loss, infonce_loss, relation_rank_loss: the unweighted terms.
         cosine: `[B]` cosine similarity of the pairs' [Ret] embeddings.
         relation_logits: `[B]` relation-network logits of the pairs.
-        relation_scores: `[B]` `sigmoid(relation_logits)`.
+        relation_scores: `[B]` `sigmoid(relation_logits)` (one score per pair; see
+            [`ZseModel.score_all_pairs`] for a `[Q, K]` matrix).
         sketch_embeds, photo_embeds: `[B, D]` L2-normalised [Ret] embeddings.
         sketch_token_mask, photo_token_mask: `[B, N]` token-selection masks.
+        hidden_states: tuple of `[B, 1 + N, D]` encoder hidden states of the sketches (the main
+            input), when `output_hidden_states`.
+        attentions: tuple of `[B, heads, 1 + N, 1 + N]` encoder self-attentions of the sketches,
+            when `output_attentions` (eager attention only).
+        photo_hidden_states, photo_attentions: the same for the photos.
         sketch_cross_attentions: `[B, heads, N_q, N_kv]` attention of the sketch branch
-            (queries from the sketch with the default `cross_attention_query_side="self"`).
+            (queries from the sketch with the default `cross_attention_query_side="self"`), when
+            `output_attentions`.
         photo_cross_attentions: `[B, heads, N_q, N_kv]` attention of the photo branch.
     """
 
@@ -81,6 +199,10 @@ class ZseModelOutput(ModelOutput):
     photo_embeds: torch.FloatTensor | None = None
     sketch_token_mask: torch.BoolTensor | None = None
     photo_token_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    photo_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    photo_attentions: tuple[torch.FloatTensor, ...] | None = None
     sketch_cross_attentions: torch.FloatTensor | None = None
     photo_cross_attentions: torch.FloatTensor | None = None
 
@@ -119,14 +241,18 @@ def _patch_embedding(backbone: nn.Module) -> nn.Module:
     return backbone.embeddings.patch_embeddings
 
 
-def _last_attention(backbone: nn.Module) -> nn.Module:
-    """The self-attention module of the backbone's last layer."""
+def _last_attention(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """`(pre-attention norm, self-attention)` of the backbone's last layer."""
+    block = backbone_blocks(backbone)[-1]
     if _is_clip(backbone):
-        return backbone_blocks(backbone)[-1].self_attn
-    return backbone_blocks(backbone)[-1].attention
+        return block.layer_norm1, block.self_attn
+    if hasattr(block, "layernorm_before"):  # ViT
+        return block.layernorm_before, block.attention
+    return block.norm1, block.attention  # DINOv2
 
 
 def _check_pixels(pixel_values, name: str, min_size: int) -> None:
+    """Shape, dtype and size checks (static: they never read tensor values, so export traces them)."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -137,11 +263,50 @@ def _check_pixels(pixel_values, name: str, min_size: int) -> None:
         raise ValueError(f"{name} is an empty batch")
     if min(pixel_values.shape[-2:]) < min_size:
         raise ValueError(f"{name} is {tuple(pixel_values.shape[-2:])} px; the backbone needs at least {min_size} px")
-    if not torch.isfinite(pixel_values).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 # ----------------------------------------------------------------------------- modules
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention: `query [B, H, Nq, d]`, `key`/`value [B, H, Nk, d]`, additive
+    `attention_mask [B, 1, 1, Nk]`. Returns `(output [B, Nq, H, d], weights [B, H, Nq, Nk])`."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def masked_grid_pool(tokens: torch.Tensor, grid_size: tuple[int, int], size: int, mask: torch.Tensor | None = None):
+    """Average tokens `[B, h*w, D]` laid out on their grid `(h, w)` into `size x size` windows
+    (adaptive pooling), leaving out tokens whose `mask [B, h*w]` is False.
+
+    Returns: `(mean [B, D, size, size], weight [B, 1, size, size])`, where `weight` is the
+    fraction of kept tokens in each window (a window with none has mean 0 and weight 0).
+    """
+    b, n, d = tokens.shape
+    h, w = grid_size
+    if h * w != n:
+        raise ValueError(f"{n} tokens do not fit a {h}x{w} grid")
+    x = tokens.reshape(b, h, w, d).permute(0, 3, 1, 2)
+    if mask is None:
+        m = torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
+    else:
+        m = mask.reshape(b, 1, h, w).to(x.dtype)
+    summed = F.adaptive_avg_pool2d(x * m, size)
+    weight = F.adaptive_avg_pool2d(m, size)
+    return summed / weight.clamp_min(1e-6), weight
 
 
 class ZseTokenizer(nn.Module):
@@ -185,9 +350,6 @@ class ZseEncoder(nn.Module):
         self.tokenizer = ZseTokenizer(config)
         self.is_clip = _is_clip(self.backbone)
         _patch_embedding(self.backbone).register_forward_hook(self._add_tokenizer_tokens)
-        self._capture_ret_attention = False
-        self._last_attention_input = None
-        _last_attention(self.backbone).register_forward_pre_hook(self._keep_attention_input, with_kwargs=True)
 
     def _add_tokenizer_tokens(self, module, args, output):
         pixel_values = args[0]
@@ -198,14 +360,11 @@ class ZseEncoder(nn.Module):
             return output + tokens.to(output.dtype)
         return output + tokens.flatten(2).transpose(1, 2).to(output.dtype)
 
-    def _keep_attention_input(self, module, args, kwargs):
-        if self._capture_ret_attention:
-            self._last_attention_input = args[0] if args else kwargs["hidden_states"]
-
-    def _ret_attention(self) -> torch.Tensor:
-        """`[B, N]` last-layer attention of the [Ret] token over patch tokens, head-averaged."""
-        module = _last_attention(self.backbone)
-        hidden = self._last_attention_input
+    def ret_attention(self, last_layer_input: torch.Tensor) -> torch.Tensor:
+        """`[B, N]` last-layer attention of the [Ret] token over patch tokens, head-averaged,
+        from the input `[B, 1 + N, D]` of the backbone's last layer."""
+        norm, module = _last_attention(self.backbone)
+        hidden = norm(last_layer_input)
         heads = self.config.backbone_config.num_attention_heads
         b, n, _ = hidden.shape
         q = module.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
@@ -214,20 +373,26 @@ class ZseEncoder(nn.Module):
         attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B, heads, 1, 1+N]
         return attn.mean(1)[:, 0, 1:]
 
-    def forward(self, pixel_values: torch.Tensor, output_ret_attention: bool = False) -> ZseImageFeatures:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_ret_attention: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> ZseImageFeatures:
         """Encode `[B, 3, H, W]` images into [Ret] embeddings `[B, D]` and local tokens `[B, N, D]`."""
         _check_pixels(pixel_values, "pixel_values", self.config.patch_size)
         selecting = self.config.num_selected_tokens is not None
-        self._capture_ret_attention = selecting or output_ret_attention
-        try:
-            if self.config.backbone_config.model_type == "dinov2":  # always interpolates
-                out = self.backbone(pixel_values=pixel_values)
-            else:
-                out = self.backbone(pixel_values=pixel_values, interpolate_pos_encoding=True)
-            ret_attention = self._ret_attention() if self._capture_ret_attention else None
-        finally:
-            self._capture_ret_attention = False
-            self._last_attention_input = None
+        need_ret = selecting or output_ret_attention
+        kwargs = {} if self.config.backbone_config.model_type == "dinov2" else {"interpolate_pos_encoding": True}
+        out = self.backbone(
+            pixel_values=pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states or need_ret,
+            return_dict=True,
+            **kwargs,
+        )
+        ret_attention = self.ret_attention(out.hidden_states[-2]) if need_ret else None
         hidden = out.last_hidden_state
         if self.is_clip:  # last_hidden_state is before CLIP's post-layernorm; pooler_output after
             ret = out.pooler_output
@@ -242,8 +407,13 @@ class ZseEncoder(nn.Module):
             k = min(self.config.num_selected_tokens, local.shape[1])
             top = ret_attention.topk(k, dim=1).indices
             mask = torch.zeros_like(mask).scatter_(1, top, True)
+        ret = F.normalize(ret, dim=-1)
         return ZseImageFeatures(
-            ret_embeds=F.normalize(ret, dim=-1),
+            last_hidden_state=hidden,
+            pooler_output=ret,
+            hidden_states=out.hidden_states if output_hidden_states else None,
+            attentions=out.attentions if output_attentions else None,
+            ret_embeds=ret,
             local_tokens=local,
             token_mask=mask,
             ret_attention=ret_attention,
@@ -251,16 +421,22 @@ class ZseEncoder(nn.Module):
         )
 
 
-class ZseCrossAttentionLayer(nn.Module):
+class ZseCrossAttentionLayer(GradientCheckpointingLayer):
     """One post-norm transformer layer whose attention reads another token set.
 
-    `out = LN(q + MHA(q, kv, kv)); out = LN(out + FFN(out))`.
+    `out = LN(q + MHA(q, kv, kv)); out = LN(out + FFN(out))`. The attention function comes
+    from transformers' registry (`config._attn_implementation`: `"sdpa"`, `"eager"`, ...);
+    attention weights, when asked for, are computed eagerly.
     """
 
     def __init__(self, config: ZseConfig):
         super().__init__()
         d = config.hidden_size
+        self.config = config
         self.num_heads = config.cross_attention_heads
+        self.head_dim = d // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.q_proj = nn.Linear(d, d)
         self.k_proj = nn.Linear(d, d)
         self.v_proj = nn.Linear(d, d)
@@ -274,31 +450,25 @@ class ZseCrossAttentionLayer(nn.Module):
     def forward(self, queries, keys_values, kv_mask=None, output_attentions: bool = False):
         """Args: queries `[B, Nq, D]`, keys_values `[B, Nk, D]`, kv_mask `[B, Nk]` bool (True = usable).
 
-        Returns: tokens `[B, Nq, D]` and, if asked, attention weights `[B, heads, Nq, Nk]`.
+        Returns: tokens `[B, Nq, D]` and, if asked, attention weights `[B, heads, Nq, Nk]` (else None).
         """
         b, nq, d = queries.shape
         nk = keys_values.shape[1]
-        h = self.num_heads
-        q = self.q_proj(queries).view(b, nq, h, -1).transpose(1, 2)
-        k = self.k_proj(keys_values).view(b, nk, h, -1).transpose(1, 2)
-        v = self.v_proj(keys_values).view(b, nk, h, -1).transpose(1, 2)
+        q = self.q_proj(queries).view(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(keys_values).view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(keys_values).view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
         bias = None
-        if kv_mask is not None and not bool(kv_mask.all()):
+        if kv_mask is not None:  # additive mask; no data-dependent branch, so it exports
             bias = torch.zeros(b, 1, 1, nk, dtype=q.dtype, device=q.device)
             bias = bias.masked_fill(~kv_mask[:, None, None, :], torch.finfo(q.dtype).min)
-        weights = None
-        if output_attentions:
-            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-            if bias is not None:
-                scores = scores + bias
-            weights = scores.softmax(-1)
-            attn = weights @ v
-        else:
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        attn = self.o_proj(attn.transpose(1, 2).reshape(b, nq, d))
+        attention: Callable = eager_attention_forward
+        if not output_attentions:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attn, weights = attention(self, q, k, v, bias, scaling=self.scaling, dropout=0.0)
+        attn = self.o_proj(attn.reshape(b, nq, d))
         x = self.attn_norm(queries + attn)
         x = self.ffn_norm(x + self.ffn(x))
-        return x, weights
+        return x, (weights if output_attentions else None)
 
 
 class ZseCrossAttention(nn.Module):
@@ -320,21 +490,32 @@ class ZseCrossAttention(nn.Module):
         self.sketch_layer = ZseCrossAttentionLayer(config)
         self.photo_layer = ZseCrossAttentionLayer(config)
 
-    def forward(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions: bool = False):
-        """Cross-attend paired features (batch B each).
-
-        Returns: `(sketch_tokens [B, N, D], sketch_grid, sketch_mask [B, N],
-        photo_tokens [B, N', D], photo_grid, photo_mask [B, N'], sketch_attn, photo_attn)`, where
-        each branch's grid and mask are those of the side that supplied its queries.
-        """
+    def forward(
+        self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions: bool = False
+    ) -> ZseCrossAttentionOutput:
+        """Cross-attend paired features (batch B each); see [`ZseCrossAttentionOutput`]."""
         s, p = sketch, photo
         if self.query_side == "self":
-            s_tok, s_attn = self.sketch_layer(s.local_tokens, p.local_tokens, p.token_mask, output_attentions)
-            p_tok, p_attn = self.photo_layer(p.local_tokens, s.local_tokens, s.token_mask, output_attentions)
-            return s_tok, s.grid_size, s.token_mask, p_tok, p.grid_size, p.token_mask, s_attn, p_attn
-        s_tok, s_attn = self.sketch_layer(p.local_tokens, s.local_tokens, s.token_mask, output_attentions)
-        p_tok, p_attn = self.photo_layer(s.local_tokens, p.local_tokens, p.token_mask, output_attentions)
-        return s_tok, p.grid_size, p.token_mask, p_tok, s.grid_size, s.token_mask, s_attn, p_attn
+            s_q, p_q = s, p  # each branch keeps its own grid
+        else:
+            s_q, p_q = p, s
+        s_kv, p_kv = p_q, s_q
+        s_tok, s_attn = self.sketch_layer(
+            s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=output_attentions
+        )
+        p_tok, p_attn = self.photo_layer(
+            p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=output_attentions
+        )
+        return ZseCrossAttentionOutput(
+            sketch_tokens=s_tok,
+            sketch_grid_size=s_q.grid_size,
+            sketch_token_mask=s_q.token_mask,
+            photo_tokens=p_tok,
+            photo_grid_size=p_q.grid_size,
+            photo_token_mask=p_q.token_mask,
+            sketch_attentions=s_attn,
+            photo_attentions=p_attn,
+        )
 
 
 class ZseRelationNetwork(nn.Module):
@@ -361,18 +542,7 @@ class ZseRelationNetwork(nn.Module):
 
     def pool(self, tokens: torch.Tensor, grid_size: tuple[int, int], mask: torch.Tensor | None = None):
         """Pool tokens `[B, h*w, D]` on grid `(h, w)` to cells `[B, G*G, C]` and a cell mask `[B, G*G]`."""
-        b, n, d = tokens.shape
-        h, w = grid_size
-        if h * w != n:
-            raise ValueError(f"{n} tokens do not fit a {h}x{w} grid")
-        x = tokens.reshape(b, h, w, d).permute(0, 3, 1, 2)
-        m = torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
-        if mask is not None:
-            m = mask.reshape(b, 1, h, w).to(x.dtype)
-        size = 2 * self.grid
-        summed = F.adaptive_avg_pool2d(x * m, size)
-        weight = F.adaptive_avg_pool2d(m, size)
-        x = summed / weight.clamp_min(1e-6)
+        x, weight = masked_grid_pool(tokens, grid_size, 2 * self.grid, mask)
         cells = self.pool_conv(x)  # [B, C, G, G]
         valid = F.max_pool2d((weight > 0).to(x.dtype), 2) > 0  # [B, 1, G, G]
         cells = cells * valid
@@ -382,12 +552,13 @@ class ZseRelationNetwork(nn.Module):
         """Cosine kernel `[B, G*G, G*G]` between cells `[B, G*G, C]` of both sides."""
         return F.normalize(sketch_cells, dim=-1) @ F.normalize(photo_cells, dim=-1).transpose(1, 2)
 
-    def forward(self, sketch_tokens, sketch_grid, sketch_mask, photo_tokens, photo_grid, photo_mask):
-        """Relation logits `[B]` for paired, cross-attended tokens `[B, N, D]`; also returns the kernel."""
-        s_cells, _ = self.pool(sketch_tokens, sketch_grid, sketch_mask)
-        p_cells, _ = self.pool(photo_tokens, photo_grid, photo_mask)
+    def forward(self, cross: ZseCrossAttentionOutput) -> ZseRelationOutput:
+        """Relation logits `[B]` (and the kernel and cells) for cross-attended pairs."""
+        s_cells, _ = self.pool(cross.sketch_tokens, cross.sketch_grid_size, cross.sketch_token_mask)
+        p_cells, _ = self.pool(cross.photo_tokens, cross.photo_grid_size, cross.photo_token_mask)
         kernel = self.kernel(s_cells, p_cells)
-        return self.mlp(kernel.flatten(1)).squeeze(-1), kernel
+        logits = self.mlp(kernel.flatten(1)).squeeze(-1)
+        return ZseRelationOutput(logits=logits, kernel=kernel, sketch_cells=s_cells, photo_cells=p_cells)
 
 
 # ----------------------------------------------------------------------------- models
@@ -399,9 +570,12 @@ class ZsePreTrainedModel(PreTrainedModel):
     config_class = ZseConfig
     base_model_prefix = "zse"
     main_input_name = "sketch_pixel_values"
+    input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["ZseCrossAttentionLayer"]
+    _no_split_modules = ["ZseCrossAttentionLayer", "ZseTokenizer"]
+    # DINOv2 checkpoints carry a masked-image-modelling token that ZSE never uses
+    _keys_to_ignore_on_load_unexpected = [r"encoder\.backbone\.embeddings\.mask_token"]
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, but keys are saved exactly as `state_dict()` names
@@ -459,8 +633,9 @@ class ZseModel(ZsePreTrainedModel):
                 vision tower is taken; its text tower and projections are dropped).
             **config_kwargs: other [`ZseConfig`] fields.
 
-        The backbone weights are loaded unchanged; the tokenizer, cross-attention and relation
-        network are freshly initialised (the tokenizer gate at zero).
+        The backbone weights are loaded unchanged (a DINOv2 `mask_token`, unused by ZSE, is
+        dropped); the tokenizer, cross-attention and relation network are freshly initialised
+        (the tokenizer gate at zero).
         """
         backbone = AutoModel.from_pretrained(backbone_name_or_path)
         # CLIPModel / CLIPVisionModelWithProjection: keep the CLIPVisionModel inside
@@ -468,39 +643,135 @@ class ZseModel(ZsePreTrainedModel):
             backbone = backbone.vision_model
         config = ZseConfig(backbone_config=backbone.config, **config_kwargs)
         model = cls(config)
-        state = backbone.state_dict()
+        state = {k: v for k, v in backbone.state_dict().items() if k != "embeddings.mask_token"}
         missing, unexpected = model.encoder.backbone.load_state_dict(state, strict=False)
         missing = [k for k in missing if "pooler" not in k]
         if missing or unexpected:
             raise ValueError(f"backbone weights do not fit: missing={missing[:5]} unexpected={unexpected[:5]}")
         return model
 
-    def get_image_features(self, pixel_values: torch.Tensor, output_ret_attention: bool = False) -> ZseImageFeatures:
+    # ------------------------------------------------------------------ encoder
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_ret_attention: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ZseImageFeatures | tuple:
         """Encode images `[B, 3, H, W]` (sketches or photos: the encoder is shared).
 
-        Returns: [`ZseImageFeatures`] with `ret_embeds [B, D]` (L2-normalised) and
-        `local_tokens [B, N, D]`.
+        Args:
+            pixel_values: `[B, 3, H, W]` normalised images.
+            output_ret_attention: also return `ret_attention [B, N]`.
+            output_attentions, output_hidden_states: the backbone's self-attentions and hidden
+                states (defaults from the config).
+            return_dict: `False` returns `to_tuple()` of the output (default from the config).
+
+        Returns: [`ZseImageFeatures`]: `last_hidden_state [B, 1+N, D]`, `pooler_output` =
+        `ret_embeds [B, D]` (L2-normalised), `local_tokens [B, N, D]`, `token_mask [B, N]`,
+        `grid_size`.
         """
-        return self.encoder(pixel_values, output_ret_attention=output_ret_attention)
-
-    def _pair_logits(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions=False):
-        s_tok, s_grid, s_mask, p_tok, p_grid, p_mask, s_attn, p_attn = self.cross_attention(
-            sketch, photo, output_attentions=output_attentions
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        out = self.encoder(
+            pixel_values,
+            output_ret_attention=output_ret_attention,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
-        logits, kernel = self.relation_network(s_tok, s_grid, s_mask, p_tok, p_grid, p_mask)
-        return logits, kernel, s_attn, p_attn
+        return out if return_dict else out.to_tuple()
 
-    def relation_logits(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
-        """Relation logits `[B]` for paired features (batch B on both sides)."""
+    # ------------------------------------------------------------------ pair API
+
+    def score_pairs(
+        self,
+        sketch_features: ZseImageFeatures,
+        photo_features: ZseImageFeatures,
+        output_attentions: bool = False,
+        output_kernel: bool = False,
+    ) -> ZsePairOutput:
+        """Score B pairs: sketch i with photo i (features from `get_image_features`, batch B each).
+
+        Args:
+            output_attentions: also return both branches' cross-attention weights.
+            output_kernel: also return the relation network's `[B, G*G, G*G]` cell kernel.
+
+        Returns: [`ZsePairOutput`] with `relation_logits [B]` and `relation_scores [B]`.
+        """
         _check_pair(sketch_features, photo_features)
-        return self._pair_logits(sketch_features, photo_features)[0]
+        cross = self.cross_attention(sketch_features, photo_features, output_attentions=output_attentions)
+        relation = self.relation_network(cross)
+        return ZsePairOutput(
+            relation_logits=relation.logits,
+            relation_scores=torch.sigmoid(relation.logits),
+            kernel=relation.kernel if output_kernel else None,
+            sketch_cross_attentions=cross.sketch_attentions,
+            photo_cross_attentions=cross.photo_attentions,
+        )
 
-    def relation_score(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
-        """Relation scores `[B]` in (0, 1) for paired features (sketch i with photo i)."""
-        return torch.sigmoid(self.relation_logits(sketch_features, photo_features))
+    def score_indexed_pairs(
+        self,
+        query_features: ZseImageFeatures,
+        candidate_features: ZseImageFeatures,
+        query_index: torch.Tensor,
+        candidate_index: torch.Tensor,
+        chunk_size: int = 256,
+        return_logits: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Relation scores `[M]` of the pairs `(query_index[m], candidate_index[m])`, `chunk_size`
+        pairs at a time (bounds memory); nothing is re-encoded.
 
-    def relation_scores(
-        self, query_features: ZseImageFeatures, candidate_features: ZseImageFeatures, chunk_size: int = 256
+        The one chunked pair scorer: [`score_all_pairs`], evaluation's and the index's top-K
+        re-ranking all call it. Features may live elsewhere (e.g. fp16 on the CPU): each chunk
+        is moved to the model's device and dtype.
+
+        Args:
+            query_features: features of Q queries (sketches).
+            candidate_features: features of K candidates (photos).
+            query_index, candidate_index: `[M]` long row indices into each.
+            chunk_size: pairs scored per call of the pair head.
+            return_logits: return relation logits instead of scores in (0, 1).
+            progress: show a progress bar.
+
+        Returns: `[M]` tensor on the model's device, in its dtype.
+        """
+        query_index = torch.as_tensor(query_index, dtype=torch.long)
+        candidate_index = torch.as_tensor(candidate_index, dtype=torch.long)
+        if query_index.shape != candidate_index.shape or query_index.ndim != 1:
+            raise ValueError(
+                f"query_index and candidate_index must be [M] of equal length, got {list(query_index.shape)} "
+                f"and {list(candidate_index.shape)}"
+            )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        starts = range(0, len(query_index), chunk_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="relation scores", unit="chunk", leave=False)
+        out = []
+        for start in starts:
+            sl = slice(start, start + chunk_size)
+            q = query_features.select(query_index[sl].to(query_features.local_tokens.device)).to_model(self)
+            c = candidate_features.select(candidate_index[sl].to(candidate_features.local_tokens.device)).to_model(self)
+            pair = self.score_pairs(q, c)
+            out.append(pair.relation_logits if return_logits else pair.relation_scores)
+        if not out:
+            param = next(self.parameters())
+            return torch.zeros(0, device=param.device, dtype=param.dtype)
+        return torch.cat(out)
+
+    def score_all_pairs(
+        self,
+        query_features: ZseImageFeatures,
+        candidate_features: ZseImageFeatures,
+        chunk_size: int = 256,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Relation scores `[Q, K]` of every query against every candidate, without re-encoding.
 
@@ -512,13 +783,25 @@ class ZseModel(ZsePreTrainedModel):
         """
         q_n = query_features.local_tokens.shape[0]
         k_n = candidate_features.local_tokens.shape[0]
-        qi = torch.arange(q_n, device=query_features.local_tokens.device).repeat_interleave(k_n)
-        ki = torch.arange(k_n, device=query_features.local_tokens.device).repeat(q_n)
-        out = []
-        for start in range(0, q_n * k_n, chunk_size):
-            sl = slice(start, start + chunk_size)
-            out.append(self.relation_score(_take(query_features, qi[sl]), _take(candidate_features, ki[sl])))
-        return torch.cat(out).view(q_n, k_n)
+        qi = torch.arange(q_n).repeat_interleave(k_n)
+        ki = torch.arange(k_n).repeat(q_n)
+        return self.score_indexed_pairs(
+            query_features, candidate_features, qi, ki, chunk_size=chunk_size, progress=progress
+        ).view(q_n, k_n)
+
+    def relation_logits(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
+        """Relation logits `[B]` for paired features; `score_pairs(...).relation_logits`."""
+        return self.score_pairs(sketch_features, photo_features).relation_logits
+
+    def relation_score(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
+        """Relation scores `[B]` for paired features (sketch i with photo i); `score_pairs(...).relation_scores`."""
+        return self.score_pairs(sketch_features, photo_features).relation_scores
+
+    def relation_scores(
+        self, query_features: ZseImageFeatures, candidate_features: ZseImageFeatures, chunk_size: int = 256
+    ) -> torch.Tensor:
+        """Relation scores `[Q, K]` of every query against every candidate; same as [`score_all_pairs`]."""
+        return self.score_all_pairs(query_features, candidate_features, chunk_size=chunk_size)
 
     def _relation_rank_loss(self, sketch: ZseImageFeatures, photo: ZseImageFeatures, labels: torch.Tensor):
         """Listwise cross-entropy of relation logits: sketch i against all `B` photos of the
@@ -526,8 +809,10 @@ class ZseModel(ZsePreTrainedModel):
         b = labels.shape[0]
         qi = torch.arange(b, device=labels.device).repeat_interleave(b)
         ki = torch.arange(b, device=labels.device).repeat(b)
-        logits = self._pair_logits(_take(sketch, qi), _take(photo, ki))[0].view(b, b)
-        return _in_batch_cross_entropy(logits, labels)
+        logits = self.score_pairs(sketch.select(qi), photo.select(ki)).relation_logits.view(b, b)
+        return in_batch_cross_entropy(logits, labels)
+
+    # ------------------------------------------------------------------ forward
 
     def forward(
         self,
@@ -535,9 +820,10 @@ class ZseModel(ZsePreTrainedModel):
         photo_pixel_values: torch.Tensor,
         negative_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        return_dict: bool = True,
-    ) -> ZseModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ZseModelOutput | tuple:
         """Score `B` (sketch, photo) pairs and, with `labels`, compute the training loss.
 
         Args:
@@ -549,24 +835,34 @@ class ZseModel(ZsePreTrainedModel):
                 loss: triplet margin loss (L2 on [Ret] embeddings) + MSE of relation scores
                 against 1 for positives and 0 for negatives (+ optional InfoNCE and listwise
                 relation terms).
-            output_attentions: return the cross-attention weights.
+            output_attentions: return the cross-attention weights and the encoder's
+                self-attentions (the latter with eager attention); default from the config.
+            output_hidden_states: return the encoder's hidden states; default from the config.
+            return_dict: `False` returns `to_tuple()` of the output; default from the config.
         """
-        sketch = self.get_image_features(sketch_pixel_values)
-        photo = self.get_image_features(photo_pixel_values)
-        _check_pair(sketch, photo)
-        logits, _, s_attn, p_attn = self._pair_logits(sketch, photo, output_attentions)
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        flags = {
+            "output_attentions": output_attentions, "output_hidden_states": output_hidden_states, "return_dict": True
+        }
+        sketch = self.get_image_features(sketch_pixel_values, **flags)
+        photo = self.get_image_features(photo_pixel_values, **flags)
+        pair = self.score_pairs(sketch, photo, output_attentions=output_attentions)
+        logits = pair.relation_logits
         cosine = (sketch.ret_embeds * photo.ret_embeds).sum(-1)
         loss = triplet = relation = infonce = relation_rank = None
         if labels is not None:
             if labels.shape != (sketch.ret_embeds.shape[0],):
                 raise ValueError(f"labels must have shape [{sketch.ret_embeds.shape[0]}], got {list(labels.shape)}")
             if negative_pixel_values is not None:
-                negative = self.get_image_features(negative_pixel_values)
+                negative = self.get_image_features(negative_pixel_values, output_attentions=False,
+                                                   output_hidden_states=False, return_dict=True)
                 _check_pair(sketch, negative)
             else:
-                negative = _take(photo, _hardest_negatives(sketch.ret_embeds, photo.ret_embeds, labels))
-            neg_logits = self._pair_logits(sketch, negative)[0]
-            cfg = self.config
+                negative = photo.select(_hardest_negatives(sketch.ret_embeds, photo.ret_embeds, labels))
+            neg_logits = self.score_pairs(sketch, negative).relation_logits
             triplet = F.triplet_margin_loss(
                 sketch.ret_embeds, photo.ret_embeds, negative.ret_embeds, margin=cfg.triplet_margin, p=2
             )
@@ -575,7 +871,7 @@ class ZseModel(ZsePreTrainedModel):
             relation = F.mse_loss(scores, targets)
             loss = cfg.triplet_weight * triplet + cfg.relation_weight * relation
             if cfg.infonce_weight > 0:
-                infonce = _infonce(sketch.ret_embeds, photo.ret_embeds, labels, cfg.infonce_temperature)
+                infonce = infonce_loss(sketch.ret_embeds, photo.ret_embeds, labels, cfg.infonce_temperature)
                 loss = loss + cfg.infonce_weight * infonce
             if cfg.relation_rank_weight > 0:
                 relation_rank = self._relation_rank_loss(sketch, photo, labels)
@@ -588,13 +884,17 @@ class ZseModel(ZsePreTrainedModel):
             relation_rank_loss=relation_rank,
             cosine=cosine,
             relation_logits=logits,
-            relation_scores=torch.sigmoid(logits),
+            relation_scores=pair.relation_scores,
             sketch_embeds=sketch.ret_embeds,
             photo_embeds=photo.ret_embeds,
             sketch_token_mask=sketch.token_mask,
             photo_token_mask=photo.token_mask,
-            sketch_cross_attentions=s_attn,
-            photo_cross_attentions=p_attn,
+            hidden_states=sketch.hidden_states,
+            attentions=sketch.attentions,
+            photo_hidden_states=photo.hidden_states,
+            photo_attentions=photo.attentions,
+            sketch_cross_attentions=pair.sketch_cross_attentions,
+            photo_cross_attentions=pair.photo_cross_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -609,21 +909,10 @@ def _check_pair(a: ZseImageFeatures, b: ZseImageFeatures) -> None:
     if a.local_tokens.shape[0] != b.local_tokens.shape[0]:
         raise ValueError(
             f"paired features need equal batch sizes, got {a.local_tokens.shape[0]} sketches and "
-            f"{b.local_tokens.shape[0]} photos; use relation_scores() to score every pair"
+            f"{b.local_tokens.shape[0]} photos; use score_all_pairs() to score every pair"
         )
     if a.local_tokens.shape[-1] != b.local_tokens.shape[-1]:
         raise ValueError(f"token widths differ: {a.local_tokens.shape[-1]} vs {b.local_tokens.shape[-1]}")
-
-
-def _take(features: ZseImageFeatures, index: torch.Tensor) -> ZseImageFeatures:
-    """Select batch rows `index [M]` of every tensor field."""
-    return ZseImageFeatures(
-        ret_embeds=features.ret_embeds[index] if features.ret_embeds is not None else None,
-        local_tokens=features.local_tokens[index],
-        token_mask=features.token_mask[index] if features.token_mask is not None else None,
-        ret_attention=features.ret_attention[index] if features.ret_attention is not None else None,
-        grid_size=features.grid_size,
-    )
 
 
 def _hardest_negatives(anchors: torch.Tensor, photos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -635,29 +924,34 @@ def _hardest_negatives(anchors: torch.Tensor, photos: torch.Tensor, labels: torc
     return sim.argmax(dim=1)
 
 
-def _in_batch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def in_batch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of `[B, B]` logits (row i = query i against every candidate) towards the
-    diagonal; same-class off-diagonal candidates are left out rather than counted as negatives."""
+    diagonal; same-class off-diagonal candidates `labels [B]` are left out rather than counted
+    as negatives. Returns a scalar."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=logits.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(labels), device=logits.device))
 
 
-def _infonce(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE on `[B, D]` embeddings; same-class off-diagonal pairs are not negatives."""
+def infonce_loss(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE on L2-normalised `[B, D]` embeddings with class `labels [B]`;
+    same-class off-diagonal pairs are not negatives. Returns a scalar."""
     logits = sketch @ photo.T / temperature
-    return 0.5 * (_in_batch_cross_entropy(logits, labels) + _in_batch_cross_entropy(logits.T, labels))
+    return 0.5 * (in_batch_cross_entropy(logits, labels) + in_batch_cross_entropy(logits.T, labels))
 
 
 __all__ = [
     "ZseCrossAttention",
     "ZseCrossAttentionLayer",
+    "ZseCrossAttentionOutput",
     "ZseEncoder",
     "ZseImageFeatures",
     "ZseModel",
     "ZseModelOutput",
+    "ZsePairOutput",
     "ZsePreTrainedModel",
     "ZseRelationNetwork",
+    "ZseRelationOutput",
     "ZseTokenizer",
 ]

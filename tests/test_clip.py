@@ -226,7 +226,7 @@ def test_zse_on_converted_tower_trains_saves_reloads(converted, tmp_path):
     # processor: CLIP's mean/std; tokenizer stem lands on the 16-px grid without resizing
     proc = ZseProcessor.from_config(cfg)
     assert proc.image_processor.image_mean == OPENAI_CLIP_MEAN and proc.image_processor.image_std == OPENAI_CLIP_STD
-    white = proc(photos=Image.new("RGB", (80, 80), "white"))["photo_pixel_values"]
+    white = proc(photos=Image.new("RGB", (80, 80), "white"), return_tensors="pt")["photo_pixel_values"]
     expected = (1 - torch.tensor(OPENAI_CLIP_MEAN)) / torch.tensor(OPENAI_CLIP_STD)
     assert white.shape == (1, 3, IMAGE, IMAGE) and torch.allclose(white[0, :, 5, 5], expected, atol=1e-5)
     x = _pixels(4)

@@ -23,11 +23,10 @@ pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio", "ignore::UserWarning")
 
-from test_image_limits import big_png  # noqa: E402
-
 from zse_hf import ZseModel, ZseProcessor, demo_launcher  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
+from test_image_limits import big_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

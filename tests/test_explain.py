@@ -91,11 +91,12 @@ def test_finer_grid_and_image_size_for_encoder_source():
     assert e.grid == 7 and e.kernel.shape == (49, 49) and e.sketch_ink.shape == (7, 7)
     assert e.sketch_image.size == (224, 224) and e.patch_similarity.shape == (256, 256)
     assert e.sketch_to_photo_attention.shape == (16, 16, 16, 16)
-    assert proc.size == 112  # the caller's processor is not changed
+    assert proc.side == 112  # the caller's processor is not changed
     native = ex.explain_pair(model, proc, _l_sketch(), _photo(), source="encoder")
     assert e.relation_score == pytest.approx(native.relation_score, abs=1e-6)  # scores: as search ranks
     assert e.cosine == pytest.approx(native.cosine, abs=1e-6)
-    assert ex.explain_pair(model, proc, _l_sketch(), _photo(), source="relation", image_size=224).kernel.shape == (16, 16)
+    big = ex.explain_pair(model, proc, _l_sketch(), _photo(), source="relation", image_size=224)
+    assert big.kernel.shape == (16, 16)
     with pytest.raises(ValueError, match="relation_grid"):
         ex.explain_pair(model, proc, _l_sketch(), _photo(), source="relation", grid=7)
     with pytest.raises(ValueError, match="multiple of the patch size"):
@@ -112,9 +113,9 @@ def test_relation_kernel_is_the_models():
     y = proc([e.photo_image], modality="photo")["pixel_values"]
     with torch.no_grad():
         s, p = model.get_image_features(x), model.get_image_features(y)
-        logits, kernel, _, _ = model._pair_logits(s, p)
-    assert np.allclose(e.kernel, kernel[0].numpy(), atol=1e-5)
-    assert abs(e.relation_score - torch.sigmoid(logits[0]).item()) < 1e-5
+        pair = model.score_pairs(s, p, output_kernel=True)
+    assert np.allclose(e.kernel, pair.kernel[0].numpy(), atol=1e-5)
+    assert abs(e.relation_score - pair.relation_scores[0].item()) < 1e-5
 
 
 def test_query_side_other_keeps_sketch_rows():
@@ -125,8 +126,9 @@ def test_query_side_other_keeps_sketch_rows():
     y = proc([e.photo_image], modality="photo")["pixel_values"]
     with torch.no_grad():
         s, p = model.get_image_features(x), model.get_image_features(y)
-        _, kernel, s_attn, p_attn = model._pair_logits(s, p, output_attentions=True)
-    assert np.allclose(e.kernel, kernel[0].numpy().T, atol=1e-5)  # rows are sketch cells again
+        pair = model.score_pairs(s, p, output_attentions=True, output_kernel=True)
+    assert np.allclose(e.kernel, pair.kernel[0].numpy().T, atol=1e-5)  # rows are sketch cells again
+    p_attn = pair.photo_cross_attentions
     assert np.allclose(e.sketch_to_photo_attention.reshape(64, 64), p_attn[0].mean(0).numpy(), atol=1e-6)
 
 

@@ -32,7 +32,7 @@ def test_zse_folder_loads_in_fp32_eval_with_its_processor(tmp_path):
     model, processor, from_backbone = loaded  # unpacks like the old 3-tuple
     assert isinstance(model, ZseModel) and not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert isinstance(processor, ZseImageProcessor) and processor.size == saved.config.image_size
+    assert isinstance(processor, ZseImageProcessor) and processor.side == saved.config.image_size
     assert_same_state(model.state_dict(), saved.state_dict())
     assert weights_fingerprint(model) == weights_fingerprint(saved)
 

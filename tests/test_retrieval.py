@@ -99,7 +99,8 @@ def saved(index, tmp_path_factory):
 
 def _direct_features(model, processor, paths):
     with torch.no_grad():
-        return model.get_image_features(processor(photos=[str(p) for p in paths])["photo_pixel_values"])
+        pixels = processor(photos=[str(p) for p in paths], return_tensors="pt")["photo_pixel_values"]
+        return model.get_image_features(pixels)
 
 
 def test_flat_search_equals_brute_force(index, model, processor, photo_dir, sketches):

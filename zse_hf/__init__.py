@@ -10,12 +10,15 @@ from .configuration_zse import ZseConfig
 from .image_processing_zse import ZseImageProcessor
 from .modeling_zse import (
     ZseCrossAttention,
+    ZseCrossAttentionOutput,
     ZseEncoder,
     ZseImageFeatures,
     ZseModel,
     ZseModelOutput,
+    ZsePairOutput,
     ZsePreTrainedModel,
     ZseRelationNetwork,
+    ZseRelationOutput,
     ZseTokenizer,
 )
 from .processing_zse import ZseProcessor
@@ -37,13 +40,16 @@ ZseProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "ZseConfig",
     "ZseCrossAttention",
+    "ZseCrossAttentionOutput",
     "ZseEncoder",
     "ZseImageFeatures",
     "ZseImageProcessor",
     "ZseModel",
     "ZseModelOutput",
+    "ZsePairOutput",
     "ZsePreTrainedModel",
     "ZseProcessor",
     "ZseRelationNetwork",
+    "ZseRelationOutput",
     "ZseTokenizer",
 ]

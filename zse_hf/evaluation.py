@@ -63,15 +63,6 @@ def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_siz
     )
 
 
-def _rows(features: ZseImageFeatures, index: torch.Tensor, dtype, device) -> ZseImageFeatures:
-    return ZseImageFeatures(
-        ret_embeds=features.ret_embeds[index].to(device),
-        local_tokens=features.local_tokens[index].to(device=device, dtype=dtype),
-        token_mask=features.token_mask[index].to(device),
-        grid_size=features.grid_size,
-    )
-
-
 @torch.inference_mode()
 def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageFeatures,
                   ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int = 256) -> np.ndarray:
@@ -89,16 +80,10 @@ def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageF
     q_n, g_n = ret_scores.shape
     k = g_n if rerank_k is None else min(int(rerank_k), g_n)
     top = rank_gallery(ret_scores, k=k)  # [Q, K]
-    param = next(model.parameters())
     qi = torch.arange(q_n).repeat_interleave(k)
     gi = torch.from_numpy(top.reshape(-1).astype(np.int64))
-    rel = []
-    for start in tqdm(range(0, len(qi), pair_batch), desc="relation re-rank", unit="batch", leave=False):
-        sl = slice(start, start + pair_batch)
-        q = _rows(queries, qi[sl], param.dtype, param.device)
-        g = _rows(gallery, gi[sl], param.dtype, param.device)
-        rel.append(model.relation_score(q, g).float().cpu())
-    rel = torch.cat(rel).view(q_n, k).numpy().astype(np.float64)
+    rel = model.score_indexed_pairs(queries, gallery, qi, gi, chunk_size=pair_batch, progress=True)
+    rel = rel.float().cpu().view(q_n, k).numpy().astype(np.float64)
     out = ret_scores.astype(np.float64).copy()
     np.put_along_axis(out, top, RN_OFFSET + rel, axis=1)
     return out

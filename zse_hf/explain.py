@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .loading import image_processor_of
 from .loading import load_model as load_pretrained
-from .modeling_zse import ZseModel, _take
+from .modeling_zse import ZseModel, masked_grid_pool
 
 SOURCES = ("relation", "encoder")
 # the CLI's and the demo's default for encoder-source pictures: 7x7 cells at 224 px
@@ -151,17 +152,6 @@ class ZseExplanation:
 # ----------------------------------------------------------------------------- computing
 
 
-def _image_processor(processor):
-    return getattr(processor, "image_processor", processor)
-
-
-def _normalise(image: Image.Image, ip) -> torch.Tensor:
-    x = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    mean = np.asarray(ip.image_mean, dtype=np.float32)
-    std = np.asarray(ip.image_std, dtype=np.float32)
-    return torch.from_numpy(((x - mean) / std).transpose(2, 0, 1).copy())
-
-
 def ink_map(image: Image.Image, threshold: int = 40) -> np.ndarray:
     """`[H, W]` bool: pixels darker or more coloured than white by more than `threshold` (0-255)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
@@ -193,12 +183,9 @@ def encoder_cells(tokens: torch.Tensor, grid_size: tuple[int, int], grid: int, m
     Same layout as `ZseRelationNetwork.pool` (adaptive pool to `2G`, then 2x2 cells) but without
     its learned conv; cells with no kept token are zero.
     """
-    b, n, d = tokens.shape
-    h, w = grid_size
-    x = tokens.reshape(b, h, w, d).permute(0, 3, 1, 2)
-    m = torch.ones(b, 1, h, w, dtype=x.dtype) if mask is None else mask.reshape(b, 1, h, w).to(x.dtype)
-    summed = F.avg_pool2d(F.adaptive_avg_pool2d(x * m, 2 * grid), 2)
-    weight = F.avg_pool2d(F.adaptive_avg_pool2d(m, 2 * grid), 2)
+    mean, weight = masked_grid_pool(tokens, grid_size, 2 * grid, mask)  # the relation network's windows
+    summed = F.avg_pool2d(mean * weight, 2)
+    weight = F.avg_pool2d(weight, 2)
     cells = summed / weight.clamp_min(1e-6) * (weight > 0)
     return cells.flatten(2).transpose(1, 2)
 
@@ -219,9 +206,9 @@ def _encode_pair(model: ZseModel, ip, sketch, photo, sketch_modality: str):
     prep = ip.prepare_sketch if sketch_modality == "sketch" else ip.prepare_photo
     s_img, p_img = prep(sketch), ip.prepare_photo(photo)
     param = next(model.parameters())
-    pixels = torch.stack([_normalise(s_img, ip), _normalise(p_img, ip)]).to(device=param.device, dtype=param.dtype)
-    feats = model.get_image_features(pixels)
-    return s_img, p_img, _take(feats, slice(0, 1)), _take(feats, slice(1, 2))
+    pixels = ip.normalize_prepared([s_img, p_img], return_tensors="pt")["pixel_values"]
+    feats = model.get_image_features(pixels.to(device=param.device, dtype=param.dtype), return_dict=True)
+    return s_img, p_img, feats.select(slice(0, 1)), feats.select(slice(1, 2))
 
 
 def _grid_attention(attn: torch.Tensor, q_grid, k_grid) -> np.ndarray:
@@ -273,7 +260,7 @@ def explain_pair(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    ip = _image_processor(processor)
+    ip = image_processor_of(processor)
     g = model.config.relation_grid if grid is None else int(grid)
     if g < 1 or (source == "relation" and g != model.config.relation_grid):
         raise ValueError(f"grid must be >= 1 and, for source='relation', the model's relation_grid "
@@ -284,7 +271,7 @@ def explain_pair(
         if image_size < patch or image_size % patch:
             raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
         ip = copy.copy(ip)
-        ip.size = int(image_size)
+        ip.size = {"height": int(image_size), "width": int(image_size)}
     if sketch_modality not in ("sketch", "photo"):
         raise ValueError(f"sketch_modality must be 'sketch' or 'photo', got {sketch_modality!r}")
 
@@ -292,11 +279,13 @@ def explain_pair(
     model.eval()
     try:
         s_img, p_img, s, p = _encode_pair(model, ip, sketch, photo, sketch_modality)
-        logits, rel_kernel, s_attn, p_attn = model._pair_logits(s, p, output_attentions=True)
+        pair = model.score_pairs(s, p, output_attentions=True, output_kernel=True)
+        logits, rel_kernel = pair.relation_logits, pair.kernel
+        s_attn, p_attn = pair.sketch_cross_attentions, pair.photo_cross_attentions
         scored = (s, p)
         if native.size != ip.size:  # scores as search ranks them: at the processor's own size
             scored = _encode_pair(model, native, sketch, photo, sketch_modality)[2:]
-            logits = model._pair_logits(*scored)[0]
+            logits = model.score_pairs(*scored).relation_logits
         cosine = (scored[0].ret_embeds[0].float() * scored[1].ret_embeds[0].float()).sum()
     finally:
         model.train(was_training)
@@ -847,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         grid, size = args.grid, args.image_size
         if args.source == "encoder":
             grid = grid or READABLE_GRID
-            size = size or max(READABLE_IMAGE_SIZE, _image_processor(processor).size)
+            size = size or max(READABLE_IMAGE_SIZE, image_processor_of(processor).side)
         expl = explain_pair(model, processor, args.sketch, args.photo, source=args.source, note=note,
                             grid=grid, image_size=size)
         pictures = explanation_pictures(expl, top_n=args.top_n, sketch_cell=_parse_cell(args.cell))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.utils.generic import filter_out_non_signature_kwargs
 
 _MODALITIES = ("sketch", "photo")
 _PHOTO_MODES = ("pad", "crop")
@@ -27,7 +28,8 @@ class ZseImageProcessor(BaseImageProcessor):
 
     Args:
         modality (`str`, defaults to `"photo"`): default modality of `__call__`.
-        size (`int`, defaults to 224): output side in pixels.
+        size (`dict` or `int`, defaults to `{"height": 224, "width": 224}`): output size; the
+            output is square, so an int (or `{"shortest_edge": s}`) means `s x s`.
         image_mean, image_std (`list[float]`): normalisation (ImageNet's for DINOv2).
         sketch_margin (`float`, defaults to 0.08): margin around the ink box, as a fraction of
             its longer side.
@@ -48,7 +50,7 @@ class ZseImageProcessor(BaseImageProcessor):
     def __init__(
         self,
         modality: str = "photo",
-        size: int = 224,
+        size: dict | int = 224,
         image_mean=(0.485, 0.456, 0.406),
         image_std=(0.229, 0.224, 0.225),
         sketch_margin: float = 0.08,
@@ -63,10 +65,8 @@ class ZseImageProcessor(BaseImageProcessor):
             raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
         if photo_resize_mode not in _PHOTO_MODES:
             raise ValueError(f"photo_resize_mode must be one of {_PHOTO_MODES}, got {photo_resize_mode!r}")
-        if isinstance(size, dict):
-            size = size.get("shortest_edge") or size.get("height")
         self.modality = modality
-        self.size = int(size)
+        self.size = _square_size(size)
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.sketch_margin = float(sketch_margin)
@@ -81,6 +81,11 @@ class ZseImageProcessor(BaseImageProcessor):
     def from_model_config(cls, config, **kwargs) -> ZseImageProcessor:
         """A processor matching a [`ZseConfig`] (size and normalisation)."""
         return cls(size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs)
+
+    @property
+    def side(self) -> int:
+        """Output side in pixels (`size["height"] == size["width"]`)."""
+        return self.size["height"]
 
     # ------------------------------------------------------------------ loading
 
@@ -126,22 +131,25 @@ class ZseImageProcessor(BaseImageProcessor):
         x0 = (canvas_side - crop.shape[1]) // 2
         canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         gray = Image.fromarray(np.round(255 * (1 - canvas)).astype(np.uint8), mode="L")
-        gray = gray.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        gray = gray.resize((self.side, self.side), Image.Resampling.LANCZOS)
         return gray.convert("RGB")
 
     def prepare_photo(self, image) -> Image.Image:
         """A photo as an RGB `size x size` PIL image with any transparency made white."""
         rgb = to_rgb_on_white(self.load_image(image))
         if self.photo_resize_mode == "pad":
-            rgb = ImageOps.pad(rgb, (self.size, self.size), Image.Resampling.BICUBIC, color=(255, 255, 255))
+            rgb = ImageOps.pad(rgb, (self.side, self.side), Image.Resampling.BICUBIC, color=(255, 255, 255))
         else:
-            rgb = ImageOps.fit(rgb, (self.size, self.size), Image.Resampling.BICUBIC)
+            rgb = ImageOps.fit(rgb, (self.side, self.side), Image.Resampling.BICUBIC)
         return rgb
 
     # ------------------------------------------------------------------ batch
 
-    def preprocess(self, images, modality: str | None = None, return_tensors="pt", **kwargs) -> BatchFeature:
+    @filter_out_non_signature_kwargs()
+    def preprocess(self, images, modality: str | None = None, return_tensors="pt") -> BatchFeature:
         """Process one image or a list into `pixel_values` `[B, 3, size, size]` (float32).
+
+        Unknown keyword arguments are dropped with a warning naming them.
 
         Raises:
             ValueError / TypeError: an unreadable file, an unsupported type, a blank sketch,
@@ -155,12 +163,18 @@ class ZseImageProcessor(BaseImageProcessor):
         if len(images) == 0:
             raise ValueError("no images given")
         prepare = self.prepare_sketch if modality == "sketch" else self.prepare_photo
-        arrays = []
+        prepared = []
         for i, image in enumerate(images):
             try:
-                arrays.append(np.asarray(prepare(image), dtype=np.float32) / 255.0)
+                prepared.append(prepare(image))
             except (ValueError, TypeError) as err:
                 raise type(err)(f"{modality} {i}: {err}" if len(images) > 1 else str(err)) from err
+        return self.normalize_prepared(prepared, return_tensors=return_tensors)
+
+    def normalize_prepared(self, images, return_tensors="pt") -> BatchFeature:
+        """Already prepared RGB images (from `prepare_sketch` / `prepare_photo`, all of one size)
+        as normalised `pixel_values` `[B, 3, H, W]` float32."""
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
         batch = np.stack(arrays).transpose(0, 3, 1, 2)
         mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(self.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -180,6 +194,24 @@ class ZseImageProcessor(BaseImageProcessor):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _square_size(size) -> dict:
+    """`{"height": s, "width": s}` from an int, `{"height", "width"}` or `{"shortest_edge"}`."""
+    if isinstance(size, dict):
+        if "height" in size and "width" in size:
+            if int(size["height"]) != int(size["width"]):
+                raise ValueError(f"size must be square (the model's inputs are), got {size}")
+            side = size["height"]
+        elif "shortest_edge" in size:
+            side = size["shortest_edge"]
+        else:
+            raise ValueError(f"size must be an int or a dict with height and width, got {size}")
+    else:
+        side = size
+    if isinstance(side, bool) or int(side) != side or int(side) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {side!r}")
+    return {"height": int(side), "width": int(side)}
 
 
 class BlankSketchError(ValueError):

@@ -193,7 +193,7 @@ def _fit_set(cfg: RelationStageConfig, image_processor):
     from .data import evaluation_set
 
     return evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                          max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.size, 112))
+                          max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.side, 112))
 
 
 def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, resume: bool = False,
@@ -229,7 +229,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     with args.main_process_first(local=True, desc="loading the data"):  # one asset fetch per machine
         fit = _fit_set(cfg, ip)
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
-                             max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.size, 112))
+                             max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
     s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit)
     cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device

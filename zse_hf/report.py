@@ -25,6 +25,7 @@ from .evaluation import baseline_scores, data_hash, evaluate
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics
 from .model_summary import results_table as markdown_table  # the report's table, as in the model card
+from .modeling_zse import infonce_loss
 
 
 class HeadOnly(nn.Module):
@@ -62,7 +63,7 @@ def train_head_only(backbone_model, processor, seed: int = 0, sketches_per_class
     from .data import OfflinePhotoDataset, OfflineSketchDataset, PhotoAugment, train_val_split
 
     fit, _ = train_val_split(seed=seed)
-    size = max(processor.size, 112)
+    size = max(processor.side, 112)
     sk = OfflineSketchDataset(fit, size=size, max_per_class=sketches_per_class)
     ph = OfflinePhotoDataset(fit)
     rng = np.random.default_rng(seed)
@@ -90,12 +91,7 @@ def train_head_only(backbone_model, processor, seed: int = 0, sketches_per_class
         labels = s_lab[idx]
         pidx = torch.stack([by_label[int(lab)][torch.randint(len(by_label[int(lab)]), (1,), generator=gen)][0]
                             for lab in labels])
-        s, p = head(s_feat[idx]), head(p_feat[pidx])
-        logits = s @ p.T / temperature
-        same = labels[:, None] == labels[None, :]
-        logits = logits.masked_fill(same & ~torch.eye(batch, dtype=torch.bool), float("-inf"))
-        target = torch.arange(batch)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        loss = infonce_loss(head(s_feat[idx]), head(p_feat[pidx]), labels, temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()

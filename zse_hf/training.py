@@ -573,7 +573,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     )
     checkpoint = prepare_run_folder(out, args, resume, dataclasses.asdict(cfg))
     # one stream for all ranks: max_steps optimiser steps of world_size x batch triplets each
-    num_triplets = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    num_triplets = args.max_steps * per_step
     with args.main_process_first(local=True, desc="building the model and data"):  # one asset fetch per machine
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)

@@ -502,7 +502,7 @@ class ZseIndex:
         Args:
             query_features: features of Q sketches (`local_tokens [Q, N, D]`, `token_mask`, `grid_size`).
             rows: `[Q, K]` candidate row numbers (e.g. from `ann_search`); `-1` gives NaN.
-            batch_size: (query, candidate) pairs per `model.relation_score` call.
+            batch_size: (query, candidate) pairs per `model.score_indexed_pairs` chunk.
             autocast_dtype: e.g. `torch.bfloat16` to run the head under `torch.autocast` (faster
                 on CPUs with AMX and on GPUs; scores differ by ~1e-3).
 
@@ -512,7 +512,7 @@ class ZseIndex:
             raise ValueError("re-ranking needs the model: pass model= to ZseIndex.load or call attach_model()")
         rows = np.asarray(rows, dtype=np.int64)
         q_n, k_n = rows.shape
-        dev, dtype = model_device_dtype(self.model)
+        dev = model_device_dtype(self.model)[0]
         flat = rows.reshape(-1)
         valid = np.flatnonzero(flat >= 0)
         uniq, inverse = np.unique(flat[valid], return_inverse=True)
@@ -520,23 +520,17 @@ class ZseIndex:
         masks = torch.from_numpy(self._gather("mask", uniq))
         q_of = torch.from_numpy(valid // k_n)
         out = torch.full((q_n * k_n,), float("nan"))
-        q_tok, q_mask = query_features.local_tokens, query_features.token_mask
-        if q_mask is None:
-            q_mask = torch.ones(q_tok.shape[:2], dtype=torch.bool, device=q_tok.device)
+        if len(valid) == 0:
+            return out.view(q_n, k_n)
+        candidates = ZseImageFeatures(local_tokens=tokens, token_mask=masks, grid_size=self.grid_size)
         ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode(), ctx:
-                for s in range(0, len(valid), batch_size):
-                    qi = q_of[s:s + batch_size].to(q_tok.device)
-                    ci = torch.from_numpy(inverse[s:s + batch_size])
-                    sketch = ZseImageFeatures(local_tokens=q_tok[qi].to(dev, dtype), token_mask=q_mask[qi].to(dev),
-                                              grid_size=query_features.grid_size)
-                    photo = ZseImageFeatures(local_tokens=tokens[ci].to(dev, dtype), token_mask=masks[ci].to(dev),
-                                             grid_size=self.grid_size)
-                    scores = self.model.relation_score(sketch, photo).float().cpu()
-                    out[torch.from_numpy(valid[s:s + batch_size])] = scores
+                scores = self.model.score_indexed_pairs(query_features, candidates, q_of, torch.from_numpy(inverse),
+                                                        chunk_size=batch_size)
+            out[torch.from_numpy(valid)] = scores.float().cpu()
         finally:
             self.model.train(was_training)
         return out.view(q_n, k_n)
