@@ -69,7 +69,7 @@ class ZseImageFeatures(ModelOutput):
     ret_attention: torch.FloatTensor | None = None
     grid_size: tuple[int, int] | None = None
 
-    def select(self, index) -> "ZseImageFeatures":
+    def select(self, index) -> ZseImageFeatures:
         """The rows `index` (`[M]` long tensor or a slice) of the per-image fields that the pair
         head reads (`ret_embeds`, `local_tokens`, `token_mask`, `ret_attention`, `grid_size`)."""
         return ZseImageFeatures(
@@ -80,7 +80,7 @@ class ZseImageFeatures(ModelOutput):
             grid_size=self.grid_size,
         )
 
-    def to_model(self, model: nn.Module) -> "ZseImageFeatures":
+    def to_model(self, model: nn.Module) -> ZseImageFeatures:
         """The pair-head fields on `model`'s device, floating tensors in its dtype (for features
         stored on the CPU or in fp16, e.g. an index's token store)."""
         param = next(model.parameters())
@@ -623,7 +623,7 @@ class ZseModel(ZsePreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_backbone(cls, backbone_name_or_path: str, **config_kwargs) -> "ZseModel":
+    def from_backbone(cls, backbone_name_or_path: str, **config_kwargs) -> ZseModel:
         """Build a ZSE model around pretrained backbone weights.
 
         Args:

@@ -23,7 +23,7 @@ class ZseProcessor(ProcessorMixin):
         super().__init__(image_processor, **kwargs)
 
     @classmethod
-    def from_config(cls, config, **kwargs) -> "ZseProcessor":
+    def from_config(cls, config, **kwargs) -> ZseProcessor:
         """A processor matching a [`ZseConfig`] (input size and normalisation)."""
         return cls(ZseImageProcessor.from_model_config(config, **kwargs))
 
