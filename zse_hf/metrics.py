@@ -600,7 +600,9 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
     hits = near(best, tt) & counted
     same_pos = near(np.broadcast_to(np.arange(n), t.shape), tt) & counted
     row, col = tt // g, tt % g
-    neigh = (np.minimum(row + 1, g - 1) - np.maximum(row - 1, 0) + 1) * (np.minimum(col + 1, g - 1) - np.maximum(col - 1, 0) + 1)
+    span_r = np.minimum(row + 1, g - 1) - np.maximum(row - 1, 0) + 1
+    span_c = np.minimum(col + 1, g - 1) - np.maximum(col - 1, 0) + 1
+    neigh = span_r * span_c  # cells within one cell of the target, itself included
     cells = int(counted.sum())
     out: dict[str, Any] = {
         "locality": float(hits.sum() / cells) if cells else float("nan"),
