@@ -200,3 +200,85 @@ def test_eval_cli_gallery_all_and_locality(tmp_path):
     assert every["ret"]["n_gallery"] == 166 and std["ret"]["n_gallery"] == 32
     kl = payload["kernel_locality"]
     assert kl["n_pairs"] == 32 and kl["split"] == "test" and 0 <= kl["locality"] <= 1 and kl["grid"] == 2
+
+
+# --------------------------------------------------------------------------- correspondence training term
+
+
+def test_correspondence_loss_hand():
+    import math
+
+    from zse_hf.modeling_zse import correspondence_loss
+
+    kernel = torch.tensor([[[0.9, 0.1, -0.2, 0.0],
+                            [0.3, 0.3, 0.3, 0.3],
+                            [0.0, 0.5, 0.2, -1.0],
+                            [1.0, 0.0, 0.0, 0.0]]], requires_grad=True)
+    targets = torch.tensor([[0, -1, 1, 3]])
+    tau = 0.5
+    expected = 0.0
+    for row, t in ((0, 0), (2, 1), (3, 3)):  # row 1 is not counted
+        z = [v / tau for v in kernel[0, row].tolist()]
+        expected += -(z[t] - math.log(sum(math.exp(v) for v in z)))
+    loss = correspondence_loss(kernel, targets, tau)
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-6)
+    loss.backward()
+    assert kernel.grad[0, 1].abs().sum() == 0 and kernel.grad[0, 0].abs().sum() > 0
+    none = correspondence_loss(kernel, torch.full((1, 4), -1), tau)
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="targets"):
+        correspondence_loss(kernel, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        correspondence_loss(kernel, targets, 0.0)
+
+
+def _tiny_pairs(n=4, size=56, grid=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return [warped_pair(_cutout(seed=i), sample_warp(rng), size, grid) for i in range(n)]
+
+
+def test_forward_adds_the_weighted_correspondence_term():
+    from zse_hf import ZseImageProcessor
+
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(correspondence_weight=0.5, correspondence_temperature=0.2)).eval()
+    proc = ZseImageProcessor.from_model_config(model.config)
+    pairs = _tiny_pairs(2)
+    corr = {
+        "correspondence_sketch_pixel_values": proc.normalize_prepared([p["sketch"] for p in pairs])["pixel_values"],
+        "correspondence_photo_pixel_values": proc.normalize_prepared([p["photo"] for p in pairs])["pixel_values"],
+        "correspondence_targets": torch.as_tensor(np.stack([p["targets"] for p in pairs])),
+    }
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 3, 56, 56)
+    batch = dict(sketch_pixel_values=x[0], photo_pixel_values=x[1], negative_pixel_values=x[2],
+                 labels=torch.tensor([0, 1, 2]))
+    with torch.no_grad():
+        plain = model(**batch)
+        both = model(**batch, **corr)
+    assert plain.correspondence_loss is None and both.correspondence_loss.item() > 0
+    assert both.loss.item() == pytest.approx(plain.loss.item() + 0.5 * both.correspondence_loss.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="correspondence"):
+        model(**batch, correspondence_targets=corr["correspondence_targets"])
+
+
+def test_a_few_steps_reduce_the_correspondence_loss():
+    from zse_hf import ZseImageProcessor
+
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).train()
+    proc = ZseImageProcessor.from_model_config(model.config)
+    pairs = _tiny_pairs(4)
+    sk = proc.normalize_prepared([p["sketch"] for p in pairs])["pixel_values"]
+    ph = proc.normalize_prepared([p["photo"] for p in pairs])["pixel_values"]
+    targets = torch.as_tensor(np.stack([p["targets"] for p in pairs]))
+    assert (targets >= 0).sum() >= 4
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model._correspondence_loss(sk, ph, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses

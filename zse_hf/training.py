@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import RetrievalDataset
@@ -71,6 +72,11 @@ class TrainConfig:
             (`relation_rank_weight`: listwise in-batch loss on relation logits, not in the paper).
         augment: photo/sketch augmentation.
         pseudo_sketch_prob: share of anchors that are pseudo-sketches drawn from training photos.
+        correspondence_weight: weight of the correspondence term (each inked cell of a warped
+            pseudo-sketch of a training photo pushed, through the relation kernel, towards its
+            true photo cell; not in the paper); 0 = off (the shipped recipe).
+        correspondence_fraction: share of triplets that also carry such a warped pair (when on).
+        correspondence_temperature: softmax temperature over the kernel's cosines.
         eval_steps, save_steps: validation / checkpoint interval.
         val_classes: how many training classes to hold out for validation.
         val_sketches_per_class: validation queries per class.
@@ -95,6 +101,9 @@ class TrainConfig:
     relation_rank_weight: float = 0.0
     augment: bool = True
     pseudo_sketch_prob: float = 0.25
+    correspondence_weight: float = 0.0
+    correspondence_fraction: float = 0.25
+    correspondence_temperature: float = 0.1
     eval_steps: int = 50
     save_steps: int = 50
     val_classes: int = 10
@@ -147,7 +156,10 @@ class TripletCollator:
     """Turns triplet items (PIL images) into model inputs.
 
     Returns dicts with `sketch_pixel_values`, `photo_pixel_values`, `negative_pixel_values`
-    (`[B, 3, S, S]`) and `labels` (`[B]`).
+    (`[B, 3, S, S]`) and `labels` (`[B]`); when some items carry a warped pair
+    (`"correspondence"`), also `correspondence_sketch_pixel_values` and
+    `correspondence_photo_pixel_values` (`[Bc, 3, S, S]`, not ink-cropped: the cells must stay
+    where the warp put them) and `correspondence_targets` (`[Bc, G*G]`).
     """
 
     def __init__(self, image_processor: ZseImageProcessor):
@@ -160,6 +172,24 @@ class TripletCollator:
             "photo_pixel_values": proc([it["positive"] for it in items], modality="photo")["pixel_values"],
             "negative_pixel_values": proc([it["negative"] for it in items], modality="photo")["pixel_values"],
             "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
+            **self._correspondence([it.get("correspondence") for it in items]),
+        }
+
+    def _correspondence(self, pairs: list) -> dict[str, torch.Tensor]:
+        pairs = [p for p in pairs if p is not None]
+        if not pairs:
+            return {}
+        proc, side = self.image_processor, self.image_processor.side
+
+        def fit(image):
+            return image if image.size == (side, side) else image.resize((side, side), Image.Resampling.BICUBIC)
+
+        return {
+            "correspondence_sketch_pixel_values": proc.normalize_prepared([fit(p["sketch"]) for p in pairs])[
+                "pixel_values"],
+            "correspondence_photo_pixel_values": proc.normalize_prepared([fit(p["photo"]) for p in pairs])[
+                "pixel_values"],
+            "correspondence_targets": torch.as_tensor(np.stack([p["targets"] for p in pairs]), dtype=torch.long),
         }
 
 
@@ -179,6 +209,8 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
         triplets = TripletDataset.offline(
             fit, seed=cfg.seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
+            correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
+            correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid,
         )
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
@@ -196,7 +228,9 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
             val_q_idx.append(i)
     val_q = _Subset(queries, val_q_idx)
     val_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
-    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length)
+    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length,
+                              correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
+                              correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid)
     return triplets, val_q, val_g
 
 
@@ -228,6 +262,9 @@ def build_model(cfg: TrainConfig) -> ZseModel:
         backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
         triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
         relation_rank_weight=cfg.relation_rank_weight,
+        # only when on, so the default recipe's config.json is unchanged
+        **({"correspondence_weight": cfg.correspondence_weight,
+            "correspondence_temperature": cfg.correspondence_temperature} if cfg.correspondence_weight > 0 else {}),
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
     freeze_unused(model)

@@ -41,15 +41,21 @@ class TripletDataset(torch.utils.data.Dataset):
             to the sketch size).
         unseen: classes to refuse (checked with :func:`check_classes_allowed`); ``None``
             skips the check (use :meth:`offline`, which always checks).
+        correspondence_prob: share of items that also carry a warped pseudo-sketch pair of their
+            positive photo (``"correspondence"``: ``{"sketch", "photo", "targets"}`` or ``None``)
+            for the correspondence training term; 0 (default) adds no key.
+        correspondence_size, correspondence_grid: the pairs' image side and relation grid G.
 
     Items: ``{"sketch", "positive", "negative"}`` images plus ``"label"``, ``"negative_label"``
-    (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``.
+    (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``
+    (and ``"correspondence"`` when ``correspondence_prob > 0``).
     """
 
     def __init__(self, sketches: RetrievalDataset, photos: RetrievalDataset, seed: int = 0, length: int | None = None,
                  sketch_augment: Callable | None = None, photo_augment: Callable | None = None,
                  pseudo_sketch_prob: float = 0.0, pseudo_sketch_kwargs: dict | None = None,
-                 unseen: Iterable[str] | None = None):
+                 unseen: Iterable[str] | None = None, correspondence_prob: float = 0.0,
+                 correspondence_size: int = 112, correspondence_grid: int = 4):
         if list(sketches.classes) != list(photos.classes):
             raise ValueError("sketches and photos must share the same classes list")
         self.classes = list(sketches.classes)
@@ -60,6 +66,10 @@ class TripletDataset(torch.utils.data.Dataset):
         self.sketch_augment, self.photo_augment = sketch_augment, photo_augment
         self.pseudo_sketch_prob = float(pseudo_sketch_prob)
         self.pseudo_sketch_kwargs = dict(pseudo_sketch_kwargs or {})
+        if not 0.0 <= float(correspondence_prob) <= 1.0:
+            raise ValueError(f"correspondence_prob must be in [0, 1], got {correspondence_prob}")
+        self.correspondence_prob = float(correspondence_prob)
+        self.correspondence_size, self.correspondence_grid = int(correspondence_size), int(correspondence_grid)
         self._sk = sketches.indices_by_label()
         self._ph = photos.indices_by_label()
         self.anchor_labels = sorted(set(self._sk) & set(self._ph))
@@ -151,7 +161,24 @@ class TripletDataset(torch.utils.data.Dataset):
             "positive_id": self.photos.ids[s["positive_index"]],
             "negative_id": self.photos.ids[s["negative_index"]],
             "pseudo": s["sketch_index"] is None,
+            **self._correspondence(index, s["positive_index"]),
         }
+
+    def _correspondence(self, index: int, photo_index: int) -> dict:
+        """With probability ``correspondence_prob``: a warped pseudo-sketch of the positive photo
+        with its true cell correspondence (:func:`~zse_hf.data.warps.warped_pair`), under the key
+        ``"correspondence"`` (``None`` otherwise); no key when the probability is 0, so streams
+        without it are unchanged. Draws from its own generator: the triplet is the same either way."""
+        if self.correspondence_prob <= 0:
+            return {}
+        from .warps import sample_warp, warped_pair
+
+        rng = np.random.default_rng([self.seed, int(index), 2])
+        if rng.random() >= self.correspondence_prob:
+            return {"correspondence": None}
+        pair = warped_pair(self.photos.load(photo_index, rgba=True), sample_warp(rng), self.correspondence_size,
+                           self.correspondence_grid)
+        return {"correspondence": pair}
 
 
 class TripletSampler(torch.utils.data.Sampler):
