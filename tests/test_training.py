@@ -1,5 +1,6 @@
 """Training: presets, exact resume, kill-safe checkpoints, validation on training classes only."""
 
+import dataclasses
 import json
 
 import pytest
@@ -245,7 +246,9 @@ def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_pa
     batch = TripletCollator(ZseImageProcessor(size=56))(items)
     assert batch["correspondence_sketch_pixel_values"].shape == (len(carried), 3, 56, 56)
     assert batch["correspondence_targets"].shape == (len(carried), 4)
-    best = train(cfg, tmp_path / "run")
+    # train with the term and the reviewed extra stamps (instance pairs, extra negatives) on
+    run_cfg = dataclasses.replace(cfg, stamp_pair_prob=0.3, stamp_negative_prob=0.2)
+    best = train(run_cfg, tmp_path / "run")
     config = json.loads((best / "config.json").read_text())
     assert config["correspondence_weight"] == 1.0
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["correspondence_weight"] == 1.0

@@ -77,6 +77,10 @@ class TrainConfig:
             true photo cell; not in the paper); 0 = off (the shipped recipe).
         correspondence_fraction: share of triplets that also carry such a warped pair (when on).
         correspondence_temperature: softmax temperature over the kernel's cosines.
+        stamp_pair_prob: share of triplets replaced by an instance-level pair from the reviewed
+            extra stamps (a real photo outside every class, as positive, and its pseudo-sketch as
+            anchor); 0 = off (the shipped recipe).
+        stamp_negative_prob: share of triplets whose negative is a reviewed extra stamp.
         eval_steps, save_steps: validation / checkpoint interval.
         val_classes: how many training classes to hold out for validation.
         val_sketches_per_class: validation queries per class.
@@ -104,6 +108,8 @@ class TrainConfig:
     correspondence_weight: float = 0.0
     correspondence_fraction: float = 0.25
     correspondence_temperature: float = 0.1
+    stamp_pair_prob: float = 0.0
+    stamp_negative_prob: float = 0.0
     eval_steps: int = 50
     save_steps: int = 50
     val_classes: int = 10
@@ -204,13 +210,19 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     from .data import TripletDataset, evaluation_set, open_dataset, train_val_split
 
     length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
+    extra = {}
+    if cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0:
+        from .data.stamps import StampPhotoDataset
+
+        extra = {"extra_photos": StampPhotoDataset(), "extra_pair_prob": cfg.stamp_pair_prob,
+                 "extra_negative_prob": cfg.stamp_negative_prob}
     if cfg.data == "offline":
         fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
         triplets = TripletDataset.offline(
             fit, seed=cfg.seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
             correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
-            correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid,
+            correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra,
         )
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
@@ -230,7 +242,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     val_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
     triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length,
                               correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
-                              correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid)
+                              correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra)
     return triplets, val_q, val_g
 
 
