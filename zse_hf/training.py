@@ -718,6 +718,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--relation-rank-weight", type=float, help="weight of the listwise relation loss")
+    p.add_argument("--relation-grid", type=int, help="G of the relation network (7 with 224 px: the paper's)")
+    p.add_argument("--correspondence-weight", type=float,
+                   help="weight of the correspondence term on warped pseudo-sketch pairs (0 = off)")
+    p.add_argument("--correspondence-fraction", type=float, help="share of triplets carrying a warped pair")
+    p.add_argument("--stamp-pair-prob", type=float,
+                   help="share of triplets replaced by instance pairs from the reviewed extra stamps (0 = off)")
+    p.add_argument("--stamp-negative-prob", type=float,
+                   help="share of triplets with a reviewed extra stamp as negative")
     p.add_argument("--dataloader-workers", type=int)
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much wall clock (validating and checkpointing the last step)")
@@ -729,7 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             image_size=args.image_size, backbone=args.backbone, data=args.data,
                             eval_steps=args.eval_steps, save_steps=args.save_steps,
                             relation_rank_weight=args.relation_rank_weight,
-                            dataloader_workers=args.dataloader_workers)
+                            dataloader_workers=args.dataloader_workers, relation_grid=args.relation_grid,
+                            correspondence_weight=args.correspondence_weight,
+                            correspondence_fraction=args.correspondence_fraction,
+                            stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob)
     try:
         best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     except RunFolderError as err:
