@@ -124,6 +124,9 @@ def test_kernel_locality_hand():
     assert res["chance"] == pytest.approx(17 / 27) and res["chance_9_over_G2"] == 1.0
     # same position: sketch cell 0 -> 0 hit, 1 -> target 4: hit, 2 -> target 8: distance 2: miss
     assert res["identity_baseline"] == pytest.approx(2 / 3)
+    # exact: no best cell is the target itself; same position: only cell 0 -> 0
+    assert res["exact"] == 0.0 and res["exact_identity_baseline"] == pytest.approx(1 / 3)
+    assert res["exact_chance"] == pytest.approx(1 / 9)
     assert res["n_cells"] == 3 and res["n_pairs"] == 1 and "locality_CI" not in res
 
 
@@ -133,7 +136,7 @@ def test_kernel_locality_perfect_and_ci():
     targets = np.stack([cell_targets(sample_warp(rng), g) for _ in range(6)])
     best = np.where(targets >= 0, targets, 0)
     res = kernel_locality(_one_hot_kernels(best, n), targets, g, groups=[0, 0, 1, 1, 2, 2])
-    assert res["locality"] == 1.0 and res["locality_CI"] == [1.0, 1.0]
+    assert res["locality"] == 1.0 and res["locality_CI"] == [1.0, 1.0] and res["exact"] == 1.0
     assert res["chance"] < 9 / 16
     nothing = kernel_locality(np.zeros((1, n, n)), -np.ones((1, n), np.int64), g)
     assert np.isnan(nothing["locality"]) and nothing["n_cells"] == 0

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, kernel_locality, rank_gallery
-from .model_summary import results_table
+from .model_summary import format_interval, results_table
 from .modeling_zse import ZseImageFeatures, ZseModel
 
 RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
@@ -337,9 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(results_table(payload["results_gallery_all"]))
     if "kernel_locality" in payload:
         kl = payload["kernel_locality"]
-        print(f"\nkernel locality (G={kl['grid']}, {kl['n_cells']} inked cells of {kl['n_pairs']} warped pairs): "
-              f"{kl['locality']:.3f} {kl.get('locality_CI', '')}; chance {kl['chance']:.3f} "
-              f"(9/G^2 = {kl['chance_9_over_G2']:.3f}); same-position baseline {kl['identity_baseline']:.3f}")
+        ci = format_interval(kl.get("locality_CI"))
+        print(f"\nkernel locality (G={kl['grid']}, {kl['n_cells']} inked cells of {kl['n_pairs']} warped pairs of "
+              f"{kl['split']} photos): within one cell {kl['locality']:.3f} {ci} (chance {kl['chance']:.3f}, "
+              f"9/G^2 = {kl['chance_9_over_G2']:.3f}, same position {kl['identity_baseline']:.3f}); exact cell "
+              f"{kl['exact']:.3f} (chance {kl['exact_chance']:.3f}, same position {kl['exact_identity_baseline']:.3f})")
     print(f"wrote {out} ({payload['seconds']} s)")
     return 0
 

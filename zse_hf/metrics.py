@@ -574,11 +574,13 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
             (``n_bootstrap=0`` skips it).
 
     Returns:
-        ``{"locality", "locality_CI", "chance", "chance_9_over_G2", "identity_baseline",
-        "n_pairs", "n_cells", "grid"}``: ``locality`` = hits / counted cells; ``chance`` = the
-        expected locality of a uniformly random best cell on the same cells (edge cells have
+        ``{"locality", "locality_CI", "chance", "chance_9_over_G2", "identity_baseline", "exact",
+        "exact_chance", "exact_identity_baseline", "n_pairs", "n_cells", "grid"}``: ``locality`` =
+        hits / counted cells; ``chance`` = the expected locality of a uniformly random best cell on the same cells (edge cells have
         fewer neighbours, so it is below ``9 / G^2``); ``identity_baseline`` = the locality of
-        "the same position as in the sketch" (a kernel that ignores content). NaN when no cell counts.
+        "the same position as in the sketch" (a kernel that ignores content); ``exact``,
+        ``exact_chance`` (``1 / G^2``) and ``exact_identity_baseline``: the same with the true cell
+        itself as the only hit. NaN when no cell counts.
     """
     k = np.asarray(kernels, dtype=np.float64)
     t = np.asarray(targets, dtype=np.int64)
@@ -598,7 +600,8 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
         return np.maximum(np.abs(a // g - b // g), np.abs(a % g - b % g)) <= 1
 
     hits = near(best, tt) & counted
-    same_pos = near(np.broadcast_to(np.arange(n), t.shape), tt) & counted
+    here = np.broadcast_to(np.arange(n), t.shape)
+    same_pos = near(here, tt) & counted
     row, col = tt // g, tt % g
     span_r = np.minimum(row + 1, g - 1) - np.maximum(row - 1, 0) + 1
     span_c = np.minimum(col + 1, g - 1) - np.maximum(col - 1, 0) + 1
@@ -609,6 +612,9 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
         "chance": float((neigh * counted).sum() / (cells * n)) if cells else float("nan"),
         "chance_9_over_G2": 9.0 / n,
         "identity_baseline": float(same_pos.sum() / cells) if cells else float("nan"),
+        "exact": float(((best == tt) & counted).sum() / cells) if cells else float("nan"),
+        "exact_chance": 1.0 / n,
+        "exact_identity_baseline": float(((here == tt) & counted).sum() / cells) if cells else float("nan"),
         "n_pairs": int(k.shape[0]),
         "n_cells": cells,
         "grid": g,
