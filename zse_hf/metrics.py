@@ -577,8 +577,9 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
         ``{"locality", "locality_CI", "chance", "chance_9_over_G2", "identity_baseline", "exact",
         "exact_chance", "exact_identity_baseline", "n_pairs", "n_cells", "grid"}``: ``locality`` =
         hits / counted cells; ``chance`` = the expected locality of a uniformly random best cell on
-        the same cells (edge cells have fewer neighbours, so it is below ``9 / G^2``); ``identity_baseline`` = the locality of
-        "the same position as in the sketch" (a kernel that ignores content); ``exact``,
+        the same cells (edge cells have fewer neighbours, so it is below ``9 / G^2``);
+        ``identity_baseline`` = the locality of "the same position as in the sketch" (a kernel
+        that ignores content); ``exact``,
         ``exact_chance`` (``1 / G^2``) and ``exact_identity_baseline``: the same with the true cell
         itself as the only hit. NaN when no cell counts.
     """
