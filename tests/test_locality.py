@@ -127,6 +127,9 @@ def test_kernel_locality_hand():
     # exact: no best cell is the target itself; same position: only cell 0 -> 0
     assert res["exact"] == 0.0 and res["exact_identity_baseline"] == pytest.approx(1 / 3)
     assert res["exact_chance"] == pytest.approx(1 / 9)
+    assert res["distinct_best_cells"] == 1.0  # best cells 4, 8, 0 for the three counted cells: all distinct
+    same = kernel_locality(_one_hot_kernels(np.zeros((1, n), int), n), targets, g, n_bootstrap=0)
+    assert same["distinct_best_cells"] == pytest.approx(1 / 3)
     assert res["n_cells"] == 3 and res["n_pairs"] == 1 and "locality_CI" not in res
 
 

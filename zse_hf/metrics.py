@@ -554,6 +554,12 @@ def compute_metrics(
 # ---------------------------------------------------------------- kernel locality
 
 
+def _distinct_share(best: np.ndarray, counted: np.ndarray) -> float:
+    """Mean over rows with any counted entry of (distinct ``best`` values among them) / (their count)."""
+    shares = [len(set(b[c].tolist())) / int(c.sum()) for b, c in zip(best, counted) if c.any()]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
 def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = None, n_bootstrap: int = 1000,
                     seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Kernel locality: how often the relation kernel points at the right place.
@@ -581,7 +587,9 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
         ``identity_baseline`` = the locality of "the same position as in the sketch" (a kernel
         that ignores content); ``exact``,
         ``exact_chance`` (``1 / G^2``) and ``exact_identity_baseline``: the same with the true cell
-        itself as the only hit. NaN when no cell counts.
+        itself as the only hit; ``distinct_best_cells``: per pair, distinct best photo cells over
+        counted sketch cells, averaged over pairs with any (1 = every cell points elsewhere; small =
+        the kernel sends most cells to the same few photo cells). NaN when no cell counts.
     """
     k = np.asarray(kernels, dtype=np.float64)
     t = np.asarray(targets, dtype=np.int64)
@@ -616,6 +624,7 @@ def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = 
         "exact": float(((best == tt) & counted).sum() / cells) if cells else float("nan"),
         "exact_chance": 1.0 / n,
         "exact_identity_baseline": float(((here == tt) & counted).sum() / cells) if cells else float("nan"),
+        "distinct_best_cells": _distinct_share(best, counted),
         "n_pairs": int(k.shape[0]),
         "n_cells": cells,
         "grid": g,
