@@ -342,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{kl['split']} photos): within one cell {kl['locality']:.3f} {ci} (chance {kl['chance']:.3f}, "
               f"9/G^2 = {kl['chance_9_over_G2']:.3f}, same position {kl['identity_baseline']:.3f}); exact cell "
               f"{kl['exact']:.3f} (chance {kl['exact_chance']:.3f}, same position "
-              f"{kl['exact_identity_baseline']:.3f}); distinct best cells per pair {kl['distinct_best_cells']:.2f} of the inked cells")
+              f"{kl['exact_identity_baseline']:.3f}); distinct best cells per pair "
+              f"{kl['distinct_best_cells']:.2f} of the inked cells")
     print(f"wrote {out} ({payload['seconds']} s)")
     return 0
 
