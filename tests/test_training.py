@@ -227,7 +227,7 @@ def test_head_only_and_report_table():
     assert "| ZSE trained, ret | 0.500" in table
 
 
-def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_path):
+def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_path, monkeypatch):
     """`correspondence_weight > 0`: a share of triplets carries warped pairs (the triplets
     themselves unchanged), the collator batches them, training runs and records the weight."""
     from zse_hf.image_processing_zse import ZseImageProcessor
@@ -248,7 +248,18 @@ def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_pa
     assert batch["correspondence_targets"].shape == (len(carried), 4)
     # train with the term and the reviewed extra stamps (instance pairs, extra negatives) on
     run_cfg = dataclasses.replace(cfg, stamp_pair_prob=0.3, stamp_negative_prob=0.2)
+    from zse_hf.modeling_zse import ZseModel
+
+    calls, original = [], ZseModel._correspondence_loss
+
+    def counted(self, *a, **kw):
+        out = original(self, *a, **kw)
+        calls.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(ZseModel, "_correspondence_loss", counted)
     best = train(run_cfg, tmp_path / "run")
+    assert calls and all(c > 0 for c in calls)  # the Trainer passed the warped pairs to forward
     config = json.loads((best / "config.json").read_text())
     assert config["correspondence_weight"] == 1.0
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["correspondence_weight"] == 1.0
