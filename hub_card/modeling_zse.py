@@ -185,6 +185,9 @@ class ZseModelOutput(ModelOutput):
             (queries from the sketch with the default `cross_attention_query_side="self"`), when
             `output_attentions`.
         photo_cross_attentions: `[B, heads, N_q, N_kv]` attention of the photo branch.
+        correspondence_loss: the unweighted correspondence term (see [`correspondence_loss`]),
+            when warped pairs are given; it enters `loss` with the config's
+            `correspondence_weight` (default 0).
     """
 
     loss: torch.FloatTensor | None = None
@@ -205,6 +208,7 @@ class ZseModelOutput(ModelOutput):
     photo_attentions: tuple[torch.FloatTensor, ...] | None = None
     sketch_cross_attentions: torch.FloatTensor | None = None
     photo_cross_attentions: torch.FloatTensor | None = None
+    correspondence_loss: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------- backbone access
@@ -812,6 +816,18 @@ class ZseModel(ZsePreTrainedModel):
         logits = self.score_pairs(sketch.select(qi), photo.select(ki)).relation_logits.view(b, b)
         return in_batch_cross_entropy(logits, labels)
 
+    def _correspondence_loss(self, sketch_pixel_values: torch.Tensor, photo_pixel_values: torch.Tensor,
+                             targets: torch.Tensor) -> torch.Tensor:
+        """[`correspondence_loss`] of `B` warped (pseudo-sketch, photo) pairs `[B, 3, H, W]` with
+        true photo cells `targets [B, G*G]` (-1: not counted); the kernel is taken after
+        cross-attention, rows on the sketch's grid."""
+        sketch = self.get_image_features(sketch_pixel_values)
+        photo = self.get_image_features(photo_pixel_values)
+        kernel = self.score_pairs(sketch, photo, output_kernel=True).kernel
+        if self.config.cross_attention_query_side != "self":  # the branches swap grids
+            kernel = kernel.transpose(1, 2)
+        return correspondence_loss(kernel, targets, getattr(self.config, "correspondence_temperature", 0.1))
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -823,6 +839,9 @@ class ZseModel(ZsePreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        correspondence_sketch_pixel_values: torch.Tensor | None = None,
+        correspondence_photo_pixel_values: torch.Tensor | None = None,
+        correspondence_targets: torch.Tensor | None = None,
     ) -> ZseModelOutput | tuple:
         """Score `B` (sketch, photo) pairs and, with `labels`, compute the training loss.
 
@@ -839,6 +858,11 @@ class ZseModel(ZsePreTrainedModel):
                 self-attentions (the latter with eager attention); default from the config.
             output_hidden_states: return the encoder's hidden states; default from the config.
             return_dict: `False` returns `to_tuple()` of the output; default from the config.
+            correspondence_sketch_pixel_values, correspondence_photo_pixel_values: `[Bc, 3, H, W]`
+                warped pseudo-sketches and their photos (`zse_hf.data.warps.warped_pair`, not ink-cropped).
+            correspondence_targets: `[Bc, G*G]` true photo cell per sketch cell (-1: not counted).
+                With the three given, `correspondence_loss` is returned and, with `labels`, added
+                to `loss` times the config's `correspondence_weight` (default 0).
         """
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
@@ -876,6 +900,17 @@ class ZseModel(ZsePreTrainedModel):
             if cfg.relation_rank_weight > 0:
                 relation_rank = self._relation_rank_loss(sketch, photo, labels)
                 loss = loss + cfg.relation_rank_weight * relation_rank
+        correspondence = None
+        if correspondence_targets is not None:
+            if correspondence_sketch_pixel_values is None or correspondence_photo_pixel_values is None:
+                raise ValueError("correspondence_targets need correspondence_sketch_pixel_values and "
+                                 "correspondence_photo_pixel_values")
+            correspondence = self._correspondence_loss(
+                correspondence_sketch_pixel_values, correspondence_photo_pixel_values, correspondence_targets
+            )
+            weight = getattr(cfg, "correspondence_weight", 0.0)
+            if loss is not None and weight > 0:
+                loss = loss + weight * correspondence
         output = ZseModelOutput(
             loss=loss,
             triplet_loss=triplet,
@@ -895,6 +930,7 @@ class ZseModel(ZsePreTrainedModel):
             photo_attentions=photo.attentions,
             sketch_cross_attentions=pair.sketch_cross_attentions,
             photo_cross_attentions=pair.photo_cross_attentions,
+            correspondence_loss=correspondence,
         )
         return output if return_dict else output.to_tuple()
 
@@ -934,6 +970,30 @@ def in_batch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return F.cross_entropy(logits, torch.arange(len(labels), device=logits.device))
 
 
+def correspondence_loss(kernel: torch.Tensor, targets: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Cross-entropy of each counted sketch cell's softmax over photo cells towards its true cell.
+
+    Args:
+        kernel: `[B, N, N]` relation kernel (cosines), sketch cells (rows) by photo cells.
+        targets: `[B, N]` long true photo cell per sketch cell; `-1` = not counted (no ink, or
+            the cell's centre falls outside the photo).
+        temperature: the softmax is over `kernel / temperature`.
+
+    Returns: scalar mean over the counted cells (0, still attached to `kernel`, when none counts).
+    """
+    if kernel.ndim != 3 or kernel.shape[1] != kernel.shape[2]:
+        raise ValueError(f"kernel must be [B, N, N], got {list(kernel.shape)}")
+    if targets.shape != kernel.shape[:2]:
+        raise ValueError(f"targets must be [B, N] = {list(kernel.shape[:2])}, got {list(targets.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    targets = targets.to(device=kernel.device, dtype=torch.long)
+    if not bool((targets >= 0).any()):
+        return kernel.sum() * 0.0
+    logits = kernel.flatten(0, 1).float() / temperature
+    return F.cross_entropy(logits, targets.flatten(), ignore_index=-1)
+
+
 def infonce_loss(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE on L2-normalised `[B, D]` embeddings with class `labels [B]`;
     same-class off-diagonal pairs are not negatives. Returns a scalar."""
@@ -942,6 +1002,7 @@ def infonce_loss(sketch: torch.Tensor, photo: torch.Tensor, labels: torch.Tensor
 
 
 __all__ = [
+    "correspondence_loss",
     "ZseCrossAttention",
     "ZseCrossAttentionLayer",
     "ZseCrossAttentionOutput",

@@ -250,6 +250,21 @@ def test_evaluation_set_sizes(qd_root, tux_root):
     assert not set(vq.classes) & set(D.load_split()["test"])
 
 
+@pytest.mark.slow
+def test_evaluation_set_gallery_all(qd_root, tux_root):
+    kw = dict(quickdraw_root=qd_root, photo_root=tux_root, max_per_class=2)
+    q, g = D.evaluation_set("test", gallery="all", **kw)
+    test = D.load_split()["test"]
+    assert len(g) == 166 and q.classes == g.classes and q.classes[:22] == test
+    assert len(q) == 44 and q.labels.max() < 22  # queries: test classes only, labels unchanged
+    assert sorted(g.ids) == sorted(r.id for r in D.load_photo_table())
+    vq, vg = D.evaluation_set("val", gallery="all", **kw)
+    assert not {vg.class_names[i] for i in range(len(vg))} & set(test)  # selection never sees test photos
+    assert len(vg) == 166 - 32 and vq.classes[:len(D.train_val_split()[1])] == D.train_val_split()[1]
+    with pytest.raises(ValueError, match="gallery"):
+        D.evaluation_set("test", gallery="every", **kw)
+
+
 # --------------------------------------------------------------------------- triplets
 
 

@@ -1,5 +1,6 @@
 """Training: presets, exact resume, kill-safe checkpoints, validation on training classes only."""
 
+import dataclasses
 import json
 
 import pytest
@@ -224,3 +225,43 @@ def test_head_only_and_report_table():
     table = markdown_table({"x": row, "ret": row})
     assert "| x | 0.500 | [0.400, 0.600] | 0.500 | 0.250 | 0.250 |" in table
     assert "| ZSE trained, ret | 0.500" in table
+
+
+def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_path, monkeypatch):
+    """`correspondence_weight > 0`: a share of triplets carries warped pairs (the triplets
+    themselves unchanged), the collator batches them, training runs and records the weight."""
+    from zse_hf.image_processing_zse import ZseImageProcessor
+    from zse_hf.training import TripletCollator
+
+    plain, _, _ = build_datasets(_cfg(tiny_backbone), num_triplets=8)
+    cfg = _cfg(tiny_backbone, correspondence_weight=1.0, correspondence_fraction=0.5, max_steps=2)
+    with_corr, _, _ = build_datasets(cfg, num_triplets=8)
+    items = [with_corr[i] for i in range(8)]
+    for i, it in enumerate(items):
+        assert it["sketch_id"] == plain[i]["sketch_id"] and it["positive_id"] == plain[i]["positive_id"]
+        assert "correspondence" not in plain[i]
+    carried = [it["correspondence"] for it in items if it["correspondence"] is not None]
+    assert 0 < len(carried) < 8
+    assert all(c["targets"].shape == (4,) and c["sketch"].size == (56, 56) for c in carried)
+    batch = TripletCollator(ZseImageProcessor(size=56))(items)
+    assert batch["correspondence_sketch_pixel_values"].shape == (len(carried), 3, 56, 56)
+    assert batch["correspondence_targets"].shape == (len(carried), 4)
+    # train with the term and the reviewed extra stamps (instance pairs, extra negatives) on
+    run_cfg = dataclasses.replace(cfg, stamp_pair_prob=0.3, stamp_negative_prob=0.2)
+    from zse_hf.modeling_zse import ZseModel
+
+    calls, original = [], ZseModel._correspondence_loss
+
+    def counted(self, *a, **kw):
+        out = original(self, *a, **kw)
+        calls.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(ZseModel, "_correspondence_loss", counted)
+    best = train(run_cfg, tmp_path / "run")
+    assert calls and all(c > 0 for c in calls)  # the Trainer passed the warped pairs to forward
+    config = json.loads((best / "config.json").read_text())
+    assert config["correspondence_weight"] == 1.0
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["correspondence_weight"] == 1.0
+    default = build_model(_cfg(tiny_backbone))
+    assert not hasattr(default.config, "correspondence_weight")  # the default recipe's config is unchanged

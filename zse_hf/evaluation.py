@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .loading import load_model, weights_fingerprint
-from .metrics import compute_metrics, rank_gallery
-from .model_summary import results_table
+from .metrics import compute_metrics, kernel_locality, rank_gallery
+from .model_summary import format_interval, results_table
 from .modeling_zse import ZseImageFeatures, ZseModel
 
 RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
@@ -119,16 +119,26 @@ def data_hash(queries, gallery) -> str:
 
 
 def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] = ("ret",),
-             rerank_k: int | None = 10, batch_size: int = 32, n_bootstrap: int = 1000) -> dict:
+             rerank_k: int | None = 10, batch_size: int = 32, n_bootstrap: int = 1000,
+             query_features: ZseImageFeatures | None = None) -> dict:
     """Evaluate a model on a (queries, gallery) pair in one or more modes.
+
+    Args:
+        query_features: the queries already encoded (``"_query_features"`` of an earlier call
+            with the same queries and modes), e.g. to score a second gallery without re-encoding.
 
     Returns:
         ``{mode: metrics}`` with the keys of :func:`zse_hf.metrics.compute_metrics`, plus
-        ``"_scores"`` ({mode: `[Q, G]` array}) for pictures (drop it before saving JSON).
+        ``"_scores"`` ({mode: `[Q, G]` array}) for pictures and ``"_query_features"`` (drop
+        the ``_`` keys before saving JSON).
     """
     model.eval()
     need_local = any(m == "rn" for m in modes)
-    q = encode_dataset(model, processor, queries, "sketch", batch_size, keep_local=need_local)
+    q = query_features
+    if q is None or (need_local and q.local_tokens is None):
+        q = encode_dataset(model, processor, queries, "sketch", batch_size, keep_local=need_local)
+    elif q.ret_embeds.shape[0] != len(queries):
+        raise ValueError(f"query_features hold {q.ret_embeds.shape[0]} queries, the dataset {len(queries)}")
     g = encode_dataset(model, processor, gallery, "photo", batch_size, keep_local=need_local)
     ret = (q.ret_embeds @ g.ret_embeds.T).numpy()
     targets = fine_grained_targets(queries, gallery)
@@ -144,7 +154,68 @@ def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] 
         results[key] = compute_metrics(s, queries.labels, gallery.labels, true_index=targets, n_bootstrap=n_bootstrap)
         scores[key] = s
     results["_scores"] = scores
+    results["_query_features"] = q
     return results
+
+
+def warped_pairs(photos, size: int, grid: int, n_warps: int = 4, seed: int = 0) -> list[dict]:
+    """Warped pseudo-sketch pairs of every photo of a dataset (``n_warps`` each, deterministic).
+
+    Returns: a list of :func:`zse_hf.data.warps.warped_pair` dicts with ``"photo_index"`` added.
+    """
+    from .data.warps import sample_warp, warped_pair
+
+    pairs = []
+    for i in tqdm(range(len(photos)), desc="warped pairs", unit="photo", leave=False):
+        rgba = photos.load(i, rgba=True)
+        for k in range(n_warps):
+            warp = sample_warp(np.random.default_rng([seed, i, k]))
+            pairs.append({**warped_pair(rgba, warp, size, grid), "photo_index": i})
+    return pairs
+
+
+@torch.inference_mode()
+def pair_kernels(model: ZseModel, processor, pairs: Sequence[dict], batch_size: int = 32) -> np.ndarray:
+    """Relation kernels `[P, G*G, G*G]` (sketch cells x photo cells, both on their own image's
+    grid) of prepared (sketch, photo) pairs, after cross-attention.
+
+    The pairs' images are already `size x size` and go through `normalize_prepared` (no ink crop,
+    which would move the cells)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        sk = processor.normalize_prepared([p["sketch"] for p in chunk])["pixel_values"].to(device)
+        ph = processor.normalize_prepared([p["photo"] for p in chunk])["pixel_values"].to(device)
+        kernel = model.score_pairs(model.get_image_features(sk), model.get_image_features(ph),
+                                   output_kernel=True).kernel
+        if model.config.cross_attention_query_side != "self":  # the branches swap grids: rows are photo cells
+            kernel = kernel.transpose(1, 2)
+        out.append(kernel.float().cpu().numpy())
+    g = model.config.relation_grid
+    return np.concatenate(out) if out else np.zeros((0, g * g, g * g))
+
+
+def evaluate_locality(model: ZseModel, processor, photos, n_warps: int = 4, seed: int = 0, batch_size: int = 32,
+                      n_bootstrap: int = 1000) -> dict:
+    """Kernel locality (:func:`zse_hf.metrics.kernel_locality`) on warped pseudo-sketches of
+    `photos` (use held-out photos: the validation or test split's gallery).
+
+    Returns: the metric dict plus ``"n_photos"``, ``"n_warps"``, ``"seed"`` and ``"warps"``
+    (how the warps are drawn).
+    """
+    model.eval()
+    grid = model.config.relation_grid
+    processor = getattr(processor, "image_processor", processor)  # a ZseProcessor or its image processor
+    pairs = warped_pairs(photos, processor.side, grid, n_warps, seed)
+    kernels = pair_kernels(model, processor, pairs, batch_size)
+    targets = np.stack([p["targets"] for p in pairs]) if pairs else np.zeros((0, grid * grid), np.int64)
+    res = kernel_locality(kernels, targets, grid, groups=[p["photo_index"] for p in pairs], n_bootstrap=n_bootstrap)
+    res.update(n_photos=len(photos), n_warps=n_warps, seed=seed,
+               warps="pseudo-sketch of each photo (margin 0) through scale U(0.75, 1.25), shift U(-0.15, 0.15) "
+                     "per axis, horizontal flip p=0.5; a hit = best photo cell within one cell of the truth; "
+                     "CI: bootstrap over photos")
+    return res
 
 
 def baseline_scores(processor, queries, gallery, seed: int = 0) -> dict[str, np.ndarray]:
@@ -192,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
     p.add_argument("--baselines", action="store_true", help="also report chance and raw-pixel baselines")
     p.add_argument("--max-per-class", type=int, default=None, help="offline data: sketches per class")
+    p.add_argument("--gallery", choices=["split", "all"], default="split",
+                   help="offline data: 'all' also scores the queries against every reviewed photo (the "
+                        "demo's gallery, other classes' photos as distractors) next to the split's own gallery")
+    p.add_argument("--locality", action="store_true",
+                   help="report kernel locality on warped pseudo-sketches of the split's photos (always with rn)")
+    p.add_argument("--locality-warps", type=int, default=4, help="warps per photo for kernel locality")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="results.json")
@@ -202,9 +279,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import open_dataset
 
     kwargs = {"max_per_class": args.max_per_class} if args.max_per_class and args.data == "offline" else {}
+    if args.gallery == "all" and args.data != "offline":
+        p.error("--gallery all needs --data offline (the reviewed photos of photos.csv)")
     queries, gallery = open_dataset(args.data, args.split, **kwargs)
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
-    results = evaluate(model, processor, queries, gallery, args.mode or ["ret"], rerank_k, args.batch_size)
+    modes = args.mode or ["ret"]
+    results = evaluate(model, processor, queries, gallery, modes, rerank_k, args.batch_size)
+    extra = {}
+    if args.locality or "rn" in modes:
+        if not hasattr(gallery, "load"):
+            p.error("kernel locality needs a gallery that can load RGBA cut-outs (e.g. --data offline)")
+        extra["kernel_locality"] = {**evaluate_locality(model, processor, gallery, args.locality_warps,
+                                                        batch_size=args.batch_size), "split": args.split}
+    if args.gallery == "all":
+        queries_all, gallery_all = open_dataset(args.data, args.split, gallery="all", **kwargs)
+        res_all = evaluate(model, processor, queries_all, gallery_all, modes, rerank_k, args.batch_size,
+                           query_features=results["_query_features"])
+        if args.baselines:
+            for name, sc in baseline_scores(processor, queries_all, gallery_all).items():
+                res_all[name] = compute_metrics(sc, queries_all.labels, gallery_all.labels)
+        extra.update({
+            "results_gallery_all": {k: v for k, v in res_all.items() if not k.startswith("_")},
+            "gallery_all": {"n_gallery": len(gallery_all), "n_classes": len(gallery_all.classes),
+                            "distractor_classes": len(gallery_all.classes) - len(gallery.classes),
+                            "data_hash": data_hash(queries_all, gallery_all),
+                            "note": "queries against every reviewed photo of photos.csv (test split: all 166; "
+                                    "other splits: without the test-class photos); other classes are distractors"},
+        })
     if args.baselines:
         for name, s in baseline_scores(processor, queries, gallery).items():
             results[name] = compute_metrics(s, queries.labels, gallery.labels)
@@ -225,11 +326,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "zse-sbir eval " + " ".join(sys.argv[2:] if argv is None else argv),
         "seconds": round(time.time() - t0, 1),
         "pictures": [str(x) for x in pictures],
+        **extra,
     }
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
     tmp.replace(out)
     print(results_table(payload["results"]))
+    if "results_gallery_all" in payload:
+        print(f"\ngallery all ({payload['gallery_all']['n_gallery']} photos):")
+        print(results_table(payload["results_gallery_all"]))
+    if "kernel_locality" in payload:
+        kl = payload["kernel_locality"]
+        ci = format_interval(kl.get("locality_CI"))
+        print(f"\nkernel locality (G={kl['grid']}, {kl['n_cells']} inked cells of {kl['n_pairs']} warped pairs of "
+              f"{kl['split']} photos): within one cell {kl['locality']:.3f} {ci} (chance {kl['chance']:.3f}, "
+              f"9/G^2 = {kl['chance_9_over_G2']:.3f}, same position {kl['identity_baseline']:.3f}); exact cell "
+              f"{kl['exact']:.3f} (chance {kl['exact_chance']:.3f}, same position "
+              f"{kl['exact_identity_baseline']:.3f}); distinct best cells per pair "
+              f"{kl['distinct_best_cells']:.2f} of the inked cells")
     print(f"wrote {out} ({payload['seconds']} s)")
     return 0
 

@@ -36,6 +36,7 @@ __all__ = [
     "bootstrap_ci",
     "precision_recall_curve",
     "compute_metrics",
+    "kernel_locality",
 ]
 
 
@@ -547,4 +548,95 @@ def compute_metrics(
             f"(queries-per-class weighted), n={n_bootstrap}, seed={seed}"
         ),
     }
+    return out
+
+
+# ---------------------------------------------------------------- kernel locality
+
+
+def _distinct_share(best: np.ndarray, counted: np.ndarray) -> float:
+    """Mean over rows with any counted entry of (distinct ``best`` values among them) / (their count)."""
+    shares = [len(set(b[c].tolist())) / int(c.sum()) for b, c in zip(best, counted) if c.any()]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def kernel_locality(kernels: Any, targets: Any, grid: int, groups: Any | None = None, n_bootstrap: int = 1000,
+                    seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+    """Kernel locality: how often the relation kernel points at the right place.
+
+    For each counted sketch cell (``targets >= 0``: inked, with a true photo cell), the best
+    photo cell is the argmax of its kernel row (ties: the lower cell index); it is a hit when
+    it lies within one cell of the true cell (Chebyshev distance <= 1 on the ``grid x grid``
+    layout, cells row-major).
+
+    Args:
+        kernels: ``[P, N, N]`` kernels of P pairs, ``N = grid**2`` sketch cells (rows) by photo
+            cells (columns).
+        targets: ``[P, N]`` int true photo cell of each sketch cell, ``-1`` = not counted.
+        grid: G.
+        groups: optional ``[P]`` group (e.g. source photo) per pair for the bootstrap interval;
+            default one group per pair.
+        n_bootstrap, seed, alpha: percentile bootstrap over groups of the pooled hit rate
+            (``n_bootstrap=0`` skips it).
+
+    Returns:
+        ``{"locality", "locality_CI", "chance", "chance_9_over_G2", "identity_baseline", "exact",
+        "exact_chance", "exact_identity_baseline", "n_pairs", "n_cells", "grid"}``: ``locality`` =
+        hits / counted cells; ``chance`` = the expected locality of a uniformly random best cell on
+        the same cells (edge cells have fewer neighbours, so it is below ``9 / G^2``);
+        ``identity_baseline`` = the locality of "the same position as in the sketch" (a kernel
+        that ignores content); ``exact``,
+        ``exact_chance`` (``1 / G^2``) and ``exact_identity_baseline``: the same with the true cell
+        itself as the only hit; ``distinct_best_cells``: per pair, distinct best photo cells over
+        counted sketch cells, averaged over pairs with any (1 = every cell points elsewhere; small =
+        the kernel sends most cells to the same few photo cells). NaN when no cell counts.
+    """
+    k = np.asarray(kernels, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.int64)
+    g = int(grid)
+    n = g * g
+    if k.ndim != 3 or k.shape[1:] != (n, n):
+        raise ValueError(f"kernels must be [P, {n}, {n}] for grid {g}, got {k.shape}")
+    if t.shape != k.shape[:2]:
+        raise ValueError(f"targets must be [P, N] = {list(k.shape[:2])}, got {list(t.shape)}")
+    if np.any((t < -1) | (t >= n)):
+        raise ValueError(f"targets must be -1 or a cell index in [0, {n})")
+    counted = t >= 0
+    best = np.argmax(np.where(np.isnan(k), -np.inf, k), axis=2)  # first maximum: lower index
+    tt = np.where(counted, t, 0)
+
+    def near(a, b):
+        return np.maximum(np.abs(a // g - b // g), np.abs(a % g - b % g)) <= 1
+
+    hits = near(best, tt) & counted
+    here = np.broadcast_to(np.arange(n), t.shape)
+    same_pos = near(here, tt) & counted
+    row, col = tt // g, tt % g
+    span_r = np.minimum(row + 1, g - 1) - np.maximum(row - 1, 0) + 1
+    span_c = np.minimum(col + 1, g - 1) - np.maximum(col - 1, 0) + 1
+    neigh = span_r * span_c  # cells within one cell of the target, itself included
+    cells = int(counted.sum())
+    out: dict[str, Any] = {
+        "locality": float(hits.sum() / cells) if cells else float("nan"),
+        "chance": float((neigh * counted).sum() / (cells * n)) if cells else float("nan"),
+        "chance_9_over_G2": 9.0 / n,
+        "identity_baseline": float(same_pos.sum() / cells) if cells else float("nan"),
+        "exact": float(((best == tt) & counted).sum() / cells) if cells else float("nan"),
+        "exact_chance": 1.0 / n,
+        "exact_identity_baseline": float(((here == tt) & counted).sum() / cells) if cells else float("nan"),
+        "distinct_best_cells": _distinct_share(best, counted),
+        "n_pairs": int(k.shape[0]),
+        "n_cells": cells,
+        "grid": g,
+    }
+    if n_bootstrap > 0 and cells:
+        grp = np.arange(k.shape[0]) if groups is None else np.asarray(groups)
+        if grp.shape != (k.shape[0],):
+            raise ValueError(f"groups must be [P] = [{k.shape[0]}], got {list(grp.shape)}")
+        _, inv = np.unique(grp, return_inverse=True)
+        inv = inv.reshape(-1)
+        h = np.bincount(inv, weights=hits.sum(1))
+        c = np.bincount(inv, weights=counted.sum(1))
+        out["locality_CI"] = list(bootstrap_ci(_safe_div(h, np.maximum(c, 1)), n=n_bootstrap, seed=seed, alpha=alpha,
+                                               weights=c))
     return out

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import RetrievalDataset
@@ -71,6 +72,15 @@ class TrainConfig:
             (`relation_rank_weight`: listwise in-batch loss on relation logits, not in the paper).
         augment: photo/sketch augmentation.
         pseudo_sketch_prob: share of anchors that are pseudo-sketches drawn from training photos.
+        correspondence_weight: weight of the correspondence term (each inked cell of a warped
+            pseudo-sketch of a training photo pushed, through the relation kernel, towards its
+            true photo cell; not in the paper); 0 = off (the shipped recipe).
+        correspondence_fraction: share of triplets that also carry such a warped pair (when on).
+        correspondence_temperature: softmax temperature over the kernel's cosines.
+        stamp_pair_prob: share of triplets replaced by an instance-level pair from the reviewed
+            extra stamps (a real photo outside every class, as positive, and its pseudo-sketch as
+            anchor); 0 = off (the shipped recipe).
+        stamp_negative_prob: share of triplets whose negative is a reviewed extra stamp.
         eval_steps, save_steps: validation / checkpoint interval.
         val_classes: how many training classes to hold out for validation.
         val_sketches_per_class: validation queries per class.
@@ -95,6 +105,11 @@ class TrainConfig:
     relation_rank_weight: float = 0.0
     augment: bool = True
     pseudo_sketch_prob: float = 0.25
+    correspondence_weight: float = 0.0
+    correspondence_fraction: float = 0.25
+    correspondence_temperature: float = 0.1
+    stamp_pair_prob: float = 0.0
+    stamp_negative_prob: float = 0.0
     eval_steps: int = 50
     save_steps: int = 50
     val_classes: int = 10
@@ -147,7 +162,10 @@ class TripletCollator:
     """Turns triplet items (PIL images) into model inputs.
 
     Returns dicts with `sketch_pixel_values`, `photo_pixel_values`, `negative_pixel_values`
-    (`[B, 3, S, S]`) and `labels` (`[B]`).
+    (`[B, 3, S, S]`) and `labels` (`[B]`); when some items carry a warped pair
+    (`"correspondence"`), also `correspondence_sketch_pixel_values` and
+    `correspondence_photo_pixel_values` (`[Bc, 3, S, S]`, not ink-cropped: the cells must stay
+    where the warp put them) and `correspondence_targets` (`[Bc, G*G]`).
     """
 
     def __init__(self, image_processor: ZseImageProcessor):
@@ -160,6 +178,24 @@ class TripletCollator:
             "photo_pixel_values": proc([it["positive"] for it in items], modality="photo")["pixel_values"],
             "negative_pixel_values": proc([it["negative"] for it in items], modality="photo")["pixel_values"],
             "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
+            **self._correspondence([it.get("correspondence") for it in items]),
+        }
+
+    def _correspondence(self, pairs: list) -> dict[str, torch.Tensor]:
+        pairs = [p for p in pairs if p is not None]
+        if not pairs:
+            return {}
+        proc, side = self.image_processor, self.image_processor.side
+
+        def fit(image):
+            return image if image.size == (side, side) else image.resize((side, side), Image.Resampling.BICUBIC)
+
+        return {
+            "correspondence_sketch_pixel_values": proc.normalize_prepared([fit(p["sketch"]) for p in pairs])[
+                "pixel_values"],
+            "correspondence_photo_pixel_values": proc.normalize_prepared([fit(p["photo"]) for p in pairs])[
+                "pixel_values"],
+            "correspondence_targets": torch.as_tensor(np.stack([p["targets"] for p in pairs]), dtype=torch.long),
         }
 
 
@@ -174,11 +210,19 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     from .data import TripletDataset, evaluation_set, open_dataset, train_val_split
 
     length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
+    extra = {}
+    if cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0:
+        from .data.stamps import StampPhotoDataset
+
+        extra = {"extra_photos": StampPhotoDataset(), "extra_pair_prob": cfg.stamp_pair_prob,
+                 "extra_negative_prob": cfg.stamp_negative_prob}
     if cfg.data == "offline":
         fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
         triplets = TripletDataset.offline(
             fit, seed=cfg.seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
+            correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
+            correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra,
         )
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
@@ -196,7 +240,9 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
             val_q_idx.append(i)
     val_q = _Subset(queries, val_q_idx)
     val_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
-    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length)
+    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length,
+                              correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
+                              correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra)
     return triplets, val_q, val_g
 
 
@@ -228,6 +274,9 @@ def build_model(cfg: TrainConfig) -> ZseModel:
         backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
         triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
         relation_rank_weight=cfg.relation_rank_weight,
+        # only when on, so the default recipe's config.json is unchanged
+        **({"correspondence_weight": cfg.correspondence_weight,
+            "correspondence_temperature": cfg.correspondence_temperature} if cfg.correspondence_weight > 0 else {}),
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
     freeze_unused(model)
@@ -669,6 +718,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--relation-rank-weight", type=float, help="weight of the listwise relation loss")
+    p.add_argument("--relation-grid", type=int, help="G of the relation network (7 with 224 px: the paper's)")
+    p.add_argument("--correspondence-weight", type=float,
+                   help="weight of the correspondence term on warped pseudo-sketch pairs (0 = off)")
+    p.add_argument("--correspondence-fraction", type=float, help="share of triplets carrying a warped pair")
+    p.add_argument("--stamp-pair-prob", type=float,
+                   help="share of triplets replaced by instance pairs from the reviewed extra stamps (0 = off)")
+    p.add_argument("--stamp-negative-prob", type=float,
+                   help="share of triplets with a reviewed extra stamp as negative")
     p.add_argument("--dataloader-workers", type=int)
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much wall clock (validating and checkpointing the last step)")
@@ -680,7 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             image_size=args.image_size, backbone=args.backbone, data=args.data,
                             eval_steps=args.eval_steps, save_steps=args.save_steps,
                             relation_rank_weight=args.relation_rank_weight,
-                            dataloader_workers=args.dataloader_workers)
+                            dataloader_workers=args.dataloader_workers, relation_grid=args.relation_grid,
+                            correspondence_weight=args.correspondence_weight,
+                            correspondence_fraction=args.correspondence_fraction,
+                            stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob)
     try:
         best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     except RunFolderError as err:

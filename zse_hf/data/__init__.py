@@ -37,6 +37,7 @@ from .datasets import (
     RetrievalDataset,
     RetrievalPair,
     collate_retrieval,
+    distractor_classes,
     evaluation_set,
 )
 from .images import composite_on_white, crop_to_alpha, open_image_on_white, pad_to_square
@@ -81,7 +82,8 @@ __all__ = [
     # split, quickdraw, photos, images, pseudo_sketch, datasets, triplets
     "OfflinePhotoDataset", "OfflineSketchDataset", "PhotoRecord", "PhotoVerificationError", "RetrievalDataset",
     "RetrievalPair", "TripletDataset", "TripletSampler", "canonical_class", "check_classes_allowed", "check_split",
-    "collate_retrieval", "collate_triplets", "composite_on_white", "crop_to_alpha", "evaluation_set", "load_photo",
+    "collate_retrieval", "collate_triplets", "distractor_classes",
+    "composite_on_white", "crop_to_alpha", "evaluation_set", "load_photo",
     "load_photo_rgba", "load_photo_table", "load_split", "open_image_on_white", "pad_to_square",
     "photo_to_pseudo_sketch", "photos_by_class", "quickdraw_classes", "read_quickdraw", "render_sketch",
     "train_val_split",

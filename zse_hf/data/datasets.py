@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .images import composite_on_white
-from .photos import load_photo_rgba, photos_by_class
+from .photos import load_photo_rgba, load_photo_table, photos_by_class
 from .quickdraw import read_quickdraw, render_sketch
 from .split import load_split, train_val_split
 
@@ -179,7 +179,7 @@ def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int =
 def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class: int | None = None,
                    photo_max_side: int | None = 512, verify: bool = True, val_seed: int = 0,
                    num_val_classes: int = 10, quickdraw_root: str | os.PathLike | None = None,
-                   photo_root: str | os.PathLike | None = None) -> RetrievalPair:
+                   photo_root: str | os.PathLike | None = None, gallery: str = "split") -> RetrievalPair:
     """Deterministic category-level retrieval set from the offline data.
 
     Args:
@@ -193,15 +193,38 @@ def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class
         verify: sha256-check photos.
         val_seed, num_val_classes: passed to :func:`train_val_split`.
         quickdraw_root, photo_root: data folders (default: the asset cache).
+        gallery: ``"split"`` (the split's own photos: the standard protocol) or ``"all"`` (the
+            demo's setting: every reviewed photo of ``photos.csv`` as gallery, the other classes'
+            photos as distractors; for a split other than ``"test"`` the test-class photos are
+            left out, so model selection never sees them).
 
     Returns:
-        :class:`RetrievalPair` ``(queries, gallery)``: classes in ``split.json`` order,
-        sketches in file order, photos in ``photos.csv`` order; labels index ``queries.classes``.
+        :class:`RetrievalPair` ``(queries, gallery)``: classes in ``split.json`` order (with
+        ``gallery="all"`` followed by the distractor classes in ``photos.csv`` order), sketches
+        in file order, photos in ``photos.csv`` order; labels index ``queries.classes``.
     """
+    if gallery not in ("split", "all"):
+        raise ValueError(f"gallery must be 'split' or 'all', got {gallery!r}")
     classes = _offline_split_classes(split, val_seed, num_val_classes)
     queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root)
-    gallery = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
-    return RetrievalPair(queries, gallery)
+    if gallery == "all":
+        classes = classes + distractor_classes(classes, include_test=split == "test")
+        queries.classes = list(classes)  # the split's classes come first: the query labels are unchanged
+    photos = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
+    return RetrievalPair(queries, photos)
+
+
+def distractor_classes(classes: Sequence[str], include_test: bool = True) -> list[str]:
+    """The classes of ``photos.csv`` (in file order) that are not in ``classes``; the test
+    classes only with ``include_test``."""
+    seen, test = set(classes), set(load_split()["test"])
+    out: list[str] = []
+    for rec in load_photo_table():
+        c = rec.class_name
+        if c not in seen and (include_test or c not in test):
+            seen.add(c)
+            out.append(c)
+    return out
 
 
 def collate_retrieval(batch: list[dict]) -> dict:
@@ -216,4 +239,4 @@ def collate_retrieval(batch: list[dict]) -> dict:
 
 
 __all__ = ["OfflinePhotoDataset", "OfflineSketchDataset", "RetrievalDataset", "RetrievalPair", "collate_retrieval",
-           "evaluation_set"]
+           "distractor_classes", "evaluation_set"]

@@ -41,15 +41,30 @@ class TripletDataset(torch.utils.data.Dataset):
             to the sketch size).
         unseen: classes to refuse (checked with :func:`check_classes_allowed`); ``None``
             skips the check (use :meth:`offline`, which always checks).
+        correspondence_prob: share of items that also carry a warped pseudo-sketch pair of their
+            positive photo (``"correspondence"``: ``{"sketch", "photo", "targets"}`` or ``None``)
+            for the correspondence training term; 0 (default) adds no key.
+        correspondence_size, correspondence_grid: the pairs' image side and relation grid G.
+        extra_photos: photos outside the classes, each its own instance (e.g.
+            :class:`~zse_hf.data.stamps.StampPhotoDataset`, the reviewed extra stamps); used only
+            with the two probabilities below, drawn from their own stream ``default_rng([seed, i, 3])``.
+        extra_pair_prob: share of items replaced by an instance-level pair: a pseudo-sketch of
+            an extra photo as anchor, that photo as positive (label ``len(classes) + k`` for
+            extra photo ``k``), the item's negative as negative.
+        extra_negative_prob: share of items whose negative is an extra photo instead.
 
     Items: ``{"sketch", "positive", "negative"}`` images plus ``"label"``, ``"negative_label"``
-    (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``.
+    (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``
+    (and ``"correspondence"`` when ``correspondence_prob > 0``).
     """
 
     def __init__(self, sketches: RetrievalDataset, photos: RetrievalDataset, seed: int = 0, length: int | None = None,
                  sketch_augment: Callable | None = None, photo_augment: Callable | None = None,
                  pseudo_sketch_prob: float = 0.0, pseudo_sketch_kwargs: dict | None = None,
-                 unseen: Iterable[str] | None = None):
+                 unseen: Iterable[str] | None = None, correspondence_prob: float = 0.0,
+                 correspondence_size: int = 112, correspondence_grid: int = 4,
+                 extra_photos: RetrievalDataset | None = None, extra_pair_prob: float = 0.0,
+                 extra_negative_prob: float = 0.0):
         if list(sketches.classes) != list(photos.classes):
             raise ValueError("sketches and photos must share the same classes list")
         self.classes = list(sketches.classes)
@@ -60,6 +75,19 @@ class TripletDataset(torch.utils.data.Dataset):
         self.sketch_augment, self.photo_augment = sketch_augment, photo_augment
         self.pseudo_sketch_prob = float(pseudo_sketch_prob)
         self.pseudo_sketch_kwargs = dict(pseudo_sketch_kwargs or {})
+        if not 0.0 <= float(correspondence_prob) <= 1.0:
+            raise ValueError(f"correspondence_prob must be in [0, 1], got {correspondence_prob}")
+        self.correspondence_prob = float(correspondence_prob)
+        self.correspondence_size, self.correspondence_grid = int(correspondence_size), int(correspondence_grid)
+        for name, v in (("extra_pair_prob", extra_pair_prob), ("extra_negative_prob", extra_negative_prob)):
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if float(extra_pair_prob) + float(extra_negative_prob) > 1.0:
+            raise ValueError("extra_pair_prob + extra_negative_prob must be at most 1")
+        if (extra_pair_prob or extra_negative_prob) and (extra_photos is None or len(extra_photos) == 0):
+            raise ValueError("extra_pair_prob / extra_negative_prob need extra_photos (e.g. StampPhotoDataset())")
+        self.extra_photos = extra_photos
+        self.extra_pair_prob, self.extra_negative_prob = float(extra_pair_prob), float(extra_negative_prob)
         self._sk = sketches.indices_by_label()
         self._ph = photos.indices_by_label()
         self.anchor_labels = sorted(set(self._sk) & set(self._ph))
@@ -128,8 +156,38 @@ class TripletDataset(torch.utils.data.Dataset):
             return self.photos.load(index)
         return self.photo_augment(self.photos.load(index, rgba=True), rng)
 
+    def extra_sample(self, index: int) -> dict:
+        """The extra-photo choice of item ``index``: ``{"kind": None | "pair" | "negative",
+        "extra_index": int | None}`` (independent of :meth:`sample`)."""
+        if self.extra_photos is None or not (self.extra_pair_prob or self.extra_negative_prob):
+            return {"kind": None, "extra_index": None}
+        rng = np.random.default_rng([self.seed, int(index), 3])
+        u, k = rng.random(), int(rng.integers(len(self.extra_photos)))
+        if u < self.extra_pair_prob:
+            return {"kind": "pair", "extra_index": k}
+        if u < self.extra_pair_prob + self.extra_negative_prob:
+            return {"kind": "negative", "extra_index": k}
+        return {"kind": None, "extra_index": None}
+
+    def _extra_photo(self, index: int, rng: np.random.Generator) -> Image.Image:
+        if self.photo_augment is None:
+            return self.extra_photos.load(index)
+        return self.photo_augment(self.extra_photos.load(index, rgba=True), rng)
+
     def __getitem__(self, index: int) -> dict:
         s = self.sample(index)
+        extra = self.extra_sample(index)
+        if extra["kind"] == "pair":
+            return self._extra_pair(index, s, extra["extra_index"])
+        item = self._triplet(index, s)
+        if extra["kind"] == "negative":  # the triplet as usual, with an extra photo as negative
+            k = extra["extra_index"]
+            rng = np.random.default_rng([self.seed, int(index), 1, 1])
+            item.update(negative=self._extra_photo(k, rng), negative_label=len(self.classes) + k,
+                        negative_id="extra:" + self.extra_photos.ids[k])
+        return item
+
+    def _triplet(self, index: int, s: dict) -> dict:
         rng = np.random.default_rng([self.seed, int(index), 1])
         if s["sketch_index"] is not None:
             sketch = self.sketches.load(s["sketch_index"])
@@ -151,7 +209,46 @@ class TripletDataset(torch.utils.data.Dataset):
             "positive_id": self.photos.ids[s["positive_index"]],
             "negative_id": self.photos.ids[s["negative_index"]],
             "pseudo": s["sketch_index"] is None,
+            **self._correspondence(index, s["positive_index"]),
         }
+
+    def _extra_pair(self, index: int, s: dict, k: int) -> dict:
+        """An instance-level item: pseudo-sketch of extra photo ``k``, that photo, the item's negative."""
+        rng = np.random.default_rng([self.seed, int(index), 1])
+        extra_id = "extra:" + self.extra_photos.ids[k]
+        kw = dict(self.pseudo_sketch_kwargs)
+        kw.setdefault("size", 224)
+        sketch = photo_to_pseudo_sketch(self.extra_photos.load(k, rgba=True), **kw)
+        if self.sketch_augment is not None:
+            sketch = self.sketch_augment(sketch, rng)
+        return {
+            "sketch": sketch,
+            "positive": self._extra_photo(k, rng),
+            "negative": self._photo(s["negative_index"], rng),
+            "label": len(self.classes) + k,
+            "negative_label": s["negative_label"],
+            "sketch_id": "pseudo:" + extra_id,
+            "positive_id": extra_id,
+            "negative_id": self.photos.ids[s["negative_index"]],
+            "pseudo": True,
+            **self._correspondence(index, s["positive_index"]),
+        }
+
+    def _correspondence(self, index: int, photo_index: int) -> dict:
+        """With probability ``correspondence_prob``: a warped pseudo-sketch of the positive photo
+        with its true cell correspondence (:func:`~zse_hf.data.warps.warped_pair`), under the key
+        ``"correspondence"`` (``None`` otherwise); no key when the probability is 0, so streams
+        without it are unchanged. Draws from its own generator: the triplet is the same either way."""
+        if self.correspondence_prob <= 0:
+            return {}
+        from .warps import sample_warp, warped_pair
+
+        rng = np.random.default_rng([self.seed, int(index), 2])
+        if rng.random() >= self.correspondence_prob:
+            return {"correspondence": None}
+        pair = warped_pair(self.photos.load(photo_index, rgba=True), sample_warp(rng), self.correspondence_size,
+                           self.correspondence_grid)
+        return {"correspondence": pair}
 
 
 class TripletSampler(torch.utils.data.Sampler):

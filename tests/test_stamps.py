@@ -1,0 +1,114 @@
+"""The reviewed extra stamps as training data: instance-level pairs and extra negatives, never a
+test or unseen concept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zse_hf import assets
+from zse_hf.data import load_photo_table, load_split
+from zse_hf.data.stamps import StampPhotoDataset, load_stamp_review, usable_stamp_records
+
+
+def test_usable_stamps_are_the_reviewed_photos_only():
+    review = load_stamp_review()
+    usable = usable_stamp_records()
+    assert len(usable) == 177
+    kinds = {r["stamp_path"]: r["kind"] for r in review}
+    assert all(kinds[r.stamp_path] == "photo" for r in usable)
+    banned = {r["stamp_path"] for r in review if r["kind"] != "photo"}
+    assert len([p for p in banned if kinds[p] == "unseen-concept"]) == 26
+    assert not banned & {r.stamp_path for r in usable}
+    assert not {r.stamp_path for r in load_photo_table()} & {r.stamp_path for r in usable}
+
+
+def _train_data(tmp_path_factory, **kw):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from zse_hf.training import TrainConfig, build_datasets
+
+    folder = tmp_path_factory.mktemp("bb")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                             image_size=56, mlp_ratio=2)).save_pretrained(folder)
+    cfg = TrainConfig(backbone=str(folder), image_size=56, relation_grid=2, batch_size=3, max_steps=2, val_classes=3,
+                      val_sketches_per_class=2, pseudo_sketch_prob=0.5, **kw)
+    return cfg, build_datasets(cfg, num_triplets=4000)
+
+
+@pytest.mark.slow
+def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
+    try:
+        assets.quickdraw_root(), assets.tuxpaint_root()
+    except assets.AssetError as e:
+        pytest.skip(f"offline assets unavailable: {e}")
+    cfg, (triplets, val_q, val_g) = _train_data(tmp_path_factory, stamp_pair_prob=0.3, stamp_negative_prob=0.2)
+    split = load_split()
+    banned = set(split["unseen_all"]) | set(split["test"])
+    usable = {r.stamp_path for r in usable_stamp_records()}
+    not_usable = {r["stamp_path"] for r in load_stamp_review() if r["kind"] != "photo"}
+    photo_class = {r.stamp_path: r.class_name for r in load_photo_table()}
+    assert not set(triplets.classes) & banned
+    kinds = {"pair": 0, "negative": 0, None: 0}
+    n = len(triplets.classes)
+    for i in range(len(triplets)):
+        s, e = triplets.sample(i), triplets.extra_sample(i)
+        kinds[e["kind"]] += 1
+        if e["kind"] is not None:
+            assert triplets.extra_photos.ids[e["extra_index"]] in usable
+        if e["kind"] != "pair":
+            assert triplets.classes[s["label"]] not in banned
+        if e["kind"] != "negative":
+            assert triplets.classes[s["negative_label"]] not in banned
+    assert kinds["pair"] > 0.25 * len(triplets) and kinds["negative"] > 0.15 * len(triplets)
+    for i in range(30):  # the loaded items: ids, labels and images
+        item = triplets[i]
+        for key in ("sketch_id", "positive_id", "negative_id"):
+            ident = item[key].removeprefix("pseudo:")
+            if ident.startswith("extra:"):
+                path = ident.removeprefix("extra:")
+                assert path in usable and path not in not_usable, item[key]
+            elif ident.startswith("quickdraw/"):
+                assert ident.split("/")[1] not in banned, ident
+            else:
+                assert photo_class[ident] not in banned, ident
+        assert item["label"] != item["negative_label"]
+        assert item["label"] < n or item["positive_id"].startswith("extra:")
+        assert item["negative_label"] < n or item["negative_id"].startswith("extra:")
+        assert item["sketch"].mode == item["positive"].mode == item["negative"].mode == "RGB"
+    # validation stays on held-out training classes
+    assert not set(val_q.classes) & banned
+
+
+@pytest.mark.slow
+def test_stamp_dataset_loads_and_verifies():
+    try:
+        assets.tuxpaint_root()
+    except assets.AssetError as e:
+        pytest.skip(f"offline assets unavailable: {e}")
+    ds = StampPhotoDataset(max_side=64)
+    assert len(ds) == 177 and len(set(ds.labels.tolist())) == 177
+    im = ds.load(0, rgba=True)
+    assert im.mode == "RGBA" and im.width == im.height <= 64
+    assert np.asarray(ds.load(0)).shape[-1] == 3
+
+
+def test_extra_probabilities_are_checked():
+    from zse_hf.data.triplets import TripletDataset
+
+    class _Stub:
+        classes = ["a", "b"]
+        labels = np.array([0, 1])
+
+        def indices_by_label(self):
+            return {0: np.array([0]), 1: np.array([1])}
+
+        def __len__(self):
+            return 2
+
+    with pytest.raises(ValueError, match="extra_photos"):
+        TripletDataset(_Stub(), _Stub(), extra_pair_prob=0.5)
+    with pytest.raises(ValueError, match="at most 1"):
+        TripletDataset(_Stub(), _Stub(), extra_photos=_Stub(), extra_pair_prob=0.6, extra_negative_prob=0.6)

@@ -1,0 +1,85 @@
+"""The reviewed extra Tux Paint stamps (``stamps_review.csv``): real photos of things outside the
+reviewed classes, for instance-level training pairs (a photo and its pseudo-sketch) and as
+extra negatives.
+
+Only rows of kind ``"photo"`` are ever loaded; ``"unseen-concept"`` rows (photos that depict or
+resemble one of the 63 unseen concepts), drawings and non-objects never reach training.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+from importlib import resources
+
+from PIL import Image
+
+from .datasets import RetrievalDataset
+from .images import composite_on_white
+from .photos import PhotoRecord, load_photo_rgba
+
+USABLE_KIND = "photo"
+
+
+@functools.lru_cache(maxsize=1)
+def _review_rows() -> tuple[dict, ...]:
+    text = resources.files(__package__).joinpath("stamps_review.csv").read_text(encoding="utf-8")
+    return tuple(csv.DictReader(io.StringIO(text)))
+
+
+def load_stamp_review() -> list[dict]:
+    """All rows of ``stamps_review.csv`` (``stamp_path``, ``sha256``, ``kind``, ``unseen_concept``, ``note``)."""
+    return [dict(r) for r in _review_rows()]
+
+
+def usable_stamp_records() -> list[PhotoRecord]:
+    """The stamps reviewed as usable real photos (kind ``"photo"``, no unseen concept), in file
+    order, as :class:`PhotoRecord` with class name ``"stamp:<stamp_path>"`` (one instance each)."""
+    out = []
+    for r in _review_rows():
+        if r["kind"] != USABLE_KIND:
+            continue
+        if r["unseen_concept"]:  # the review never marks a usable photo so; refuse if it ever does
+            raise ValueError(f"stamps_review.csv: {r['stamp_path']} is kind 'photo' but names unseen concept "
+                             f"{r['unseen_concept']!r}")
+        out.append(PhotoRecord("stamp:" + r["stamp_path"], r["stamp_path"], r["sha256"].lower()))
+    return out
+
+
+class StampPhotoDataset(RetrievalDataset):
+    """The usable extra stamps as a photo set: each stamp its own class (instance level).
+
+    Args:
+        verify: sha256-check each file (against ``stamps_review.csv``) on load.
+        max_side: downscale so the longer side is at most this.
+        cache: keep loaded cut-outs in memory.
+        root: stamps folder (default ``assets.tuxpaint_root()``).
+
+    Items: ``{"image": RGB PIL (square, on white), "label", "class_name": "stamp:<path>",
+    "id": stamp_path, "instance": stamp_path}``.
+    """
+
+    modality = "photo"
+
+    def __init__(self, verify: bool = True, max_side: int | None = 512, cache: bool = True,
+                 root: str | os.PathLike | None = None):
+        self.records = usable_stamp_records()
+        self.verify, self.max_side, self.root = verify, max_side, root
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        names = [r.class_name for r in self.records]
+        ids = [r.stamp_path for r in self.records]
+        super().__init__(names, names, ids, instances=ids)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """Stamp ``index``: RGB on white, or the RGBA cut-out with ``rgba=True`` (cropped, square)."""
+        im = self._cache.get(index) if self._cache is not None else None
+        if im is None:
+            im = load_photo_rgba(self.records[index], verify=self.verify, max_side=self.max_side, root=self.root)
+            if self._cache is not None:
+                self._cache[index] = im
+        return im.copy() if rgba else composite_on_white(im)
+
+
+__all__ = ["StampPhotoDataset", "load_stamp_review", "usable_stamp_records"]
