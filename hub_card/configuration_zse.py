@@ -64,6 +64,11 @@ class ZseConfig(PretrainedConfig):
             Weight of an optional listwise loss on relation logits (not in the paper): each
             sketch is scored against every photo of the batch and cross-entropy picks its own
             positive, which trains the relation network for re-ranking hard candidates.
+        correspondence_weight (`float`, *optional*, defaults to 0.0):
+            Weight of an optional correspondence loss (not in the paper): for sketch-photo pairs
+            drawn through a known warp, each inked sketch cell's softmax over the relation
+            kernel's photo cells is pushed towards its true cell, so the kernel localizes.
+        correspondence_temperature (`float`, *optional*, defaults to 0.1): that softmax's temperature.
         initializer_range (`float`, *optional*, defaults to 0.02): std of new weights.
         image_mean, image_std (`list[float]`, *optional*):
             Normalisation; defaults follow the backbone (ImageNet for DINOv2, 0.5 for ViT,
@@ -91,6 +96,8 @@ class ZseConfig(PretrainedConfig):
         infonce_weight: float = 0.0,
         infonce_temperature: float = 0.07,
         relation_rank_weight: float = 0.0,
+        correspondence_weight: float = 0.0,
+        correspondence_temperature: float = 0.1,
         initializer_range: float = 0.02,
         image_mean=None,
         image_std=None,
@@ -137,6 +144,8 @@ class ZseConfig(PretrainedConfig):
         self.infonce_weight = infonce_weight
         self.infonce_temperature = infonce_temperature
         self.relation_rank_weight = relation_rank_weight
+        self.correspondence_weight = correspondence_weight
+        self.correspondence_temperature = correspondence_temperature
         self.initializer_range = initializer_range
         default_mean, default_std = _backbone_normalisation(backbone_config)
         self.image_mean = list(image_mean) if image_mean is not None else default_mean

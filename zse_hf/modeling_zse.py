@@ -826,7 +826,7 @@ class ZseModel(ZsePreTrainedModel):
         kernel = self.score_pairs(sketch, photo, output_kernel=True).kernel
         if self.config.cross_attention_query_side != "self":  # the branches swap grids
             kernel = kernel.transpose(1, 2)
-        return correspondence_loss(kernel, targets, getattr(self.config, "correspondence_temperature", 0.1))
+        return correspondence_loss(kernel, targets, self.config.correspondence_temperature)
 
     # ------------------------------------------------------------------ forward
 
@@ -908,7 +908,7 @@ class ZseModel(ZsePreTrainedModel):
             correspondence = self._correspondence_loss(
                 correspondence_sketch_pixel_values, correspondence_photo_pixel_values, correspondence_targets
             )
-            weight = getattr(cfg, "correspondence_weight", 0.0)
+            weight = cfg.correspondence_weight
             if loss is not None and weight > 0:
                 loss = loss + weight * correspondence
         output = ZseModelOutput(

@@ -273,10 +273,8 @@ def build_model(cfg: TrainConfig) -> ZseModel:
     model = ZseModel.from_backbone(
         backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
         triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
-        relation_rank_weight=cfg.relation_rank_weight,
-        # only when on, so the default recipe's config.json is unchanged
-        **({"correspondence_weight": cfg.correspondence_weight,
-            "correspondence_temperature": cfg.correspondence_temperature} if cfg.correspondence_weight > 0 else {}),
+        relation_rank_weight=cfg.relation_rank_weight, correspondence_weight=cfg.correspondence_weight,
+        correspondence_temperature=cfg.correspondence_temperature,
     )
     freeze_early_blocks(model, cfg.freeze_blocks)
     freeze_unused(model)
