@@ -332,12 +332,14 @@ def kept_token_index(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Ten
     Returns `(index [B, K], valid [B, K])` with K the largest kept count of a row: row b's kept
     positions in grid order first, then (where `valid` is False) padding positions of dropped
     tokens. None when there is nothing to save (no mask, every token kept, or tracing/export,
-    where the masked path runs instead).
+    where the masked path runs instead, or when a row keeps no token).
     """
     if mask is None or _tracing() or bool(mask.all()):
         return None
     counts = mask.sum(1)
-    k = max(int(counts.max()), 1)
+    if int(counts.min()) == 0:  # an image with no kept token: the masked path defines that case
+        return None
+    k = int(counts.max())
     index = torch.sort(mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
     valid = torch.arange(k, device=mask.device)[None, :] < counts[:, None]
     return index, valid
