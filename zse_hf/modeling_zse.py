@@ -901,18 +901,33 @@ class ZseModel(ZsePreTrainedModel):
         for start in starts:
             sl = slice(start, start + chunk_size)
             # each query and candidate of the chunk is moved and projected once, then paired
-            uq, q_of = torch.unique(query_index[sl], return_inverse=True)
-            uc, c_of = torch.unique(candidate_index[sl], return_inverse=True)
-            q = self.project_image_features(
-                query_features.select(uq.to(query_features.local_tokens.device)).to_model(self), "sketch")
-            c = self.project_image_features(
-                candidate_features.select(uc.to(candidate_features.local_tokens.device)).to_model(self), "photo")
-            pair = self.score_pairs(q.select(q_of.to(q.local_tokens.device)), c.select(c_of.to(c.local_tokens.device)))
+            q = self._paired_rows(query_features, query_index[sl], "sketch")
+            c = self._paired_rows(candidate_features, candidate_index[sl], "photo")
+            pair = self.score_pairs(q, c)
             out.append(pair.relation_logits if return_logits else pair.relation_scores)
         if not out:
             param = next(self.parameters())
             return torch.zeros(0, device=param.device, dtype=param.dtype)
         return torch.cat(out)
+
+    def _paired_rows(self, features: ZseImageFeatures, index: torch.Tensor, side: str) -> ZseImageFeatures:
+        """Rows `index [M]` of `features` on the model, with their projections for `side`, each
+        distinct row moved and projected once (one row repeated M times is a broadcast view)."""
+        uniq, inverse = torch.unique(index, return_inverse=True)
+        device = features.local_tokens.device
+        if len(uniq) == len(index):  # all distinct: one gather, already in pair order
+            return self.project_image_features(features.select(index.to(device)).to_model(self), side)
+        rows = self.project_image_features(features.select(uniq.to(device)).to_model(self), side)
+        if len(uniq) == 1:
+            m = len(index)
+            return ZseImageFeatures(
+                local_tokens=rows.local_tokens.expand(m, -1, -1),
+                token_mask=rows.token_mask.expand(m, -1) if rows.token_mask is not None else None,
+                grid_size=rows.grid_size,
+                cross_projections=rows.cross_projections.expand(m, -1, -1, -1),
+                cross_projection_side=side,
+            )
+        return rows.select(inverse.to(rows.local_tokens.device))
 
     def score_all_pairs(
         self,
