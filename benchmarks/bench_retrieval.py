@@ -227,7 +227,7 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
                         torch.cuda.synchronize(device)
                     if r:  # first run warms up (and makes the int8 copy)
                         samples.append((time.perf_counter() - t) * 1000)
-                times.append(statistics.median(samples))
+                times.append(min(samples) if args.best_of else statistics.median(samples))
             index.close()
             line = f"| {label} | {option} | " + " | ".join(f"{t:.0f}" for t in times) + f" | {store / m / 1024:.0f} |"
             lines.append(line)
@@ -285,6 +285,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma-separated factories to leave out, e.g. HNSW32")
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--rerank-only", action="store_true", help="skip the ANN table")
+    p.add_argument("--best-of", action="store_true",
+                   help="re-rank: report the fastest of --repeats runs instead of the median (shared machines)")
     p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "hub_card"),
                    help="the shipped model folder for the re-rank rows (default: hub_card/)")
     p.add_argument("--device", default="cpu", help="re-rank device: cpu or cuda (the GPU row; int8 is CPU only)")
@@ -315,7 +317,8 @@ def main(argv=None) -> int:
     if rows:
         print("\n".join(header + rows))
     if rerank:
-        print("\nRe-rank (relation network on stored tokens, per query; median of --repeats runs):\n")
+        how = "fastest" if args.best_of else "median"
+        print(f"\nRe-rank (relation network on stored tokens, per query; {how} of {args.repeats} runs):\n")
         print("\n".join(rerank))
     return 0
 
