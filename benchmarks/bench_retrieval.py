@@ -186,8 +186,9 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
     device = torch.device(args.device)
     lines = [f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                     f", {torch.get_num_threads()} threads"), "",
-             "| head | option | " + " | ".join(f"top-{k} ms/query" for k in ks) + " | store KiB/photo |",
-             "|---|---|" + "---:|" * (len(ks) + 1)]
+             "| head | option | " + " | ".join(f"top-{k} ms/query" for k in ks)
+             + f" | top-{ks[-1]} GFLOP/query | store KiB/photo |",
+             "|---|---|" + "---:|" * (len(ks) + 2)]
     rng = np.random.default_rng(0)
     last_model = None
     for label, model, size in rerank_models(args):
@@ -208,8 +209,18 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
             store = sum(p.stat().st_size for p in Path(index._work).glob("*.npy") if not p.name.startswith("emb"))
             if option == "exact + stored projections":
                 store += index.precompute_projections(progress=False)
+            q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
+                                 token_mask=torch.from_numpy(_random_mask(1, n_tok, keep, rng)), grid_size=(side, side))
+            rows = rng.choice(m, size=(1, ks[-1]), replace=False)
+            counter = FlopCounterMode(display=False)  # load-independent: the work each option does
+            with counter:
+                if option.startswith("per-pair"):
+                    _old_rerank(index, model, q, rows)
+                else:
+                    index.rerank_rows(q, rows, int8=option.startswith("int8"))
+            gflop = "n/a" if option.startswith("int8") else f"{counter.get_total_flops() / 1e9:.1f}"
             times = []
-            for k in ks:
+            for k in ([] if args.flops_only else ks):
                 samples = []
                 for r in range(args.repeats + 1):
                     q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
@@ -229,7 +240,8 @@ def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
                         samples.append((time.perf_counter() - t) * 1000)
                 times.append(min(samples) if args.best_of else statistics.median(samples))
             index.close()
-            line = f"| {label} | {option} | " + " | ".join(f"{t:.0f}" for t in times) + f" | {store / m / 1024:.0f} |"
+            shown = [f"{t:.0f}" for t in times] or ["-"] * len(ks)
+            line = f"| {label} | {option} | " + " | ".join(shown) + f" | {gflop} | {store / m / 1024:.0f} |"
             lines.append(line)
             print(line, file=sys.stderr, flush=True)
         last_model = model
@@ -285,6 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma-separated factories to leave out, e.g. HNSW32")
     p.add_argument("--no-rerank", action="store_true")
     p.add_argument("--rerank-only", action="store_true", help="skip the ANN table")
+    p.add_argument("--flops-only", action="store_true", help="re-rank: count FLOPs only, no timing")
     p.add_argument("--best-of", action="store_true",
                    help="re-rank: report the fastest of --repeats runs instead of the median (shared machines)")
     p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "hub_card"),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from zse_hf import ZseImageFeatures, ZseModel
+from zse_hf import ZseModel
 from zse_hf.modeling_zse import gather_tokens, kept_token_index, scatter_tokens
 from zse_hf.retrieval import ZseIndex
 from zse_hf.retrieval import quantization as retrieval_quantization

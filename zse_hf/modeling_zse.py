@@ -557,7 +557,9 @@ class ZseCrossAttention(nn.Module):
         `"sketch"`, `"photo"`."""
         if side not in ("sketch", "photo"):
             raise ValueError(f"side must be 'sketch' or 'photo', got {side!r}")
-        own, other = (self.sketch_layer, self.photo_layer) if side == "sketch" else (self.photo_layer, self.sketch_layer)
+        own, other = self.sketch_layer, self.photo_layer
+        if side == "photo":
+            own, other = other, own
         return (own, other) if self.query_side == "self" else (other, own)
 
     def project(self, features: ZseImageFeatures, side: str) -> torch.Tensor:
@@ -599,8 +601,12 @@ class ZseCrossAttention(nn.Module):
             if f.cross_projections is not None and f.cross_projection_side == side:
                 proj[side] = f.cross_projections
         if not proj and output_attentions:  # the plain path, as trained
-            s_tok, s_attn = self.sketch_layer(s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=True)
-            p_tok, p_attn = self.photo_layer(p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=True)
+            s_tok, s_attn = self.sketch_layer(
+                s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=True
+            )
+            p_tok, p_attn = self.photo_layer(
+                p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=True
+            )
         else:
             s_from, p_from = ("sketch", "photo") if self.query_side == "self" else ("photo", "sketch")
             s_tok, s_attn = self._branch(self.sketch_layer, s_q, s_kv, proj.get(s_from), proj.get(p_from),

@@ -586,7 +586,7 @@ class ZseIndex:
             return out.view(q_n, k_n)
         proj = None if int8 else self._stored_projections(uniq)
         candidates = ZseImageFeatures(local_tokens=tokens, token_mask=masks, grid_size=self.grid_size,
-                                      cross_projections=proj, cross_projection_side="photo" if proj is not None else None)
+                                      cross_projections=proj, cross_projection_side=None if proj is None else "photo")
         ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
         was_training = model.training
         model.eval()
