@@ -134,50 +134,139 @@ def bench_ann(n: int, args, folder: Path, out: list[str]) -> None:
     del index
 
 
-def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
+RERANK_OPTIONS = ("per-pair (before)", "exact", "exact + stored projections", "select 1/2", "select 1/4",
+                  "int8 (lossy)")
+
+
+def rerank_models(args) -> list[tuple[str, ZseModel]]:
+    """The heads to time: the shipped model (112 px: 8x8 tokens, 4x4 relation grid), the same
+    weights on 224 px images (16x16 tokens), and the default 224 px config (7x7 grid, random weights)."""
+    out = []
+    hub = Path(args.model)
+    if (hub / "config.json").is_file():
+        shipped = ZseModel.from_pretrained(hub).eval()
+        size = shipped.config.image_size
+        out.append((f"shipped {size} px ({hub.name}, {size // shipped.config.patch_size}^2 tokens, "
+                    f"grid {shipped.config.relation_grid})", shipped, size))
+        out.append((f"shipped weights at 224 px (16^2 tokens, grid {shipped.config.relation_grid})", shipped, 224))
+    else:
+        print(f"[rerank] no model at {hub}: shipped rows skipped", file=sys.stderr)
     torch.manual_seed(0)
-    model = ZseModel(ZseConfig()).eval()
-    n_tok, width = (model.config.image_size // model.config.patch_size) ** 2, model.config.hidden_size
-    m = args.store_rows
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((m, width), dtype=np.float32)
-    tokens = rng.standard_normal((m, n_tok, width), dtype=np.float32).astype(np.float16)
-    side = int(n_tok ** 0.5)
-    index = ZseIndex.from_features(emb / np.linalg.norm(emb, axis=1, keepdims=True), local_tokens=tokens,
-                                   grid_size=(side, side), model=model, work_dir=folder)
-    del tokens
-    store_bytes = sum(p.stat().st_size for p in Path(index._work).glob("tokens-*.npy")) / m
+    out.append(("default config 224 px (16^2 tokens, grid 7, random weights)", ZseModel(ZseConfig()).eval(), 224))
+    return out
+
+
+def _old_rerank(index: ZseIndex, model, q: ZseImageFeatures, rows: np.ndarray, chunk: int = 64) -> torch.Tensor:
+    """The re-rank as it was before this benchmark's options: every pair re-projects both sides."""
+    uniq, inverse = np.unique(rows.reshape(-1), return_inverse=True)
+    cand = ZseImageFeatures(local_tokens=torch.from_numpy(index._gather("tokens", uniq)),
+                            token_mask=torch.from_numpy(index._gather("mask", uniq)), grid_size=index.grid_size)
+    qi = torch.arange(rows.shape[0]).repeat_interleave(rows.shape[1])
+    ci = torch.from_numpy(inverse.reshape(-1))
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(qi), chunk):
+            a = q.select(qi[s:s + chunk]).to_model(model)
+            b = cand.select(ci[s:s + chunk]).to_model(model)
+            out.append(model.score_pairs(a, b).relation_scores)
+    return torch.cat(out)
+
+
+def _random_mask(m: int, n_tok: int, keep: int | None, rng) -> np.ndarray:
+    mask = np.ones((m, n_tok), dtype=bool)
+    if keep is not None:
+        mask[:] = False
+        np.put_along_axis(mask, np.argsort(rng.random((m, n_tok)), axis=1)[:, :keep], True, axis=1)
+    return mask
+
+
+def bench_rerank(args, folder: Path, sizes: list[int]) -> list[str]:
+    """ms/query to re-rank the top K (10, 50, 100) through `ZseIndex.rerank_rows`, per head and option."""
     ks = (10, 50) if args.quick else (10, 50, 100)
-    lines = ["| K | fp32 ms/query | bf16 autocast ms/query | head GFLOP/query |", "|---:|---:|---:|---:|"]
+    device = torch.device(args.device)
+    lines = [f"Device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                    f", {torch.get_num_threads()} threads"), "",
+             "| head | option | " + " | ".join(f"top-{k} ms/query" for k in ks)
+             + f" | top-{ks[-1]} GFLOP/query | store KiB/photo |",
+             "|---|---|" + "---:|" * (len(ks) + 2)]
+    rng = np.random.default_rng(0)
+    last_model = None
+    for label, model, size in rerank_models(args):
+        model = model.to(device)
+        width = model.config.hidden_size
+        side = size // model.config.patch_size
+        n_tok = side * side
+        m = args.store_rows
+        emb = rng.standard_normal((m, width), dtype=np.float32)
+        tokens = rng.standard_normal((m, n_tok, width), dtype=np.float32).astype(np.float16)
+        for option in RERANK_OPTIONS:
+            if option.startswith("int8") and device.type != "cpu":
+                continue
+            keep = {"select 1/2": n_tok // 2, "select 1/4": n_tok // 4}.get(option)
+            mask = _random_mask(m, n_tok, keep, rng)
+            index = ZseIndex.from_features(emb / np.linalg.norm(emb, axis=1, keepdims=True), local_tokens=tokens,
+                                           token_mask=mask, grid_size=(side, side), model=model, work_dir=folder)
+            store = sum(p.stat().st_size for p in Path(index._work).glob("*.npy") if not p.name.startswith("emb"))
+            if option == "exact + stored projections":
+                store += index.precompute_projections(progress=False)
+            q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
+                                 token_mask=torch.from_numpy(_random_mask(1, n_tok, keep, rng)), grid_size=(side, side))
+            rows = rng.choice(m, size=(1, ks[-1]), replace=False)
+            counter = FlopCounterMode(display=False)  # load-independent: the work each option does
+            with counter:
+                if option.startswith("per-pair"):
+                    _old_rerank(index, model, q, rows)
+                else:
+                    index.rerank_rows(q, rows, int8=option.startswith("int8"))
+            gflop = "n/a" if option.startswith("int8") else f"{counter.get_total_flops() / 1e9:.1f}"
+            times = []
+            for k in ([] if args.flops_only else ks):
+                samples = []
+                for r in range(args.repeats + 1):
+                    q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
+                                         token_mask=torch.from_numpy(_random_mask(1, n_tok, keep, rng)),
+                                         grid_size=(side, side))
+                    rows = rng.choice(m, size=(1, k), replace=False)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t = time.perf_counter()
+                    if option.startswith("per-pair"):
+                        _old_rerank(index, model, q, rows)
+                    else:
+                        index.rerank_rows(q, rows, int8=option.startswith("int8"))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if r:  # first run warms up (and makes the int8 copy)
+                        samples.append((time.perf_counter() - t) * 1000)
+                times.append(min(samples) if args.best_of else statistics.median(samples))
+            index.close()
+            shown = [f"{t:.0f}" for t in times] or ["-"] * len(ks)
+            line = f"| {label} | {option} | " + " | ".join(shown) + f" | {gflop} | {store / m / 1024:.0f} |"
+            lines.append(line)
+            print(line, file=sys.stderr, flush=True)
+        last_model = model
+    # FLOPs of the default head, as before (exhaustive vs two-stage)
+    model = last_model.cpu()
+    n_tok, width = (model.config.image_size // model.config.patch_size) ** 2, model.config.hidden_size
+    side = int(n_tok ** 0.5)
     with torch.inference_mode():
         pair = _pair_flops(model, n_tok, width, side)
         enc = _encoder_flops(model)
-    for k in ks:
-        times = {}
-        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            samples = []
-            for r in range(args.repeats + 1):
-                q = ZseImageFeatures(local_tokens=torch.randn(1, n_tok, width),
-                                     token_mask=torch.ones(1, n_tok, dtype=torch.bool), grid_size=(side, side))
-                rows = rng.choice(m, size=(1, k), replace=False)
-                t = time.perf_counter()
-                index.rerank_rows(q, rows, autocast_dtype=dtype)
-                if r:  # first run warms up
-                    samples.append((time.perf_counter() - t) * 1000)
-            times[name] = statistics.median(samples)
-        line = f"| {k} | {times['fp32']:.0f} | {times['bf16']:.0f} | {k * pair / 1e9:.0f} |"
-        lines.append(line)
-        print(line, file=sys.stderr, flush=True)
-    lines += ["", f"Token store: {store_bytes / 1024:.0f} KiB/photo (fp16 {n_tok}x{width} tokens + mask), "
-                  f"{m} rows memory-mapped (warm page cache).", "",
+    lines += ["", "Options: `per-pair (before)` re-projects both sides for every (query, candidate) pair (the "
+              "re-rank before this change); `exact` projects each query once and each candidate once "
+              "(`ZseIndex.rerank_rows`); `+ stored projections` reads the photo side's projections from "
+              "`ZseIndex.precompute_projections()`; `select 1/2`, `1/4` keep that many tokens per image "
+              "(token selection: the pair head runs on the kept tokens only; exact against the masked head, "
+              "but a different model than no selection); `int8` quantises the pair head's linear layers "
+              "(LOSSY; CPU only).", "",
               "| photos | two-stage GFLOP/query (sketch encode + Flat scan + K=100 re-rank) | exhaustive TFLOP/query "
               "(encode gallery + every pair) | ratio |", "|---:|---:|---:|---:|"]
     for n in sorted(set(sizes) | {17_000}):
         two = enc + 2 * n * width + 100 * pair
         full = enc + n * (enc + pair)
         lines.append(f"| {n:,} | {two / 1e9:,.0f} | {full / 1e12:,.1f} | {full / two:,.0f}x |")
-    lines += ["", f"Per image encoder: {enc / 1e9:.1f} GFLOP (224 px); "
-                  f"per (sketch, photo) pair head: {pair / 1e9:.2f} GFLOP."]
+    lines += ["", f"Default 224 px config: per image encoder {enc / 1e9:.1f} GFLOP; "
+                  f"per (sketch, photo) pair head {pair / 1e9:.2f} GFLOP (before this change's savings)."]
     return lines
 
 
@@ -207,6 +296,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed re-rank runs per K")
     p.add_argument("--skip", default="", help="comma-separated factories to leave out, e.g. HNSW32")
     p.add_argument("--no-rerank", action="store_true")
+    p.add_argument("--rerank-only", action="store_true", help="skip the ANN table")
+    p.add_argument("--flops-only", action="store_true", help="re-rank: count FLOPs only, no timing")
+    p.add_argument("--best-of", action="store_true",
+                   help="re-rank: report the fastest of --repeats runs instead of the median (shared machines)")
+    p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "hub_card"),
+                   help="the shipped model folder for the re-rank rows (default: hub_card/)")
+    p.add_argument("--device", default="cpu", help="re-rank device: cpu or cuda (the GPU row; int8 is CPU only)")
     p.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all cores)")
     p.add_argument("--work-dir", default=None, help="where the stores go (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -228,12 +324,14 @@ def main(argv=None) -> int:
                   "| recall@100 |",
                   "|---:|---|---|---:|---:|---:|---:|---:|"]
         rows: list[str] = []
-        for n in sizes:
+        for n in ([] if args.rerank_only else sizes):
             bench_ann(n, args, folder, rows)
         rerank = [] if args.no_rerank else bench_rerank(args, folder, sizes)
-    print("\n".join(header + rows))
+    if rows:
+        print("\n".join(header + rows))
     if rerank:
-        print("\nRe-rank (relation network on stored tokens, default ZseModel head, per query):\n")
+        how = "fastest" if args.best_of else "median"
+        print(f"\nRe-rank (relation network on stored tokens, per query; {how} of {args.repeats} runs):\n")
         print("\n".join(rerank))
     return 0
 

@@ -355,6 +355,10 @@ def test_cli_index_merge_search(model, processor, photo_dir, sketches, tmp_path,
     api = ZseIndex.load(out, model=model).search(sketches[:2], k=4, rerank_k=6)
     assert [r["sketch"] for r in printed] == sketches[:2]
     assert [r["hits"] for r in printed] == [[asdict(h) for h in hits] for hits in api]
+    assert retrieval.search_main([str(out), sketches[0], "-k", "4", "--rerank-k", "6", "--int8", "--json"]) == 0
+    lossy = json.loads(capsys.readouterr().out)[0]["hits"]  # int8 head: approximate relation scores
+    assert len(lossy) == 4 and all(h["relation_score"] is not None for h in lossy)
+    assert [h["relation_score"] for h in lossy] != [h["relation_score"] for h in printed[0]["hits"]]
     assert retrieval.search_main([str(out), sketches[0], "-k", "3"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"# {sketches[0]}") and len(text.strip().splitlines()) == 4

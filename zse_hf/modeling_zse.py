@@ -57,6 +57,10 @@ class ZseImageFeatures(ModelOutput):
         ret_attention: `[B, N]` last-layer attention of the [Ret] token over the patches
             (averaged over heads), when computed.
         grid_size: `(h, w)` patch grid of `local_tokens`.
+        cross_projections: `[B, 3, N, D]` this image's cross-attention projections (its queries
+            for one branch, its keys and values for the other), when precomputed by
+            [`ZseModel.project_image_features`]; the pair head then skips them.
+        cross_projection_side: `"sketch"` or `"photo"`, the side `cross_projections` were made for.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -68,16 +72,21 @@ class ZseImageFeatures(ModelOutput):
     token_mask: torch.BoolTensor | None = None
     ret_attention: torch.FloatTensor | None = None
     grid_size: tuple[int, int] | None = None
+    cross_projections: torch.FloatTensor | None = None
+    cross_projection_side: str | None = None
 
     def select(self, index) -> ZseImageFeatures:
         """The rows `index` (`[M]` long tensor or a slice) of the per-image fields that the pair
-        head reads (`ret_embeds`, `local_tokens`, `token_mask`, `ret_attention`, `grid_size`)."""
+        head reads (`ret_embeds`, `local_tokens`, `token_mask`, `ret_attention`, `grid_size`,
+        `cross_projections`)."""
         return ZseImageFeatures(
             ret_embeds=self.ret_embeds[index] if self.ret_embeds is not None else None,
             local_tokens=self.local_tokens[index],
             token_mask=self.token_mask[index] if self.token_mask is not None else None,
             ret_attention=self.ret_attention[index] if self.ret_attention is not None else None,
             grid_size=self.grid_size,
+            cross_projections=self.cross_projections[index] if self.cross_projections is not None else None,
+            cross_projection_side=self.cross_projection_side if self.cross_projections is not None else None,
         )
 
     def to_model(self, model: nn.Module) -> ZseImageFeatures:
@@ -96,6 +105,8 @@ class ZseImageFeatures(ModelOutput):
             token_mask=move(self.token_mask),
             ret_attention=move(self.ret_attention),
             grid_size=self.grid_size,
+            cross_projections=move(self.cross_projections),
+            cross_projection_side=self.cross_projection_side if self.cross_projections is not None else None,
         )
 
 
@@ -313,6 +324,43 @@ def masked_grid_pool(tokens: torch.Tensor, grid_size: tuple[int, int], size: int
     return summed / weight.clamp_min(1e-6), weight
 
 
+def _tracing() -> bool:
+    """True under torch.jit tracing, torch.compile or torch.export (no data-dependent shapes there)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
+
+
+def kept_token_index(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Positions of the kept tokens of a token-selection `mask [B, N]`, for computing on them only.
+
+    Returns `(index [B, K], valid [B, K])` with K the largest kept count of a row: row b's kept
+    positions in grid order first, then (where `valid` is False) padding positions of dropped
+    tokens. None when there is nothing to save (no mask, every token kept, or tracing/export,
+    where the masked path runs instead, or when a row keeps no token).
+    """
+    if mask is None or _tracing() or bool(mask.all()):
+        return None
+    counts = mask.sum(1)
+    if int(counts.min()) == 0:  # an image with no kept token: the masked path defines that case
+        return None
+    k = int(counts.max())
+    index = torch.sort(mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+    valid = torch.arange(k, device=mask.device)[None, :] < counts[:, None]
+    return index, valid
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index [B, K]` of `x [B, N, ...]` along dim 1 -> `[B, K, ...]`."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+def scatter_tokens(x: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """Put `x [B, K, D]` back at positions `index [B, K]` of zeros `[B, n, D]` (invalid rows stay 0)."""
+    x = x * valid[..., None].to(x.dtype)
+    out = x.new_zeros(x.shape[0], n, x.shape[2])
+    return out.scatter(1, index[..., None].expand(-1, -1, x.shape[2]), x)
+
+
 class ZseTokenizer(nn.Module):
     """Learnable tokenizer: a conv stem whose tokens are added to the patch embedding.
 
@@ -451,16 +499,30 @@ class ZseCrossAttentionLayer(GradientCheckpointingLayer):
         )
         self.ffn_norm = nn.LayerNorm(d)
 
-    def forward(self, queries, keys_values, kv_mask=None, output_attentions: bool = False):
-        """Args: queries `[B, Nq, D]`, keys_values `[B, Nk, D]`, kv_mask `[B, Nk]` bool (True = usable).
+    def forward(
+        self,
+        queries,
+        keys_values,
+        kv_mask=None,
+        output_attentions: bool = False,
+        projected_queries=None,
+        projected_keys=None,
+        projected_values=None,
+    ):
+        """Args: queries `[B, Nq, D]`, keys_values `[B, Nk, D]`, kv_mask `[B, Nk]` bool (True = usable);
+        optionally their projections already made (`projected_queries [B, Nq, D]` = `q_proj(queries)`,
+        `projected_keys`/`projected_values [B, Nk, D]`), which are then not recomputed.
 
         Returns: tokens `[B, Nq, D]` and, if asked, attention weights `[B, heads, Nq, Nk]` (else None).
         """
         b, nq, d = queries.shape
         nk = keys_values.shape[1]
-        q = self.q_proj(queries).view(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(keys_values).view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(keys_values).view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(queries) if projected_queries is None else projected_queries
+        k = self.k_proj(keys_values) if projected_keys is None else projected_keys
+        v = self.v_proj(keys_values) if projected_values is None else projected_values
+        q = q.view(b, nq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
         bias = None
         if kv_mask is not None:  # additive mask; no data-dependent branch, so it exports
             bias = torch.zeros(b, 1, 1, nk, dtype=q.dtype, device=q.device)
@@ -494,22 +556,67 @@ class ZseCrossAttention(nn.Module):
         self.sketch_layer = ZseCrossAttentionLayer(config)
         self.photo_layer = ZseCrossAttentionLayer(config)
 
+    def side_layers(self, side: str) -> tuple[ZseCrossAttentionLayer, ZseCrossAttentionLayer]:
+        """`(layer this side gives queries to, layer it gives keys/values to)` for `side` in
+        `"sketch"`, `"photo"`."""
+        if side not in ("sketch", "photo"):
+            raise ValueError(f"side must be 'sketch' or 'photo', got {side!r}")
+        own, other = self.sketch_layer, self.photo_layer
+        if side == "photo":
+            own, other = other, own
+        return (own, other) if self.query_side == "self" else (other, own)
+
+    def project(self, features: ZseImageFeatures, side: str) -> torch.Tensor:
+        """The cross-attention projections `[B, 3, N, D]` of one side's images: `q_proj` of the
+        layer it gives queries to, `k_proj` and `v_proj` of the layer it gives keys/values to.
+        They depend on one image only, so a query's are made once for all its candidates and a
+        photo's can be stored at index time. Tokens dropped by token selection are not
+        projected (their rows are 0: attention and pooling never read them)."""
+        q_layer, kv_layer = self.side_layers(side)
+        tokens = features.local_tokens
+        kept = kept_token_index(features.token_mask)
+        if kept is not None:
+            tokens = gather_tokens(tokens, kept[0])
+        out = torch.stack([q_layer.q_proj(tokens), kv_layer.k_proj(tokens), kv_layer.v_proj(tokens)], dim=1)
+        if kept is not None:
+            n = features.local_tokens.shape[1]
+            out = torch.stack([scatter_tokens(out[:, i], kept[0], kept[1], n) for i in range(3)], dim=1)
+        return out
+
     def forward(
         self, sketch: ZseImageFeatures, photo: ZseImageFeatures, output_attentions: bool = False
     ) -> ZseCrossAttentionOutput:
-        """Cross-attend paired features (batch B each); see [`ZseCrossAttentionOutput`]."""
+        """Cross-attend paired features (batch B each); see [`ZseCrossAttentionOutput`].
+
+        Precomputed `cross_projections` of either side are used instead of recomputing them.
+        With token selection (a token mask with dropped tokens), each branch runs on the kept
+        tokens only (gathered; queries and keys/values) and its outputs are scattered back onto
+        the full grid for the relation network's pooling, which is exact against attending with
+        the mask and pooling the kept tokens (attention weights, when asked, come from the
+        masked path on the full grid)."""
         s, p = sketch, photo
         if self.query_side == "self":
             s_q, p_q = s, p  # each branch keeps its own grid
         else:
             s_q, p_q = p, s
         s_kv, p_kv = p_q, s_q
-        s_tok, s_attn = self.sketch_layer(
-            s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=output_attentions
-        )
-        p_tok, p_attn = self.photo_layer(
-            p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=output_attentions
-        )
+        proj = {}
+        for side, f in (("sketch", s), ("photo", p)):
+            if f.cross_projections is not None and f.cross_projection_side == side:
+                proj[side] = f.cross_projections
+        if not proj and output_attentions:  # the plain path, as trained
+            s_tok, s_attn = self.sketch_layer(
+                s_q.local_tokens, s_kv.local_tokens, s_kv.token_mask, output_attentions=True
+            )
+            p_tok, p_attn = self.photo_layer(
+                p_q.local_tokens, p_kv.local_tokens, p_kv.token_mask, output_attentions=True
+            )
+        else:
+            s_from, p_from = ("sketch", "photo") if self.query_side == "self" else ("photo", "sketch")
+            s_tok, s_attn = self._branch(self.sketch_layer, s_q, s_kv, proj.get(s_from), proj.get(p_from),
+                                         output_attentions)
+            p_tok, p_attn = self._branch(self.photo_layer, p_q, p_kv, proj.get(p_from), proj.get(s_from),
+                                         output_attentions)
         return ZseCrossAttentionOutput(
             sketch_tokens=s_tok,
             sketch_grid_size=s_q.grid_size,
@@ -520,6 +627,28 @@ class ZseCrossAttention(nn.Module):
             sketch_attentions=s_attn,
             photo_attentions=p_attn,
         )
+
+    def _branch(self, layer, q_feats, kv_feats, q_side_proj, kv_side_proj, output_attentions: bool):
+        """One branch: `layer` with queries from `q_feats` and keys/values from `kv_feats`,
+        reading their precomputed projections `[B, 3, N, D]` (or None) where given."""
+        q_proj = q_side_proj[:, 0] if q_side_proj is not None else None
+        k_proj, v_proj = (kv_side_proj[:, 1], kv_side_proj[:, 2]) if kv_side_proj is not None else (None, None)
+        queries, keys_values, kv_mask = q_feats.local_tokens, kv_feats.local_tokens, kv_feats.token_mask
+        q_kept = None if output_attentions else kept_token_index(q_feats.token_mask)
+        kv_kept = None if output_attentions else kept_token_index(kv_mask)
+        if q_kept is not None:
+            queries = gather_tokens(queries, q_kept[0])
+            q_proj = gather_tokens(q_proj, q_kept[0]) if q_proj is not None else None
+        if kv_kept is not None:
+            keys_values = gather_tokens(keys_values, kv_kept[0])
+            k_proj = gather_tokens(k_proj, kv_kept[0]) if k_proj is not None else None
+            v_proj = gather_tokens(v_proj, kv_kept[0]) if v_proj is not None else None
+            kv_mask = kv_kept[1]
+        tokens, attn = layer(queries, keys_values, kv_mask, output_attentions=output_attentions,
+                             projected_queries=q_proj, projected_keys=k_proj, projected_values=v_proj)
+        if q_kept is not None:
+            tokens = scatter_tokens(tokens, q_kept[0], q_kept[1], q_feats.local_tokens.shape[1])
+        return tokens, attn
 
 
 class ZseRelationNetwork(nn.Module):
@@ -717,6 +846,23 @@ class ZseModel(ZsePreTrainedModel):
             photo_cross_attentions=cross.photo_attentions,
         )
 
+    def project_image_features(self, features: ZseImageFeatures, side: str) -> ZseImageFeatures:
+        """`features` with their cross-attention projections `cross_projections [B, 3, N, D]` for
+        `side` (`"sketch"` for queries, `"photo"` for candidates): the pair head's per-image work,
+        done once per image instead of once per pair. Features that already carry them for
+        `side` are returned unchanged. Scores are the same as without (up to float rounding)."""
+        if features.cross_projections is not None and features.cross_projection_side == side:
+            return features
+        return ZseImageFeatures(
+            ret_embeds=features.ret_embeds,
+            local_tokens=features.local_tokens,
+            token_mask=features.token_mask,
+            ret_attention=features.ret_attention,
+            grid_size=features.grid_size,
+            cross_projections=self.cross_attention.project(features, side),
+            cross_projection_side=side,
+        )
+
     def score_indexed_pairs(
         self,
         query_features: ZseImageFeatures,
@@ -742,6 +888,9 @@ class ZseModel(ZsePreTrainedModel):
             return_logits: return relation logits instead of scores in (0, 1).
             progress: show a progress bar.
 
+        Each query's and each candidate's cross-attention projections are made once per chunk
+        (or read from `cross_projections`, see [`project_image_features`]), not once per pair.
+
         Returns: `[M]` tensor on the model's device, in its dtype.
         """
         query_index = torch.as_tensor(query_index, dtype=torch.long)
@@ -761,14 +910,34 @@ class ZseModel(ZsePreTrainedModel):
         out = []
         for start in starts:
             sl = slice(start, start + chunk_size)
-            q = query_features.select(query_index[sl].to(query_features.local_tokens.device)).to_model(self)
-            c = candidate_features.select(candidate_index[sl].to(candidate_features.local_tokens.device)).to_model(self)
+            # each query and candidate of the chunk is moved and projected once, then paired
+            q = self._paired_rows(query_features, query_index[sl], "sketch")
+            c = self._paired_rows(candidate_features, candidate_index[sl], "photo")
             pair = self.score_pairs(q, c)
             out.append(pair.relation_logits if return_logits else pair.relation_scores)
         if not out:
             param = next(self.parameters())
             return torch.zeros(0, device=param.device, dtype=param.dtype)
         return torch.cat(out)
+
+    def _paired_rows(self, features: ZseImageFeatures, index: torch.Tensor, side: str) -> ZseImageFeatures:
+        """Rows `index [M]` of `features` on the model, with their projections for `side`, each
+        distinct row moved and projected once (one row repeated M times is a broadcast view)."""
+        uniq, inverse = torch.unique(index, return_inverse=True)
+        device = features.local_tokens.device
+        if len(uniq) == len(index):  # all distinct: one gather, already in pair order
+            return self.project_image_features(features.select(index.to(device)).to_model(self), side)
+        rows = self.project_image_features(features.select(uniq.to(device)).to_model(self), side)
+        if len(uniq) == 1:
+            m = len(index)
+            return ZseImageFeatures(
+                local_tokens=rows.local_tokens.expand(m, -1, -1),
+                token_mask=rows.token_mask.expand(m, -1) if rows.token_mask is not None else None,
+                grid_size=rows.grid_size,
+                cross_projections=rows.cross_projections.expand(m, -1, -1, -1),
+                cross_projection_side=side,
+            )
+        return rows.select(inverse.to(rows.local_tokens.device))
 
     def score_all_pairs(
         self,

@@ -41,6 +41,7 @@ Modules (each one concern):
     persistence.py    save (atomic swap) and load (checksummed), stale-directory clean-up
     sharding.py       I/N shards and merging saved indexes
     model_binding.py  the model an index is bound to (weights fingerprint, processor)
+    quantization.py   the lossy int8 pair head for CPU re-ranking (`search(..., int8=True)`)
     inputs.py         folders / lists of images and their ids
     records.py        Hit, Skipped
     cli.py            zse-sbir index / merge-index / search

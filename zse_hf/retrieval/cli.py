@@ -135,7 +135,7 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--json]`."""
+    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--int8] [--json]`."""
     p = argparse.ArgumentParser(prog="zse-sbir search", description="Search an index with sketches.")
     p.add_argument("index_dir")
     p.add_argument("sketches", nargs="+")
@@ -145,6 +145,9 @@ def search_main(argv: list[str] | None = None) -> int:
                    help="re-rank this many [Ret] candidates with the relation network (0: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default=None)
+    p.add_argument("--int8", action="store_true",
+                   help="LOSSY: re-rank with the pair head's linear layers quantised to int8 (CPU; faster, "
+                        "approximate relation scores)")
     p.add_argument("--no-verify", action="store_true", help="check index file sizes only, not checksums")
     args = p.parse_args(argv)
     try:
@@ -154,7 +157,7 @@ def search_main(argv: list[str] | None = None) -> int:
             raise ValueError("the index records no model; pass --model")
         model, processor = _load_model(model_dir, args.device)
         index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
-        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k)
+        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8)
     except (ValueError, OSError) as err:
         return _fail("search", err)
     if args.json:

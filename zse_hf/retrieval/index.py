@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..modeling_zse import ZseImageFeatures
 from .encoding import encode_photos, encode_sketches
@@ -30,6 +32,7 @@ from .faiss_index import (
 from .inputs import json_id, resolve_items
 from .model_binding import check_model, default_processor, model_device_dtype, model_fingerprint, model_name
 from .persistence import load_index, save_index
+from .quantization import int8_pair_model
 from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
 from .token_store import Segment, SegmentWriter, new_work_dir
@@ -82,6 +85,8 @@ class ZseIndex:
         self._row_of: dict[str | int, int] = {}
         self._work_root = work_dir
         self._work: Path | None = None
+        self._projections = None  # (model, row count, [rows, 3, N, D] fp16 memory map) from precompute_projections
+        self._int8 = None  # (model, its int8 pair-head copy)
 
     # ------------------------------------------------------------------ basic views
 
@@ -495,8 +500,60 @@ class ZseIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
-    def rerank_rows(self, query_features: ZseImageFeatures, rows, batch_size: int = 64,
-                    autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def precompute_projections(self, batch_size: int = 256, progress: bool = True) -> int:
+        """Make every stored photo's cross-attention projections (`[3, N, D]` fp16 per photo: the
+        photo-side `q`, `k`, `v` of the pair head) once, so re-ranking skips them (exact: the
+        same scores up to fp16 rounding of the projections). Off by default: the array costs 3x
+        the token store (e.g. 144 KiB/photo for 8x8 tokens of width 384, 576 KiB at 16x16). It
+        is a memory-mapped file in the index's work directory, not part of a saved index; it is
+        dropped when rows are added or another model is attached. Returns its size in bytes."""
+        if self.model is None:
+            raise ValueError("precomputing projections needs the model: pass model= or call attach_model()")
+        if self.token_shape is None or not self.store_local_tokens:
+            raise ValueError("this index stores no local tokens; there is nothing to project")
+        n = self.num_rows
+        path = self._work_dir() / f"projections-{uuid.uuid4().hex[:8]}.npy"
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, 3, *self.token_shape))
+        starts = range(0, n, batch_size)
+        if progress:
+            starts = tqdm(starts, desc="projections", unit="batch", leave=False)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for s in starts:
+                    rows = np.arange(s, min(n, s + batch_size))
+                    feats = ZseImageFeatures(local_tokens=torch.from_numpy(self._gather("tokens", rows)),
+                                             token_mask=torch.from_numpy(self._gather("mask", rows)),
+                                             grid_size=self.grid_size).to_model(self.model)
+                    proj = self.model.project_image_features(feats, "photo").cross_projections
+                    arr[s:s + len(rows)] = proj.float().clamp(-65504, 65504).cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        arr.flush()
+        self._projections = (self.model, n, np.load(path, mmap_mode="r"))
+        return path.stat().st_size
+
+    def _stored_projections(self, rows: np.ndarray) -> torch.Tensor | None:
+        """Precomputed projections `[M, 3, N, D]` of `rows`, when made for this model and all rows."""
+        if self._projections is None:
+            return None
+        model, n, arr = self._projections
+        if model is not self.model or n != self.num_rows:
+            self._projections = None
+            return None
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        out[order] = arr[rows[order]]
+        return torch.from_numpy(out)
+
+    def _int8_model(self):
+        if self._int8 is None or self._int8[0] is not self.model:
+            self._int8 = (self.model, int8_pair_model(self.model))
+        return self._int8[1]
+
+    def rerank_rows(self, query_features: ZseImageFeatures, rows, batch_size: int = 128,
+                    autocast_dtype: torch.dtype | None = None, int8: bool = False) -> torch.Tensor:
         """Relation scores `[Q, K]` of each query against its own candidates.
 
         Args:
@@ -505,14 +562,19 @@ class ZseIndex:
             batch_size: (query, candidate) pairs per `model.score_indexed_pairs` chunk.
             autocast_dtype: e.g. `torch.bfloat16` to run the head under `torch.autocast` (faster
                 on CPUs with AMX and on GPUs; scores differ by ~1e-3).
+            int8: LOSSY. Run the pair head's linear layers dynamically quantised to int8 (CPU,
+                fp32 model; see `zse_hf.retrieval.quantization`): faster, scores approximate.
 
-        Candidate tokens are read from the memory-mapped store (only the needed rows).
+        Candidate tokens are read from the memory-mapped store (only the needed rows), with
+        their projections when [`precompute_projections`] made them. Each query's projections
+        are made once for all its candidates.
         """
         if self.model is None:
             raise ValueError("re-ranking needs the model: pass model= to ZseIndex.load or call attach_model()")
         rows = np.asarray(rows, dtype=np.int64)
         q_n, k_n = rows.shape
-        dev = model_device_dtype(self.model)[0]
+        model = self._int8_model() if int8 else self.model
+        dev = model_device_dtype(model)[0]
         flat = rows.reshape(-1)
         valid = np.flatnonzero(flat >= 0)
         uniq, inverse = np.unique(flat[valid], return_inverse=True)
@@ -522,17 +584,20 @@ class ZseIndex:
         out = torch.full((q_n * k_n,), float("nan"))
         if len(valid) == 0:
             return out.view(q_n, k_n)
-        candidates = ZseImageFeatures(local_tokens=tokens, token_mask=masks, grid_size=self.grid_size)
+        proj = None if int8 else self._stored_projections(uniq)
+        candidates = ZseImageFeatures(local_tokens=tokens, token_mask=masks, grid_size=self.grid_size,
+                                      cross_projections=proj, cross_projection_side=None if proj is None else "photo")
         ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-        was_training = self.model.training
-        self.model.eval()
+        was_training = model.training
+        model.eval()
         try:
             with torch.inference_mode(), ctx:
-                scores = self.model.score_indexed_pairs(query_features, candidates, q_of, torch.from_numpy(inverse),
-                                                        chunk_size=batch_size)
+                queries = model.project_image_features(query_features.to_model(model), "sketch")
+                scores = model.score_indexed_pairs(queries, candidates, q_of, torch.from_numpy(inverse),
+                                                   chunk_size=batch_size)
             out[torch.from_numpy(valid)] = scores.float().cpu()
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return out.view(q_n, k_n)
 
     def encode_sketches(self, sketches, batch_size: int = 32) -> ZseImageFeatures:
@@ -543,7 +608,8 @@ class ZseIndex:
         return encode_sketches(self.model, self.processor, sketches, batch_size)
 
     def search(self, sketches, k: int = 10, rerank_k: int | None = None, batch_size: int = 32,
-               search_params: dict | None = None, autocast_dtype: torch.dtype | None = None) -> list[list[Hit]]:
+               search_params: dict | None = None, autocast_dtype: torch.dtype | None = None,
+               int8: bool = False) -> list[list[Hit]]:
         """Find the photos that match each sketch.
 
         Args:
@@ -556,6 +622,7 @@ class ZseIndex:
             batch_size: sketches encoded per forward pass.
             search_params: overrides of `self.search_params` (`nprobe`, `efSearch`, `refine`).
             autocast_dtype: see [`rerank_rows`].
+            int8: LOSSY int8 re-rank on the CPU; see [`rerank_rows`].
 
         Returns: one list of [`Hit`] per sketch, best first.
         """
@@ -573,7 +640,7 @@ class ZseIndex:
         rel = None
         if rerank:
             head = rows[:, :rerank]
-            rel = self.rerank_rows(feats, head, autocast_dtype=autocast_dtype).numpy()
+            rel = self.rerank_rows(feats, head, autocast_dtype=autocast_dtype, int8=int8).numpy()
         results = []
         for qi in range(rows.shape[0]):
             order = list(range(rows.shape[1]))

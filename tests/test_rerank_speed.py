@@ -1,0 +1,158 @@
+"""Re-rank cost options: gathered token selection, per-image projections (once per query, stored
+per photo) and the lossy int8 head; each checked against the reference (masked, per-pair) path."""
+
+import numpy as np
+import pytest
+import torch
+
+from zse_hf import ZseModel
+from zse_hf.modeling_zse import gather_tokens, kept_token_index, scatter_tokens
+from zse_hf.retrieval import ZseIndex
+from zse_hf.retrieval import quantization as retrieval_quantization
+
+from conftest import assert_close_to_scale, tiny_config
+
+
+def _features(model, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.image_size
+    with torch.no_grad():
+        return model.get_image_features(torch.randn(n, 3, size, size, generator=g))
+
+
+def _reference(model, q, c, qi, ci):
+    """The masked per-pair path (output_attentions=True runs the plain layers on the full grid)."""
+    with torch.no_grad():
+        return model.score_pairs(q.select(qi), c.select(ci), output_attentions=True).relation_logits
+
+
+def _pairs(q_n, c_n):
+    return torch.arange(q_n).repeat_interleave(c_n), torch.arange(c_n).repeat(q_n)
+
+
+@pytest.mark.parametrize("side", ["self", "other"])
+@pytest.mark.parametrize("selected", [None, 3, 9])
+def test_fast_pair_path_equals_masked_per_pair_path(selected, side):
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(num_selected_tokens=selected, cross_attention_query_side=side)).eval()
+    q, c = _features(model, 3, 1), _features(model, 5, 2)
+    if selected:
+        assert q.token_mask.sum(1).tolist() == [selected] * 3
+    qi, ci = _pairs(3, 5)
+    ref = _reference(model, q, c, qi, ci)
+    with torch.no_grad():
+        fast = model.score_indexed_pairs(q, c, qi, ci, chunk_size=4, return_logits=True)
+        paired = model.score_pairs(q.select(qi), c.select(ci)).relation_logits  # gathered, per pair
+        pre = model.score_indexed_pairs(model.project_image_features(q, "sketch"),
+                                        model.project_image_features(c, "photo"), qi, ci, return_logits=True)
+    assert ref.abs().max() > 0
+    for got in (fast, paired, pre):
+        assert_close_to_scale(got, ref, rel=1e-4)
+
+
+def test_gathered_path_with_uneven_and_empty_masks():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    q, c = _features(model, 2, 1), _features(model, 4, 2)
+    n = q.local_tokens.shape[1]
+    rng = np.random.default_rng(0)
+    c.token_mask = torch.from_numpy(rng.random((4, n)) < np.array([[0.2], [0.5], [0.9], [0.3]]))
+    c.token_mask[:, 0] = True  # every photo keeps at least one token
+    q.token_mask = torch.from_numpy(rng.random((2, n)) < 0.5)
+    q.token_mask[:, 3] = True
+    qi, ci = _pairs(2, 4)
+    with torch.no_grad():
+        got = model.score_indexed_pairs(q, c, qi, ci, return_logits=True)
+    assert_close_to_scale(got, _reference(model, q, c, qi, ci), rel=1e-4)
+    # a photo that keeps nothing falls back to the masked path (same answer as the reference)
+    c.token_mask[1] = False
+    assert kept_token_index(c.token_mask) is None
+    with torch.no_grad():
+        got = model.score_indexed_pairs(q, c, qi, ci, return_logits=True)
+    assert_close_to_scale(got, _reference(model, q, c, qi, ci), rel=1e-4)
+
+
+def test_gather_and_scatter_helpers():
+    mask = torch.tensor([[True, False, True, False], [False, False, False, True], [True] * 4])
+    index, valid = kept_token_index(mask)
+    assert index.shape == (3, 4)
+    assert index[0, :2].tolist() == [0, 2] and index[1, :1].tolist() == [3]
+    assert valid.sum(1).tolist() == [2, 1, 4]
+    x = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
+    back = scatter_tokens(gather_tokens(x, index), index, valid, 4)
+    assert torch.equal(back, x * mask[..., None])
+    assert kept_token_index(torch.ones(2, 4, dtype=torch.bool)) is None and kept_token_index(None) is None
+
+
+def test_projections_follow_select_and_to_model_and_wrong_side_is_recomputed():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(num_selected_tokens=5)).eval()
+    c = _features(model, 4)
+    with torch.no_grad():
+        p = model.project_image_features(c, "photo")
+        assert model.project_image_features(p, "photo") is p
+        s = model.project_image_features(p, "sketch")
+    n, d = c.local_tokens.shape[1:]
+    assert p.cross_projections.shape == (4, 3, n, d) and p.cross_projection_side == "photo"
+    # dropped tokens are not projected
+    assert torch.all(p.cross_projections.permute(0, 2, 1, 3)[~c.token_mask] == 0)
+    assert not torch.equal(s.cross_projections, p.cross_projections)
+    sel = p.select(torch.tensor([2, 0])).to_model(model)
+    assert torch.equal(sel.cross_projections, p.cross_projections[[2, 0]]) and sel.cross_projection_side == "photo"
+    with pytest.raises(ValueError, match="side"):
+        model.cross_attention.project(c, "query")
+
+
+def _index(model, n=12, seed=0):
+    feats = _features(model, n, seed)
+    return ZseIndex.from_features(feats.ret_embeds.numpy(), local_tokens=feats.local_tokens.numpy(),
+                                  token_mask=feats.token_mask.numpy(), grid_size=feats.grid_size, model=model)
+
+
+@pytest.mark.parametrize("selected", [None, 6])
+def test_index_rerank_exact_options_equal_the_reference(selected):
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(num_selected_tokens=selected)).eval()
+    index = _index(model)
+    q = _features(model, 2, 7)
+    rows = np.array([[3, 1, 11, 0], [5, 5, -1, 2]])
+    base = index.rerank_rows(q, rows)
+    assert torch.isnan(base[1, 2]) and not torch.isnan(base[0]).any()
+    stored = index.local_tokens(index.ids)
+    ok = rows >= 0
+    qi = torch.from_numpy(np.nonzero(ok)[0])
+    ci = torch.from_numpy(rows[ok])
+    ref = torch.sigmoid(_reference(model, q, stored.to_model(model), qi, ci))
+    assert_close_to_scale(base[torch.from_numpy(ok)], ref, rel=1e-4)
+    size = index.precompute_projections(progress=False)
+    n_tok, d = index.token_shape
+    assert size >= 12 * 3 * n_tok * d * 2
+    pre = index.rerank_rows(q, rows)
+    assert_close_to_scale(pre[torch.from_numpy(ok)], ref, rel=3e-3)  # projections stored in fp16
+    # another model (or more rows) drops the stored projections
+    other = ZseModel(tiny_config(num_selected_tokens=selected)).eval()
+    other.load_state_dict(model.state_dict())
+    index.attach_model(other)
+    assert index._stored_projections(np.array([0])) is None
+    index.close()
+
+
+def test_int8_rerank_is_close_and_labelled_lossy():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    index = _index(model, n=16)
+    q = _features(model, 3, 9)
+    rows = np.tile(np.arange(16), (3, 1))
+    fp32 = index.rerank_rows(q, rows)
+    int8 = index.rerank_rows(q, rows, int8=True)
+    assert not torch.equal(int8, fp32)  # it really runs the quantised head
+    assert np.corrcoef(int8.ravel().numpy(), fp32.ravel().numpy())[0, 1] > 0.9
+    quantised = index._int8_model()
+    assert quantised is not model and type(quantised.cross_attention.sketch_layer.q_proj).__name__ == "Linear"
+    assert "quantized" in type(quantised.cross_attention.sketch_layer.q_proj).__module__
+    assert type(model.cross_attention.sketch_layer.q_proj) is torch.nn.Linear  # the model itself is untouched
+    hits = index.search(q, k=4, rerank_k=8, int8=True)
+    assert len(hits) == 3 and all(len(h) == 4 for h in hits)
+    with pytest.raises(ValueError, match="fp32 model on the CPU"):
+        retrieval_quantization.int8_pair_model(ZseModel(tiny_config()).double())
+    index.close()
