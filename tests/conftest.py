@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from transformers import Dinov2Config
+from transformers import Dinov2Config, Dinov2Model
 
-from zse_hf import ZseConfig, ZseModel
+from zse_hf import ZseConfig, ZseModel, assets
 
 
 def assert_same_state(actual: dict, expected: dict) -> None:
@@ -72,3 +72,23 @@ def tiny_model() -> ZseModel:
 def pixels() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(3, 3, 56, 56)
+
+
+def asset_root(fn):
+    """`fn()` (one of `zse_hf.assets`' `*_root` functions), or skip the test with the reason when
+    the offline asset cannot be had (no registry client, offline machine)."""
+    try:
+        return fn()
+    except assets.AssetError as e:
+        pytest.skip(f"offline assets unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A folder holding a random 2-layer, 32-wide `Dinov2Model` (56 px), for training runs."""
+    torch.manual_seed(0)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+                       image_size=56, mlp_ratio=2)
+    folder = tmp_path_factory.mktemp("backbone")
+    Dinov2Model(cfg).save_pretrained(folder)
+    return str(folder)

@@ -19,24 +19,19 @@ from PIL import Image, ImageDraw
 from zse_hf import assets
 from zse_hf import data as D
 
+from conftest import asset_root
+
 # --------------------------------------------------------------------------- fixtures
-
-
-def _asset_root(fn):
-    try:
-        return fn()
-    except assets.AssetError as e:  # no client / offline machine
-        pytest.skip(f"offline assets unavailable: {e}")
 
 
 @pytest.fixture(scope="session")
 def qd_root():
-    return _asset_root(assets.quickdraw_root)
+    return asset_root(assets.quickdraw_root)
 
 
 @pytest.fixture(scope="session")
 def tux_root():
-    return _asset_root(assets.tuxpaint_root)
+    return asset_root(assets.tuxpaint_root)
 
 
 def _photo_thumb(rec, tux_root, side=64):

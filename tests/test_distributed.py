@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import Dinov2Config, Dinov2Model
 
 from zse_hf import ZseModel, ZseProcessor, cli
 
@@ -109,16 +108,6 @@ def _check_best(run) -> None:
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                       image_size=56, mlp_ratio=2)
-    folder = tmp_path_factory.mktemp("backbone")
-    Dinov2Model(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def index_inputs(tmp_path_factory):
     """A tiny ZSE model folder and a folder of 9 photos."""
     root = tmp_path_factory.mktemp("index_inputs")
@@ -133,8 +122,8 @@ def index_inputs(tmp_path_factory):
     return root / "model", root / "photos"
 
 
-def test_two_process_training_and_index(backbone, index_inputs, tmp_path):
-    train = ["train", "--config", "tiny", "--backbone", backbone, "--batch-size", str(BATCH),
+def test_two_process_training_and_index(tiny_backbone, index_inputs, tmp_path):
+    train = ["train", "--config", "tiny", "--backbone", tiny_backbone, "--batch-size", str(BATCH),
              "--max-steps", str(STEPS), "--eval-steps", "1", "--save-steps", "2"]
     model_dir, photos = index_inputs
     index = ["index", str(photos), "--model", str(model_dir), "--out", str(tmp_path / "shards"), "--shard", "auto",

@@ -13,7 +13,7 @@ from zse_hf import ZseModel
 from zse_hf.data.warps import Warp, cell_targets, inked_cells, sample_warp, warp_sketch, warped_pair
 from zse_hf.metrics import kernel_locality
 
-from conftest import save_tiny_model, tiny_config
+from conftest import asset_root, save_tiny_model, tiny_config
 
 # --------------------------------------------------------------------------- warp -> correspondence
 
@@ -186,10 +186,7 @@ def test_eval_cli_gallery_all_and_locality(tmp_path):
     from zse_hf import assets
     from zse_hf.evaluation import main
 
-    try:
-        assets.quickdraw_root(), assets.tuxpaint_root()
-    except assets.AssetError as e:
-        pytest.skip(f"offline assets unavailable: {e}")
+    asset_root(assets.quickdraw_root), asset_root(assets.tuxpaint_root)
     save_tiny_model(tmp_path / "m")
     out = tmp_path / "r.json"
     assert main(["--model", str(tmp_path / "m"), "--split", "test", "--mode", "ret", "--mode", "rn",

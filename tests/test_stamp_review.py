@@ -18,6 +18,8 @@ from importlib import resources
 
 import pytest
 
+from conftest import asset_root
+
 KINDS = {"photo", "drawing", "not-an-object", "unseen-concept"}
 
 
@@ -66,10 +68,7 @@ def test_disjoint_from_the_reviewed_photo_table(review):
 def test_covers_every_stamp_of_the_package_with_its_hash(review):
     from zse_hf import assets
 
-    try:
-        root = assets.tuxpaint_root()
-    except assets.AssetError as e:  # no client / offline machine
-        pytest.skip(f"offline assets unavailable: {e}")
+    root = asset_root(assets.tuxpaint_root)
     table = {r["stamp_path"] for r in csv.DictReader(_package_text("photos.csv").splitlines())}
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
     assert on_disk == table | {r["stamp_path"] for r in review}

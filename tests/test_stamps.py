@@ -11,6 +11,8 @@ from zse_hf import assets
 from zse_hf.data import load_photo_table, load_split
 from zse_hf.data.stamps import StampPhotoDataset, load_stamp_review, usable_stamp_records
 
+from conftest import asset_root
+
 
 def test_usable_stamps_are_the_reviewed_photos_only():
     review = load_stamp_review()
@@ -40,10 +42,7 @@ def _train_data(tmp_path_factory, **kw):
 
 @pytest.mark.slow
 def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
-    try:
-        assets.quickdraw_root(), assets.tuxpaint_root()
-    except assets.AssetError as e:
-        pytest.skip(f"offline assets unavailable: {e}")
+    asset_root(assets.quickdraw_root), asset_root(assets.tuxpaint_root)
     cfg, (triplets, val_q, val_g) = _train_data(tmp_path_factory, stamp_pair_prob=0.3, stamp_negative_prob=0.2)
     split = load_split()
     banned = set(split["unseen_all"]) | set(split["test"])
@@ -84,10 +83,7 @@ def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
 
 @pytest.mark.slow
 def test_stamp_dataset_loads_and_verifies():
-    try:
-        assets.tuxpaint_root()
-    except assets.AssetError as e:
-        pytest.skip(f"offline assets unavailable: {e}")
+    asset_root(assets.tuxpaint_root)
     ds = StampPhotoDataset(max_side=64)
     assert len(ds) == 177 and len(set(ds.labels.tolist())) == 177
     im = ds.load(0, rgba=True)

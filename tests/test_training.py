@@ -33,16 +33,6 @@ from zse_hf.training import (
 pytestmark = pytest.mark.slow  # needs the real QuickDraw / Tux Paint data
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                       image_size=56, mlp_ratio=2)
-    folder = tmp_path_factory.mktemp("backbone")
-    Dinov2Model(cfg).save_pretrained(folder)
-    return str(folder)
-
-
 def _cfg(backbone, **kw):
     base = dict(backbone=backbone, image_size=56, relation_grid=2, freeze_blocks=1, batch_size=3, max_steps=4,
                 eval_steps=2, save_steps=2, val_classes=3, val_sketches_per_class=2, pseudo_sketch_prob=0.5)
