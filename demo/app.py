@@ -491,14 +491,13 @@ class DemoApp:
         session.user_index, session.user_paths = None, {}
         return "Upload photos to search them instead of the bundled gallery.", session, BUNDLED
 
-    @staticmethod
-    def preview_upload(upload):
+    def preview_upload(self, upload):
         """Handler: preview an uploaded sketch, or a friendly message if it cannot be read."""
         path = upload.get("path") if isinstance(upload, dict) else upload
         if not path:
             return None, ""
         try:
-            return read_upload(path, "the uploaded sketch"), ""
+            return read_upload(path, "the uploaded sketch", self.dm.processor), ""
         except UserError as err:
             gr.Warning(str(err))
             return None, f"⚠️ {err}"
