@@ -1,11 +1,14 @@
 """Re-rank cost options: gathered token selection, per-image projections (once per query, stored
 per photo) and the lossy int8 head; each checked against the reference (masked, per-pair) path."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from zse_hf import ZseModel
+from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.modeling_zse import gather_tokens, kept_token_index, scatter_tokens
 from zse_hf.retrieval import ZseIndex
 from zse_hf.retrieval import quantization as retrieval_quantization
@@ -129,12 +132,79 @@ def test_index_rerank_exact_options_equal_the_reference(selected):
     assert size >= 12 * 3 * n_tok * d * 2
     pre = index.rerank_rows(q, rows)
     assert_close_to_scale(pre[torch.from_numpy(ok)], ref, rel=3e-3)  # projections stored in fp16
-    # another model (or more rows) drops the stored projections
+    # they belong to the weights the index is bound to: a copy of the model reads them, other weights are refused
     other = ZseModel(tiny_config(num_selected_tokens=selected)).eval()
+    with pytest.raises(ValueError, match="model mismatch"):
+        index.attach_model(other)
     other.load_state_dict(model.state_dict())
-    index.attach_model(other)
-    assert index._stored_projections(np.array([0])) is None
+    torch.testing.assert_close(index.attach_model(other).rerank_rows(q, rows), pre, equal_nan=True)
     index.close()
+
+
+def _photos(n, seed):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_stored_projections_are_saved_grown_and_merged(tmp_path):
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    processor = ZseProcessor.from_config(model.config)
+    photos, q = _photos(10, 0), _features(model, 2, 3)
+    rows = np.array([[0, 9, 4, 7], [8, 1, 5, 6]])
+    plain = ZseIndex.build(model, processor, photos[:6], progress=False)
+    plain.add(photos[6:], ids=range(6, 10), progress=False)
+    ref = plain.rerank_rows(q, rows)
+    with pytest.raises(ValueError, match="store_local_tokens"):
+        ZseIndex(model, store_local_tokens=False, store_projections=True)
+    # made while encoding (build, then add: one file per segment), or afterwards for what is there
+    index = ZseIndex.build(model, processor, photos[:6], store_projections=True, progress=False)
+    index.add(photos[6:], ids=range(6, 10), progress=False)
+    assert [seg.array("projections").shape[0] for seg in index._segments] == [6, 4]
+    assert plain.precompute_projections(progress=False) == index.precompute_projections(progress=False)
+    for got in (index.rerank_rows(q, rows), plain.rerank_rows(q, rows)):
+        assert_close_to_scale(got, ref, rel=3e-3)
+    torch.testing.assert_close(plain.rerank_rows(q, rows), index.rerank_rows(q, rows))
+    # saved as format 2, loaded back (with the model, or attached later) with the same scores
+    saved = index.save(tmp_path / "idx")
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["tokens"]["projections"] is True
+    assert [seg["projections"] for seg in manifest["segments"]] == ["projections-0000.npy", "projections-0001.npy"]
+    n_tok, d = index.token_shape
+    assert np.load(saved / "projections-0001.npy", mmap_mode="r").shape == (4, 3, n_tok, d)
+    for loaded in (ZseIndex.load(saved, model=model), ZseIndex.load(saved).attach_model(model)):
+        assert loaded.store_projections
+        torch.testing.assert_close(loaded.rerank_rows(q, rows), index.rerank_rows(q, rows), rtol=0, atol=0)
+    # an index without them stays format 1, readable by older versions
+    plain_saved = ZseIndex.build(model, processor, photos[:3], progress=False).save(tmp_path / "plain")
+    assert json.loads((plain_saved / "manifest.json").read_text())["format_version"] == 1
+    # checked like every other file
+    data = bytearray((saved / "projections-0000.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (saved / "projections-0000.npy").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="projections-0000.npy is corrupt"):
+        ZseIndex.load(saved)
+    # shards keep them when every shard has them
+    dirs = [ZseIndex.build(model, processor, photos, ids=range(10), shard=(i, 2), store_projections=True,
+                           progress=False).save(tmp_path / f"s{i}") for i in range(2)]
+    merged = ZseIndex.merge(dirs, model=model)
+    assert merged.store_projections
+    torch.testing.assert_close(merged.rerank_rows(q, rows), index.rerank_rows(q, rows), rtol=0, atol=1e-6)
+    ZseIndex.build(model, processor, photos, ids=range(10), shard=(1, 2), progress=False).save(dirs[1])
+    assert not ZseIndex.merge(dirs, model=model).store_projections
+
+
+def test_cli_index_stores_projections(tmp_path):
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    ZseProcessor.from_config(model.config).save_pretrained(tmp_path / "model")
+    (tmp_path / "photos").mkdir()
+    for i, img in enumerate(_photos(3, 1)):
+        img.save(tmp_path / "photos" / f"p{i}.png")
+    assert retrieval.index_main([str(tmp_path / "photos"), "--model", str(tmp_path / "model"), "--out",
+                                 str(tmp_path / "idx"), "--store-projections", "--quiet"]) == 0
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["tokens"]["projections"] is True
 
 
 def test_int8_rerank_is_close_and_labelled_lossy():

@@ -62,7 +62,8 @@ def _fail(command: str, err: Exception) -> int:
 
 
 def index_main(argv: list[str] | None = None) -> int:
-    """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR [--factory F] [--shard I/N] [--batch-size B]`."""
+    """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR [--factory F] [--shard I/N] [--batch-size B]
+    [--store-projections]`."""
     p = argparse.ArgumentParser(prog="zse-sbir index", description="Build a faiss index of all images under PHOTO_DIR.")
     p.add_argument("photo_dir")
     p.add_argument("--model", required=True, help="ZSE model folder or Hub id")
@@ -75,6 +76,8 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=_at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
     p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
+    p.add_argument("--store-projections", action="store_true",
+                   help="also store each photo's pair-head projections (3x the token store; faster exact re-rank)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
@@ -94,7 +97,8 @@ def index_main(argv: list[str] | None = None) -> int:
             # segment files go next to the output, so saving links them instead of copying
             out.absolute().parent.mkdir(parents=True, exist_ok=True)
             index = ZseIndex.build(model, processor, args.photo_dir, index_factory=args.factory,
-                                   store_local_tokens=not args.no_tokens, batch_size=args.batch_size, shard=shard,
+                                   store_local_tokens=not args.no_tokens, store_projections=args.store_projections,
+                                   batch_size=args.batch_size, shard=shard,
                                    num_workers=args.num_workers, progress=not args.quiet,
                                    work_dir=out.absolute().parent)
         with index:

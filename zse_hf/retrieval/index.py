@@ -35,7 +35,7 @@ from .persistence import load_index, save_index
 from .quantization import int8_pair_model
 from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
-from .token_store import Segment, SegmentWriter, new_work_dir
+from .token_store import DTYPES, NpyWriter, Segment, SegmentWriter, new_work_dir, open_file, row_shapes
 
 
 class ZseIndex:
@@ -57,8 +57,10 @@ class ZseIndex:
 
     def __init__(self, model=None, processor=None, *, index_factory: str | None = None, store_local_tokens: bool = True,
                  use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-                 train_size: int = DEFAULT_TRAIN_SIZE):
+                 train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False):
         """An empty index; usually made by `build`, `from_features`, `load` or `merge`."""
+        if store_projections and not store_local_tokens:
+            raise ValueError("store_projections needs store_local_tokens=True")
         self.model = model
         self.processor = processor if processor is not None or model is None else default_processor(model)
         self.index_factory = index_factory
@@ -85,7 +87,7 @@ class ZseIndex:
         self._row_of: dict[str | int, int] = {}
         self._work_root = work_dir
         self._work: Path | None = None
-        self._projections = None  # (model, row count, [rows, 3, N, D] fp16 memory map) from precompute_projections
+        self.store_projections = store_projections  # every segment holds its photos' pair-head projections
         self._int8 = None  # (model, its int8 pair-head copy)
 
     # ------------------------------------------------------------------ basic views
@@ -145,13 +147,11 @@ class ZseIndex:
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim is None:
             raise ValueError("the index is empty")
-        mask_shape = self.token_shape[:1] if self.token_shape else None
-        shape = {"embeddings": (self.dim,), "tokens": self.token_shape, "mask": mask_shape}[kind]
         if kind != "embeddings" and not self.store_local_tokens:
             raise ValueError("this index stores no local tokens (built with store_local_tokens=False); "
                              "re-ranking needs them")
-        dtype = {"embeddings": np.float32, "tokens": np.float16, "mask": np.bool_}[kind]
-        out = np.empty((len(rows), *shape), dtype=dtype)
+        shape = row_shapes(self.dim, self.token_shape)[kind]
+        out = np.empty((len(rows), *shape), dtype=DTYPES[kind])
         if len(rows) == 0:
             return out
         seg_of = np.searchsorted(self._starts, rows, side="right") - 1
@@ -169,7 +169,7 @@ class ZseIndex:
               store_local_tokens: bool = True, batch_size: int = 32, device: str | torch.device | None = None,
               shard: tuple[int, int] | None = None, num_workers: int = 0, progress: bool = True,
               use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-              train_size: int = DEFAULT_TRAIN_SIZE) -> ZseIndex:
+              train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False) -> ZseIndex:
         """Encode a gallery and index it.
 
         Args:
@@ -191,11 +191,13 @@ class ZseIndex:
             progress: show a tqdm progress bar.
             use_gpu: search on a GPU when faiss has one (None: when available).
             work_dir: where unsaved segment files go (default: a new temporary directory).
+            store_projections: also store each photo's pair-head projections, so re-ranking skips
+                them (see [`precompute_projections`]).
 
         Unreadable items are skipped with a warning and listed in `index.skipped`.
         """
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=store_local_tokens,
-                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size)
+                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, store_projections=store_projections)
         index.add(images_or_paths, ids=ids, batch_size=batch_size, device=device, shard=shard,
                   num_workers=num_workers, progress=progress)
         return index
@@ -292,11 +294,14 @@ class ZseIndex:
                     if writer is None:
                         writer = self._open_segment(feats.ret_embeds.shape[1], tuple(feats.local_tokens.shape[1:]),
                                                     feats.grid_size)
-                    tok = mask = None
+                    tok = mask = proj = None
                     if self.store_local_tokens:
                         tok = feats.local_tokens.float().clamp(-65504, 65504).cpu().numpy()
                         mask = feats.token_mask.cpu().numpy()
-                    writer.append(feats.ret_embeds.float().cpu().numpy(), tok, mask, grid_size=feats.grid_size)
+                    if self.store_projections:
+                        proj = self._project(tok, mask, feats.grid_size)
+                    writer.append(feats.ret_embeds.float().cpu().numpy(), tok, mask, grid_size=feats.grid_size,
+                                  proj=proj)
                     ok_ids += [item_ids[p] for p in kept]
                     ok_paths += [item_paths[p] for p in kept]
                     ok_pos += [base + p for p in kept]
@@ -333,7 +338,7 @@ class ZseIndex:
         if self.dim is not None and dim != self.dim:
             raise ValueError(f"embedding width {dim} does not match the index ({self.dim})")
         return SegmentWriter(self._work_dir(), dim, token_shape if self.store_local_tokens else None, grid_size,
-                             self.token_shape, self.grid_size)
+                             self.token_shape, self.grid_size, projections=self.store_projections)
 
     def _commit_segment(self, writer: SegmentWriter, ids, paths, positions) -> None:
         """Register a finished segment and add its rows to faiss (training it first if needed)."""
@@ -501,51 +506,64 @@ class ZseIndex:
         return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
     def precompute_projections(self, batch_size: int = 256, progress: bool = True) -> int:
-        """Make every stored photo's cross-attention projections (`[3, N, D]` fp16 per photo: the
-        photo-side `q`, `k`, `v` of the pair head) once, so re-ranking skips them (exact: the
-        same scores up to fp16 rounding of the projections). Off by default: the array costs 3x
-        the token store (e.g. 144 KiB/photo for 8x8 tokens of width 384, 576 KiB at 16x16). It
-        is a memory-mapped file in the index's work directory, not part of a saved index; it is
-        dropped when rows are added or another model is attached. Returns its size in bytes."""
+        """Store every photo's cross-attention projections (`[3, N, D]` fp16 per photo: the
+        photo-side `q`, `k`, `v` of the pair head) in the token store, so re-ranking skips them
+        (exact: the same scores up to fp16 rounding of the projections). Photos added later get
+        theirs when they are encoded, and `save` keeps them (index format version 2). Off by
+        default: they cost 3x the token store (144 KiB/photo for 8x8 tokens of width 384, 576 KiB
+        at 16x16). They belong to the model the index is bound to (its weights fingerprint is
+        checked on `load` and `attach_model`). Returns the bytes the projections take.
+
+        Args:
+            batch_size: photos projected per call of the model.
+            progress: show a progress bar.
+        """
         if self.model is None:
             raise ValueError("precomputing projections needs the model: pass model= or call attach_model()")
-        if self.token_shape is None or not self.store_local_tokens:
+        if not self.store_local_tokens:
             raise ValueError("this index stores no local tokens; there is nothing to project")
-        n = self.num_rows
-        path = self._work_dir() / f"projections-{uuid.uuid4().hex[:8]}.npy"
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, 3, *self.token_shape))
-        starts = range(0, n, batch_size)
-        if progress:
-            starts = tqdm(starts, desc="projections", unit="batch", leave=False)
+        missing = [i for i, seg in enumerate(self._segments) if seg.arrays["projections"] is None]
+        bar = tqdm(total=sum(self._segments[i].n for i in missing), desc="projections", unit="photo",
+                   disable=not progress, leave=False)
+        with bar:
+            for i in missing:
+                seg, start = self._segments[i], int(self._starts[i])
+                writer = NpyWriter(self._work_dir() / f"projections-{uuid.uuid4().hex[:12]}.npy", np.float16,
+                                   (3, *self.token_shape))
+                try:
+                    for s in range(0, seg.n, batch_size):
+                        rows = np.arange(start + s, start + min(seg.n, s + batch_size))
+                        writer.append(self._project(self._gather("tokens", rows), self._gather("mask", rows),
+                                                    self.grid_size))
+                        bar.update(len(rows))
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                stored = open_file(writer.path, "projections", (seg.n, 3, *self.token_shape))
+                self._segments[i] = seg.with_array("projections", stored)
+        self.store_projections = True
+        return sum(seg.array("projections").nbytes for seg in self._segments)
+
+    def _project(self, tokens: np.ndarray, mask: np.ndarray, grid_size) -> np.ndarray:
+        """Photo-side projections `[m, 3, N, D]` fp16 of stored tokens `[m, N, D]` (rounded to fp16
+        first, as re-ranking reads them) and masks `[m, N]`."""
+        feats = ZseImageFeatures(local_tokens=torch.from_numpy(np.asarray(tokens, dtype=np.float16)),
+                                 token_mask=torch.from_numpy(np.asarray(mask)), grid_size=grid_size)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for s in starts:
-                    rows = np.arange(s, min(n, s + batch_size))
-                    feats = ZseImageFeatures(local_tokens=torch.from_numpy(self._gather("tokens", rows)),
-                                             token_mask=torch.from_numpy(self._gather("mask", rows)),
-                                             grid_size=self.grid_size).to_model(self.model)
-                    proj = self.model.project_image_features(feats, "photo").cross_projections
-                    arr[s:s + len(rows)] = proj.float().clamp(-65504, 65504).cpu().numpy()
+                proj = self.model.project_image_features(feats.to_model(self.model), "photo").cross_projections
         finally:
             self.model.train(was_training)
-        arr.flush()
-        self._projections = (self.model, n, np.load(path, mmap_mode="r"))
-        return path.stat().st_size
+        return proj.float().clamp(-65504, 65504).cpu().numpy().astype(np.float16)
 
     def _stored_projections(self, rows: np.ndarray) -> torch.Tensor | None:
-        """Precomputed projections `[M, 3, N, D]` of `rows`, when made for this model and all rows."""
-        if self._projections is None:
+        """Stored projections `[M, 3, N, D]` of `rows`, or None when the index keeps none."""
+        if not self.store_projections:
             return None
-        model, n, arr = self._projections
-        if model is not self.model or n != self.num_rows:
-            self._projections = None
-            return None
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
-        out[order] = arr[rows[order]]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self._gather("projections", rows))
 
     def _int8_model(self):
         if self._int8 is None or self._int8[0] is not self.model:
@@ -566,7 +584,7 @@ class ZseIndex:
                 fp32 model; see `zse_hf.retrieval.quantization`): faster, scores approximate.
 
         Candidate tokens are read from the memory-mapped store (only the needed rows), with
-        their projections when [`precompute_projections`] made them. Each query's projections
+        their projections when the index stores them ([`precompute_projections`]). Each query's projections
         are made once for all its candidates.
         """
         if self.model is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .faiss_index import SEARCH_PARAM_NAMES, faiss
 
 FORMAT_NAME = "zse-sbir-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional stored projections; an index without them is still written as 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
@@ -94,6 +94,9 @@ def check_manifest(m: dict, where) -> None:
     for key in ("shape", "grid_size"):
         if tokens["stored"] or tokens.get(key) is not None:
             _dims(tokens.get(key), where, f"tokens.{key}", 2)
+    projections = tokens.get("projections", False)
+    if not isinstance(projections, bool) or (projections and not tokens["stored"]):
+        raise _bad(where, "tokens.projections must be a boolean, true only when tokens are stored")
     shard = m["shard"]
     if shard is not None:
         if not isinstance(shard, dict) or not isinstance(shard.get("items_sha256"), str):
@@ -119,13 +122,14 @@ def check_manifest(m: dict, where) -> None:
         if not isinstance(seg, dict):
             raise _bad(where, f"segments[{n}] must be an object")
         _int(seg.get("rows"), where, f"segments[{n}].rows", 1)
-        for kind in ("embeddings", "tokens", "mask"):
+        for kind in ("embeddings", "tokens", "mask", "projections"):
             name = seg.get(kind)
-            if name is None and (kind == "embeddings" or tokens["stored"]):
+            stored = {"embeddings": True, "projections": projections}.get(kind, tokens["stored"])
+            if name is None and stored:
                 raise _bad(where, f"segments[{n}] has no {kind} file")
             if name is not None:
-                if not tokens["stored"] and kind != "embeddings":
-                    raise _bad(where, f"segments[{n}] names a {kind} file but the index stores no tokens")
+                if not stored:
+                    raise _bad(where, f"segments[{n}] names a {kind} file but the index stores no {kind}")
                 used.append(check_file_name(name, where))
     if len(set(used)) != len(used):
         raise _bad(where, "a file is used twice")
@@ -187,7 +191,7 @@ def build_manifest(index, segments: list[dict], files: dict) -> dict:
 
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if index.store_projections else 1,
         "zse_hf_version": __version__,
         "faiss_version": getattr(faiss, "__version__", None),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -198,7 +202,8 @@ def build_manifest(index, segments: list[dict], files: dict) -> dict:
         "factory": index.factory,
         "search_params": index.search_params,
         "tokens": {"stored": index.store_local_tokens, "shape": list(index.token_shape) if index.token_shape else None,
-                   "grid_size": list(index.grid_size) if index.grid_size else None, "dtype": "float16"},
+                   "grid_size": list(index.grid_size) if index.grid_size else None, "dtype": "float16",
+                   "projections": index.store_projections},
         "train_size": index.train_size,
         "counts": {"rows": index.num_rows, "photos": len(index), "removed": index.num_rows - len(index),
                    "skipped": len(index.skipped)},

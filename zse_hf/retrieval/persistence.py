@@ -44,7 +44,7 @@ from .faiss_index import DEFAULT_TRAIN_SIZE, faiss, read_index_bytes
 from .manifest import INDEX_FILE, MANIFEST, ROWS_FILE, build_manifest, parse_manifest, parse_rows
 from .model_binding import check_model, default_processor
 from .records import Skipped
-from .token_store import DTYPES, KINDS, Segment, open_npy, pid_alive
+from .token_store import DTYPES, KINDS, Segment, open_npy, pid_alive, row_shapes
 
 # Test seam: called with each file name once it is written during a save, and with "swap" at
 # the moment the new directory replaces the old one (tests pause or kill the process there).
@@ -395,9 +395,7 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
     segments = []
     for seg in manifest["segments"]:
         n = seg["rows"]
-        shapes = {"embeddings": (n, dim)}
-        if token_shape is not None:
-            shapes.update(tokens=(n, *token_shape), mask=(n, token_shape[0]))
+        shapes = {kind: (n, *shape) for kind, shape in row_shapes(dim, token_shape).items()}
         arrays = {}
         for kind in KINDS:
             name = seg.get(kind)
@@ -421,6 +419,7 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
 
     index = cls(None, None, index_factory=manifest["index_factory"], store_local_tokens=tokens["stored"],
                 use_gpu=use_gpu, train_size=manifest.get("train_size", DEFAULT_TRAIN_SIZE))
+    index.store_projections = tokens.get("projections", False)
     index.model, index.model_info = model, manifest["model"]
     index.processor = processor if processor is not None or model is None else default_processor(model)
     index.factory, index.search_params, index.dim = manifest["factory"], manifest["search_params"], dim

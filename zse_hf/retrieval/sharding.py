@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .model_binding import default_processor
+from .token_store import DTYPES, KINDS, row_shapes
 
 
 def check_shard(shard) -> tuple[int, int]:
@@ -73,6 +74,7 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
         raise ValueError("cannot merge shards with non-sharded indexes")
     merged = cls(None, None, index_factory=index_factory, store_local_tokens=first.store_local_tokens,
                  work_dir=work_dir, train_size=first.train_size)
+    merged.store_projections = all(p.store_projections for p in parts)  # kept when every input has them
     merged.model, merged.model_info = model, first.model_info
     merged.processor = default_processor(model) if model is not None else None
     for p in parts:
@@ -82,21 +84,21 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
         raise ValueError("the indexes share ids; ids must be unique across merged indexes")
     if not entries:
         return merged
+    stored = {"embeddings": True, "tokens": first.store_local_tokens, "mask": first.store_local_tokens,
+              "projections": merged.store_projections}
+    kinds = [k for k in KINDS if stored[k]]
+    shapes = row_shapes(first.dim, first.token_shape)
     writer = merged._open_segment(first.dim, first.token_shape, first.grid_size)
     try:
         for s in range(0, len(entries), 1024):
             chunk = entries[s:s + 1024]
-            emb = np.empty((len(chunk), first.dim), np.float32)
-            tok = np.empty((len(chunk), *first.token_shape), np.float16) if first.store_local_tokens else None
-            mask = np.empty((len(chunk), first.token_shape[0]), bool) if first.store_local_tokens else None
+            out = {k: np.empty((len(chunk), *shapes[k]), DTYPES[k]) for k in kinds}
             for pi in {e[0] for e in chunk}:
                 sel = [j for j, e in enumerate(chunk) if e[0] == pi]
                 rows = np.asarray([chunk[j][1] for j in sel], dtype=np.int64)
-                emb[sel] = parts[pi]._gather("embeddings", rows)
-                if tok is not None:
-                    tok[sel] = parts[pi]._gather("tokens", rows)
-                    mask[sel] = parts[pi]._gather("mask", rows)
-            writer.append(emb, tok, mask)
+                for k in kinds:
+                    out[k][sel] = parts[pi]._gather(k, rows)
+            writer.append(out["embeddings"], out.get("tokens"), out.get("mask"), proj=out.get("projections"))
     except BaseException:
         writer.abort()
         raise

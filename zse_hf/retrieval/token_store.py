@@ -1,6 +1,7 @@
 """The row store behind an index: per segment (one `build`/`add` call), `[n, D]` float32
-[Ret] embeddings, `[n, N, D]` float16 local tokens and `[n, N]` bool masks, each a `.npy`
-file streamed once and then memory-mapped read-only.
+[Ret] embeddings, `[n, N, D]` float16 local tokens, `[n, N]` bool masks and, when the index
+stores them, `[n, 3, N, D]` float16 cross-attention projections of the photos (the pair
+head's photo-side q, k, v), each a `.npy` file streamed once and then memory-mapped read-only.
 
 A segment file is never modified once written. Every file is mapped when its segment is
 opened, so a loaded index keeps reading the bytes it verified even when its directory is
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 _NPY_HEADER = 128  # fixed .npy header length of streamed segment files
-KINDS = ("embeddings", "tokens", "mask")
-DTYPES = {"embeddings": np.dtype(np.float32), "tokens": np.dtype(np.float16), "mask": np.dtype(np.bool_)}
+KINDS = ("embeddings", "tokens", "mask", "projections")
+DTYPES = {"embeddings": np.dtype(np.float32), "tokens": np.dtype(np.float16), "mask": np.dtype(np.bool_),
+          "projections": np.dtype(np.float16)}
 WORK_PREFIX = "zse-index-"
 
 
@@ -126,10 +128,20 @@ def open_npy(fd: int, path: Path, dtype: np.dtype, shape: tuple[int, ...], label
     return StoredArray(array, Path(path), _identity(st), header)
 
 
+def row_shapes(dim: int, token_shape) -> dict[str, tuple[int, ...]]:
+    """The shape of one row of each kind: embeddings `(D,)` and, when tokens are stored
+    (`token_shape = (N, D)`, else None), tokens `(N, D)`, mask `(N,)`, projections `(3, N, D)`."""
+    shapes = {"embeddings": (dim,)}
+    if token_shape is not None:
+        shapes.update(tokens=tuple(token_shape), mask=(token_shape[0],), projections=(3, *token_shape))
+    return shapes
+
+
 class Segment:
     """Rows written by one `build`/`add` call: `n` rows of `arrays["embeddings"]` `[n, D]`
     float32 and, when tokens are stored, `arrays["tokens"]` `[n, N, D]` float16 and
-    `arrays["mask"]` `[n, N]` bool (each a [`StoredArray`], or None)."""
+    `arrays["mask"]` `[n, N]` bool, and `arrays["projections"]` `[n, 3, N, D]` float16 when
+    projections are stored (each a [`StoredArray`], or None)."""
 
     def __init__(self, n: int, arrays: dict[str, StoredArray | None]):
         """A segment of `n` rows over already-opened arrays."""
@@ -138,69 +150,92 @@ class Segment:
     @classmethod
     def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape) -> Segment:
         """Open and map the files of a segment written in a work directory."""
-        shapes = {"embeddings": (n, dim)}
-        if token_shape is not None:
-            shapes.update(tokens=(n, *token_shape), mask=(n, token_shape[0]))
+        shapes = row_shapes(dim, token_shape)
         arrays = {}
         for kind, path in paths.items():
             if path is not None:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                arrays[kind] = open_npy(fd, path, DTYPES[kind], shapes[kind], path.name)
+                arrays[kind] = open_file(path, kind, (n, *shapes[kind]))
         return cls(n, arrays)
 
+    def with_array(self, kind: str, stored: StoredArray) -> Segment:
+        """This segment with one more array (e.g. projections made after it was written)."""
+        if len(stored.array) != self.n:
+            raise ValueError(f"{kind} has {len(stored.array)} rows, the segment {self.n}")
+        return Segment(self.n, {**self.arrays, kind: stored})
+
     def array(self, kind: str) -> np.ndarray:
-        """The memory-mapped rows of `kind` ("embeddings", "tokens" or "mask")."""
+        """The memory-mapped rows of `kind` ("embeddings", "tokens", "mask" or "projections")."""
         stored = self.arrays[kind]
         if stored is None:
+            if kind == "projections":
+                raise ValueError("this segment stores no projections (see ZseIndex.precompute_projections)")
             raise ValueError("this index stores no local tokens (built with store_local_tokens=False)")
         return stored.array
 
 
-class SegmentWriter:
-    """Writes one segment's embedding / token / mask files side by side."""
+def open_file(path: Path, kind: str, shape: tuple[int, ...]) -> StoredArray:
+    """Map the work-directory file `path` holding `shape` rows of `kind`."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    return open_npy(fd, path, DTYPES[kind], shape, path.name)
 
-    def __init__(self, folder: Path, dim: int, token_shape, grid_size, index_token_shape=None, index_grid_size=None):
+
+class SegmentWriter:
+    """Writes one segment's embedding / token / mask (and projection) files side by side."""
+
+    def __init__(self, folder: Path, dim: int, token_shape, grid_size, index_token_shape=None, index_grid_size=None,
+                 projections: bool = False):
         """Files in `folder` for rows of width `dim` (and tokens `token_shape = (N, D)` unless None);
-        `index_*`: what the index already holds (None for a new one), which must match."""
+        `index_*`: what the index already holds (None for a new one), which must match;
+        `projections`: also a `[n, 3, N, D]` projections file (needs tokens)."""
         self.dim, self.token_shape, self.grid_size = dim, index_token_shape or token_shape, index_grid_size or grid_size
         if index_token_shape is not None and token_shape is not None and tuple(token_shape) != tuple(index_token_shape):
             raise ValueError(f"local tokens of shape {tuple(token_shape)} do not match the index "
                              f"({tuple(index_token_shape)})")
         tag = uuid.uuid4().hex[:12]
         self.emb = NpyWriter(folder / f"embeddings-{tag}.npy", np.float32, (dim,))
-        self.tok = self.mask = None
+        self.tok = self.mask = self.proj = None
         if token_shape is not None:
             self.tok = NpyWriter(folder / f"tokens-{tag}.npy", np.float16, tuple(token_shape))
             self.mask = NpyWriter(folder / f"mask-{tag}.npy", np.bool_, (token_shape[0],))
+            if projections:
+                self.proj = NpyWriter(folder / f"projections-{tag}.npy", np.float16, (3, *token_shape))
+        elif projections:
+            raise ValueError("projections need stored local tokens")
 
-    def append(self, emb, tok=None, mask=None, grid_size=None) -> None:
-        """Write rows: `emb [m, D]`, and `tok [m, N, D]`, `mask [m, N]` when tokens are stored."""
+    @property
+    def _writers(self) -> list[NpyWriter]:
+        return [w for w in (self.emb, self.tok, self.mask, self.proj) if w is not None]
+
+    def append(self, emb, tok=None, mask=None, grid_size=None, proj=None) -> None:
+        """Write rows: `emb [m, D]`, and `tok [m, N, D]`, `mask [m, N]` when tokens are stored,
+        and `proj [m, 3, N, D]` when projections are."""
         if grid_size is not None and self.grid_size is not None and tuple(grid_size) != tuple(self.grid_size):
             raise ValueError(f"token grid {tuple(grid_size)} does not match the index ({tuple(self.grid_size)}); "
                              "use the processor (image size) the index was built with")
+        if (proj is None) != (self.proj is None):
+            raise ValueError("projections must be given exactly when the segment stores them")
         self.emb.append(emb)
         if self.tok is not None:
             self.tok.append(tok)
             self.mask.append(mask)
+        if self.proj is not None:
+            self.proj.append(proj)
 
     def close(self) -> Segment | None:
         """Finish the files and map them as a [`Segment`] (None, files deleted, when no rows)."""
-        writers = [w for w in (self.emb, self.tok, self.mask) if w is not None]
         if self.emb.n == 0:
-            for w in writers:
-                w.abort()
+            self.abort()
             return None
-        for w in writers:
+        for w in self._writers:
             w.close()
-        paths = {"embeddings": self.emb.path, "tokens": self.tok.path if self.tok else None,
-                 "mask": self.mask.path if self.mask else None}
+        paths = {kind: w.path if w is not None else None
+                 for kind, w in zip(KINDS, (self.emb, self.tok, self.mask, self.proj))}
         return Segment.open_files(self.emb.n, paths, self.dim, self.tok.row_shape if self.tok else None)
 
     def abort(self) -> None:
         """Delete the partial files."""
-        for w in (self.emb, self.tok, self.mask):
-            if w is not None:
-                w.abort()
+        for w in self._writers:
+            w.abort()
 
 
 # ----------------------------------------------------------------------------- work directories
