@@ -869,7 +869,7 @@ class ZseModel(ZsePreTrainedModel):
         candidate_features: ZseImageFeatures,
         query_index: torch.Tensor,
         candidate_index: torch.Tensor,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
         return_logits: bool = False,
         progress: bool = False,
     ) -> torch.Tensor:
@@ -884,7 +884,7 @@ class ZseModel(ZsePreTrainedModel):
             query_features: features of Q queries (sketches).
             candidate_features: features of K candidates (photos).
             query_index, candidate_index: `[M]` long row indices into each.
-            chunk_size: pairs scored per call of the pair head.
+            chunk_size: pairs scored per call of the pair head; None: [`pair_chunk_size`].
             return_logits: return relation logits instead of scores in (0, 1).
             progress: show a progress bar.
 
@@ -900,6 +900,8 @@ class ZseModel(ZsePreTrainedModel):
                 f"query_index and candidate_index must be [M] of equal length, got {list(query_index.shape)} "
                 f"and {list(candidate_index.shape)}"
             )
+        if chunk_size is None:
+            chunk_size = self.pair_chunk_size(query_features.local_tokens.shape[1])
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         starts = range(0, len(query_index), chunk_size)
@@ -919,6 +921,14 @@ class ZseModel(ZsePreTrainedModel):
             param = next(self.parameters())
             return torch.zeros(0, device=param.device, dtype=param.dtype)
         return torch.cat(out)
+
+    def pair_chunk_size(self, num_tokens: int) -> int:
+        """Default pairs per pair-head call for images of `num_tokens` tokens: on the CPU as many
+        as keep about 4096 query tokens per call (the feed-forward activations stay in cache:
+        1.4x faster than 128 pairs at 16x16 tokens on 2 cores), elsewhere 256."""
+        if next(self.parameters()).device.type == "cpu":
+            return max(1, 4096 // max(1, num_tokens))
+        return 256
 
     def _paired_rows(self, features: ZseImageFeatures, index: torch.Tensor, side: str) -> ZseImageFeatures:
         """Rows `index [M]` of `features` on the model, with their projections for `side`, each
@@ -943,7 +953,7 @@ class ZseModel(ZsePreTrainedModel):
         self,
         query_features: ZseImageFeatures,
         candidate_features: ZseImageFeatures,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Relation scores `[Q, K]` of every query against every candidate, without re-encoding.
@@ -952,7 +962,7 @@ class ZseModel(ZsePreTrainedModel):
             query_features: features of Q sketches.
             candidate_features: features of K photos (e.g. the top-K of a [Ret] search,
                 read back from an index's token store).
-            chunk_size: number of pairs scored at once (bounds memory).
+            chunk_size: number of pairs scored at once (bounds memory; None: [`pair_chunk_size`]).
         """
         q_n = query_features.local_tokens.shape[0]
         k_n = candidate_features.local_tokens.shape[0]
@@ -971,7 +981,7 @@ class ZseModel(ZsePreTrainedModel):
         return self.score_pairs(sketch_features, photo_features).relation_scores
 
     def relation_scores(
-        self, query_features: ZseImageFeatures, candidate_features: ZseImageFeatures, chunk_size: int = 256
+        self, query_features: ZseImageFeatures, candidate_features: ZseImageFeatures, chunk_size: int | None = None
     ) -> torch.Tensor:
         """Relation scores `[Q, K]` of every query against every candidate; same as [`score_all_pairs`]."""
         return self.score_all_pairs(query_features, candidate_features, chunk_size=chunk_size)

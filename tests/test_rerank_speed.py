@@ -226,3 +226,16 @@ def test_int8_rerank_is_close_and_labelled_lossy():
     with pytest.raises(ValueError, match="fp32 model on the CPU"):
         retrieval_quantization.int8_pair_model(ZseModel(tiny_config()).double())
     index.close()
+
+
+def test_default_pair_chunks_are_cache_sized_on_the_cpu():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    assert model.pair_chunk_size(64) == 64 and model.pair_chunk_size(256) == 16 and model.pair_chunk_size(10**5) == 1
+    q, c = _features(model, 3, 1), _features(model, 100, 2)
+    qi, ci = _pairs(3, 100)
+    assert model.pair_chunk_size(q.local_tokens.shape[1]) < len(qi)  # the default really splits these 300 pairs
+    with torch.no_grad():
+        default = model.score_indexed_pairs(q, c, qi, ci)
+        one_call = model.score_indexed_pairs(q, c, qi, ci, chunk_size=len(qi))
+    assert_close_to_scale(default, one_call, rel=1e-5)

@@ -65,13 +65,14 @@ def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_siz
 
 @torch.inference_mode()
 def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageFeatures,
-                  ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int = 256) -> np.ndarray:
+                  ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int | None = None) -> np.ndarray:
     """Scores `[Q, G]` whose top-K per query are ordered by the relation network.
 
     Args:
         queries, gallery: features with local tokens (see :func:`encode_dataset`).
         ret_scores: `[Q, G]` [Ret] cosines.
         rerank_k: K (None = the whole gallery).
+        pair_batch: pairs per pair-head call (None: `model.pair_chunk_size`).
 
     Returns:
         `[Q, G]` float64: `RN_OFFSET + relation score` for each query's top-K by cosine, the

@@ -570,14 +570,15 @@ class ZseIndex:
             self._int8 = (self.model, int8_pair_model(self.model))
         return self._int8[1]
 
-    def rerank_rows(self, query_features: ZseImageFeatures, rows, batch_size: int = 128,
+    def rerank_rows(self, query_features: ZseImageFeatures, rows, batch_size: int | None = None,
                     autocast_dtype: torch.dtype | None = None, int8: bool = False) -> torch.Tensor:
         """Relation scores `[Q, K]` of each query against its own candidates.
 
         Args:
             query_features: features of Q sketches (`local_tokens [Q, N, D]`, `token_mask`, `grid_size`).
             rows: `[Q, K]` candidate row numbers (e.g. from `ann_search`); `-1` gives NaN.
-            batch_size: (query, candidate) pairs per `model.score_indexed_pairs` chunk.
+            batch_size: (query, candidate) pairs per `model.score_indexed_pairs` chunk (None: the
+                model's `pair_chunk_size`, cache-sized on the CPU).
             autocast_dtype: e.g. `torch.bfloat16` to run the head under `torch.autocast` (faster
                 on CPUs with AMX and on GPUs; scores differ by ~1e-3).
             int8: LOSSY. Run the pair head's linear layers dynamically quantised to int8 (CPU,
