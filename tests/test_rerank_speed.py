@@ -175,9 +175,28 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
     for loaded in (ZseIndex.load(saved, model=model), ZseIndex.load(saved).attach_model(model)):
         assert loaded.store_projections
         torch.testing.assert_close(loaded.rerank_rows(q, rows), index.rerank_rows(q, rows), rtol=0, atol=0)
-    # an index without them stays format 1, readable by older versions
+    # an index without them stays format 1, readable by older versions; so does one whose precompute was
+    # interrupted after its first segment
+    part = ZseIndex.build(model, processor, photos[:3], progress=False)
+    part.add(photos[3:5], ids=["x", "y"], progress=False)
+    calls = []
+
+    def fail_second(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return ZseIndex._project(part, *args)
+
+    part._project = fail_second
+    with pytest.raises(KeyboardInterrupt):
+        part.precompute_projections(batch_size=8, progress=False)
+    assert part._segments[0].arrays["projections"] is not None and not part.store_projections
     plain_saved = ZseIndex.build(model, processor, photos[:3], progress=False).save(tmp_path / "plain")
-    assert json.loads((plain_saved / "manifest.json").read_text())["format_version"] == 1
+    part_saved = part.save(tmp_path / "part")
+    for folder in (plain_saved, part_saved):
+        assert json.loads((folder / "manifest.json").read_text())["format_version"] == 1
+        assert not list(folder.glob("projections-*"))
+    assert len(ZseIndex.load(part_saved)) == 5
     # checked like every other file
     data = bytearray((saved / "projections-0000.npy").read_bytes())
     data[-1] ^= 0xFF

@@ -94,7 +94,8 @@ def save_index(index, directory: str | os.PathLike) -> Path:
         for n, seg in enumerate(index._segments):
             entry = {"rows": seg.n}
             for kind in KINDS:
-                stored = seg.arrays[kind]
+                # projections only when every segment has them (an interrupted precompute leaves some)
+                stored = seg.arrays[kind] if kind != "projections" or index.store_projections else None
                 entry[kind] = None
                 if stored is not None:
                     entry[kind] = f"{kind}-{n:04d}.npy"
