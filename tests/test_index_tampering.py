@@ -117,6 +117,17 @@ def test_malformed_manifest_fields(saved, tmp_path, key, value, match):
     _one_line_error(folder, match)
 
 
+def test_projection_fields_are_checked(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    _edit_manifest(folder, lambda m: m["tokens"].update(projections="yes"))
+    _one_line_error(folder, "tokens.projections must be a boolean")
+    _edit_manifest(folder, lambda m: m["tokens"].update(projections=True))  # claimed, but no segment has them
+    _one_line_error(folder, r"segments\[0\] has no projections file")
+    _edit_manifest(folder, lambda m: (m["tokens"].update(projections=False),
+                                      m["segments"][0].update(projections="tokens-0000.npy")))
+    _one_line_error(folder, "names a projections file but the index stores no projections")
+
+
 def test_manifest_not_json_and_not_a_directory(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     (folder / "manifest.json").write_text("{not json")

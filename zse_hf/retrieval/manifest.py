@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .faiss_index import SEARCH_PARAM_NAMES, faiss
+from .token_store import KINDS
 
 FORMAT_NAME = "zse-sbir-index"
 FORMAT_VERSION = 2  # 2: optional stored projections; an index without them is still written as 1
@@ -122,7 +123,7 @@ def check_manifest(m: dict, where) -> None:
         if not isinstance(seg, dict):
             raise _bad(where, f"segments[{n}] must be an object")
         _int(seg.get("rows"), where, f"segments[{n}].rows", 1)
-        for kind in ("embeddings", "tokens", "mask", "projections"):
+        for kind in KINDS:
             name = seg.get(kind)
             stored = {"embeddings": True, "projections": projections}.get(kind, tokens["stored"])
             if name is None and stored:
