@@ -344,3 +344,28 @@ def test_shipped_model_wheels_look_at_wheels():
     for roof in [(1, 2), (2, 3)]:
         r, _ = np.unravel_index(ex.cell_heatmap(e, roof, "similarity").argmax(), (16, 16))
         assert r <= top + third, (roof, r, top, bottom)
+
+
+@pytest.mark.slow
+def test_shipped_relation_kernel_sends_wheels_to_wheels():
+    """The README's relation-source picture: with the shipped checkpoint's own relation kernel
+    (4x4 cells after cross-attention, 112 px), the bus sketch's lower inked cells (wheels) find
+    their best photo cell in the lower half and its upper cells (windows, roof) in the upper half."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "hub_card" / "config.json").is_file():
+        pytest.skip("no shipped checkpoint")
+    try:
+        photo = _real_photo("vehicles/masstransit/green_korean_bus.png")
+    except (OSError, Exception) as err:  # noqa: BLE001
+        pytest.skip(f"Tux Paint photos not available: {err}")
+    model, proc, _ = ex.load_model(root / "hub_card")
+    e = ex.explain_pair(model, proc, root / "docs" / "explain_input_sketch.png", photo, source="relation")
+    g = model.config.relation_grid
+    assert e.kernel.shape == (g * g, g * g)
+    inked = np.flatnonzero(e.sketch_ink.reshape(-1) > 0.2)
+    rows = inked // g
+    assert len(set(rows.tolist())) >= 2  # the bus spans an upper and a lower cell row
+    best_rows = e.kernel[inked].argmax(1) // g
+    upper, lower = rows == rows.min(), rows == rows.max()
+    assert np.all(best_rows[lower] >= g // 2), (inked, best_rows)
+    assert np.all(best_rows[upper] < g // 2), (inked, best_rows)
