@@ -320,11 +320,9 @@ def test_synthesis_of_photo_from_itself_reproduces_it(real):
     assert np.array_equal(rebuilt[inked], target[inked])
 
 
-@pytest.mark.slow
-def test_shipped_model_wheels_look_at_wheels():
-    """The README's claim, on its own pictures' inputs: with the shipped checkpoint (encoder
-    tokens, 224 px), the sketch's wheel cells peak on the bus's bottom rows (the wheels) and
-    its roof/window cells on the top rows."""
+@pytest.fixture(scope="module")
+def shipped_bus():
+    """`(model, processor, sketch path, photo)`: the shipped checkpoint and the README's bus pair."""
     root = Path(__file__).resolve().parents[1]
     if not (root / "hub_card" / "config.json").is_file():
         pytest.skip("no shipped checkpoint")
@@ -333,8 +331,16 @@ def test_shipped_model_wheels_look_at_wheels():
     except (OSError, Exception) as err:  # noqa: BLE001
         pytest.skip(f"Tux Paint photos not available: {err}")
     model, proc, _ = ex.load_model(root / "hub_card")
-    e = ex.explain_pair(model, proc, root / "docs" / "explain_input_sketch.png", photo, source="encoder",
-                        grid=7, image_size=224)
+    return model, proc, root / "docs" / "explain_input_sketch.png", photo
+
+
+@pytest.mark.slow
+def test_shipped_model_wheels_look_at_wheels(shipped_bus):
+    """The README's claim, on its own pictures' inputs: with the shipped checkpoint (encoder
+    tokens, 224 px), the sketch's wheel cells peak on the bus's bottom rows (the wheels) and
+    its roof/window cells on the top rows."""
+    model, proc, sketch, photo = shipped_bus
+    e = ex.explain_pair(model, proc, sketch, photo, source="encoder", grid=7, image_size=224)
     rows = np.flatnonzero((e.photo_patch_ink > 0.2).any(axis=1))
     top, bottom = rows.min(), rows.max()
     third = (bottom - top + 1) / 3
@@ -347,19 +353,12 @@ def test_shipped_model_wheels_look_at_wheels():
 
 
 @pytest.mark.slow
-def test_shipped_relation_kernel_sends_wheels_to_wheels():
+def test_shipped_relation_kernel_sends_wheels_to_wheels(shipped_bus):
     """The README's relation-source picture: with the shipped checkpoint's own relation kernel
     (4x4 cells after cross-attention, 112 px), the bus sketch's lower inked cells (wheels) find
     their best photo cell in the lower half and its upper cells (windows, roof) in the upper half."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "hub_card" / "config.json").is_file():
-        pytest.skip("no shipped checkpoint")
-    try:
-        photo = _real_photo("vehicles/masstransit/green_korean_bus.png")
-    except (OSError, Exception) as err:  # noqa: BLE001
-        pytest.skip(f"Tux Paint photos not available: {err}")
-    model, proc, _ = ex.load_model(root / "hub_card")
-    e = ex.explain_pair(model, proc, root / "docs" / "explain_input_sketch.png", photo, source="relation")
+    model, proc, sketch, photo = shipped_bus
+    e = ex.explain_pair(model, proc, sketch, photo, source="relation")
     g = model.config.relation_grid
     assert e.kernel.shape == (g * g, g * g)
     inked = np.flatnonzero(e.sketch_ink.reshape(-1) > 0.2)
