@@ -96,6 +96,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     model_dir = root / "best"
     model = save_tiny_model(model_dir, open_gate=True)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["backbone_config"]["_name_or_path"] = str(root / "converted-backbone")  # a folder of this machine
+    (model_dir / "config.json").write_text(json.dumps(config))
     (model_dir / "training_summary.json").write_text(json.dumps({
         "best_checkpoint": "x", "best_val_mAP@all": 0.5, "global_step": 1234,
         "config": {"backbone": "offline", "data": "offline", "image_size": 56, "batch_size": 12, "lr": 1e-5,
@@ -120,6 +123,7 @@ def test_export_writes_every_file(exported):
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "zse"
     assert config["dtype"] == "float32"  # compute dtype; the file is fp16
+    assert config["backbone_config"]["_name_or_path"] == "converted-backbone"  # no local folder leaks
     for name in ("processor_config.json", "preprocessor_config.json"):
         text = (hub / name).read_text()
         assert "image_processing_zse.ZseImageProcessor" in text or "processing_zse.ZseProcessor" in text, name

@@ -158,6 +158,9 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
         config = json.loads((tmp / "config.json").read_text())
         config["dtype"] = "float32"  # compute dtype: fp16 files are upcast on load
         config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
+        backbone = config.get("backbone_config") or {}
+        if os.path.isabs(backbone.get("_name_or_path") or ""):  # a folder of the exporting machine
+            backbone["_name_or_path"] = Path(backbone["_name_or_path"]).name
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if not (tmp / "model.safetensors").is_file():
             raise HubError("save_pretrained wrote a sharded checkpoint; expected one model.safetensors")
