@@ -419,8 +419,8 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
     faiss_index = read_index_bytes(data, where / INDEX_FILE, dim, live)
 
     index = cls(None, None, index_factory=manifest["index_factory"], store_local_tokens=tokens["stored"],
-                use_gpu=use_gpu, train_size=manifest.get("train_size", DEFAULT_TRAIN_SIZE))
-    index.store_projections = tokens.get("projections", False)
+                use_gpu=use_gpu, train_size=manifest.get("train_size", DEFAULT_TRAIN_SIZE),
+                store_projections=tokens.get("projections", False))
     index.model, index.model_info = model, manifest["model"]
     index.processor = processor if processor is not None or model is None else default_processor(model)
     index.factory, index.search_params, index.dim = manifest["factory"], manifest["search_params"], dim

@@ -73,8 +73,8 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
     elif any(shards):
         raise ValueError("cannot merge shards with non-sharded indexes")
     merged = cls(None, None, index_factory=index_factory, store_local_tokens=first.store_local_tokens,
-                 work_dir=work_dir, train_size=first.train_size)
-    merged.store_projections = all(p.store_projections for p in parts)  # kept when every input has them
+                 work_dir=work_dir, train_size=first.train_size,
+                 store_projections=all(p.store_projections for p in parts))  # kept when every input has them
     merged.model, merged.model_info = model, first.model_info
     merged.processor = default_processor(model) if model is not None else None
     for p in parts:
