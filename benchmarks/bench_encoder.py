@@ -17,6 +17,11 @@ element-wise ops), with the tokenizer stem's share.
 (CPUExecutionProvider, intra-op threads = torch's threads) in the same interleaved rounds: the
 row `ZSE encoder, ONNX (onnxruntime)` with its ratio vs plain and vs eager ZSE.
 
+`--selected K [K ...]` adds rows for token selection (`num_selected_tokens = K` of the 256 patch
+tokens): the encoder-side path (the last block computes [Ret] and the K kept tokens only) and,
+as "masked", the full backbone with the mask applied afterwards (the path before encoder-side
+selection, still what runs when hidden states are asked for).
+
 `--profile` adds a breakdown of where the extra ZSE time goes (stem convs, interpolation,
 gate/add in the hook, the wrapper's input check and normalisation) and times alternatives
 built inside this process only (other stem widths via `ZseConfig(tokenizer_channels=...)`,
@@ -27,6 +32,7 @@ Examples::
     python benchmarks/bench_encoder.py --quick
     python benchmarks/bench_encoder.py --onnx --threads 2 --batches 1 32
     python benchmarks/bench_encoder.py --depths 11 12
+    python benchmarks/bench_encoder.py --batches 32 --selected 128 64 --threads 2
     python benchmarks/bench_encoder.py --batches 1 32 --profile --profile-batches 1 32
     python benchmarks/bench_encoder.py --device cuda --batches 1 32 128
 """
@@ -139,6 +145,20 @@ def onnx_encoder_for(zse: ZseModel, threads: int):
 
 
 # ----------------------------------------------------------------------------- timing
+
+
+def selected_call(zse: ZseModel, x: torch.Tensor, k: int, masked: bool) -> Callable[[], object]:
+    """`get_image_features(x)` with `num_selected_tokens = k`: encoder-side selection, or (`masked`) the
+    full backbone then the mask (asking for hidden states forces that path)."""
+
+    def run():
+        zse.config.num_selected_tokens = k
+        try:
+            return zse.get_image_features(x, output_hidden_states=masked)
+        finally:
+            zse.config.num_selected_tokens = None
+
+    return run
 
 
 def _sync(device: str) -> None:
@@ -326,6 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=None,
                    help="timed calls per round at batch 1, scaled by 1/batch on CPU (default 4, quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds; median reported (default 9, quick 5)")
+    p.add_argument("--selected", type=int, nargs="*", default=[],
+                   help="token-selection rows: K kept tokens of 256 (encoder-side and masked)")
     p.add_argument("--profile", action="store_true", help="breakdown of the ZSE overhead + alternative stems")
     p.add_argument("--onnx", action="store_true",
                    help="also time the ZSE encoder exported to ONNX on onnxruntime "
@@ -405,6 +427,9 @@ def main(argv=None) -> int:
             fns = {"plain": lambda: plain(pixel_values=x), "zse": lambda: zse.get_image_features(x)}
             if onnx_encoder is not None:
                 fns["onnx"] = lambda: onnx_encoder(x)
+            for k in args.selected:
+                fns[f"sel{k}"] = selected_call(zse, x, k, masked=False)
+                fns[f"sel{k}-masked"] = selected_call(zse, x, k, masked=True)
             rates = time_interleaved(fns, batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn)
             med_ratio, best_ratio = _ratios(rates["zse"], rates["plain"])
             ok &= med_ratio >= TARGET_RATIO
@@ -416,6 +441,11 @@ def main(argv=None) -> int:
                 onnx_vs_eager = _ratios(rates["onnx"], rates["zse"])
                 print(f"  batch {batch}: onnxruntime {statistics.median(rates['onnx']):.2f} img/s = "
                       f"{onnx_vs_eager[0]:.3f} x eager ZSE ({onnx_vs_eager[1]:.3f} best/best)", flush=True)
+            for k in args.selected:
+                for key, how in ((f"sel{k}", "encoder-side"), (f"sel{k}-masked", "masked")):
+                    fl = count_flops(selected_call(zse, x1, k, masked=how == "masked"))
+                    rows.append((f"ZSE, token selection {k} of 256 ({how}) L{depth}", batch, rates[key],
+                                 _ratios(rates[key], rates["plain"]), fl))
             print(f"  batch {batch}: plain {statistics.median(rates['plain']):.2f} img/s, "
                   f"zse {statistics.median(rates['zse']):.2f} img/s, ratio {med_ratio:.3f} ({best_ratio:.3f})",
                   flush=True)

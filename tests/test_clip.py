@@ -237,7 +237,10 @@ def test_zse_on_converted_tower_trains_saves_reloads(converted, tmp_path):
         feats = model.get_image_features(x, output_ret_attention=True)
         plain = tower(pixel_values=x)
     assert torch.allclose(feats.ret_embeds, F.normalize(plain.pooler_output, dim=-1), atol=1e-6)
-    assert torch.allclose(feats.local_tokens, tower.post_layernorm(plain.last_hidden_state[:, 1:]), atol=1e-5)
+    kept = feats.token_mask  # token selection: kept tokens as CLIP's, dropped ones never computed (0)
+    expected = tower.post_layernorm(plain.last_hidden_state[:, 1:])
+    assert torch.allclose(feats.local_tokens[kept], expected[kept], atol=1e-5)
+    assert torch.all(feats.local_tokens[~kept] == 0)
     assert feats.grid_size == (4, 4) and feats.ret_attention.shape == (4, 16)
     assert feats.token_mask.sum(1).tolist() == [8] * 4
 

@@ -258,3 +258,55 @@ def test_default_pair_chunks_are_cache_sized_on_the_cpu():
         default = model.score_indexed_pairs(q, c, qi, ci)
         one_call = model.score_indexed_pairs(q, c, qi, ci, chunk_size=len(qi))
     assert_close_to_scale(default, one_call, rel=1e-5)
+
+
+def _backbone(kind):
+    from transformers import CLIPVisionConfig, ViTConfig
+
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=64)
+    if kind == "vit":
+        return ViTConfig(patch_size=16, **shape)
+    if kind == "clip":
+        return CLIPVisionConfig(patch_size=16, **shape)
+    return None  # tiny_config's DINOv2
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "vit", "clip"])
+def test_encoder_side_selection_is_exact_and_skips_the_dropped_rows(kind):
+    """With `num_selected_tokens`, the last backbone block runs for [Ret] and the kept tokens only:
+    the same [Ret], attention, mask and kept tokens as the full path, and fewer FLOPs than no selection."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backbone = _backbone(kind)
+    extra = {} if backbone is None else {"backbone_config": backbone, "image_size": 64}
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config(num_selected_tokens=4, **extra)).eval()
+    size = model.config.image_size
+    with torch.no_grad():
+        model.encoder.tokenizer.gate.fill_(0.3)
+        x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+        fast = model.get_image_features(x)
+        full = model.get_image_features(x, output_hidden_states=True)  # the full backbone, then masked
+    assert fast.local_tokens.shape == full.local_tokens.shape == (3, 16, 32)
+    assert torch.equal(fast.token_mask, full.token_mask) and fast.token_mask.sum(1).tolist() == [4, 4, 4]
+    torch.testing.assert_close(fast.ret_attention, full.ret_attention, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.ret_embeds, full.ret_embeds, rtol=1e-5, atol=1e-6)
+    kept = fast.token_mask
+    torch.testing.assert_close(fast.local_tokens[kept], full.local_tokens[kept], rtol=1e-5, atol=1e-5)
+    assert torch.all(fast.local_tokens[~kept] == 0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.score_all_pairs(fast, fast), model.score_all_pairs(full, full), rtol=1e-4, atol=1e-5
+        )
+
+    def flops(m):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m.get_image_features(x)
+        return counter.get_total_flops()
+
+    everything = ZseModel(tiny_config(**extra)).eval()
+    assert flops(model) < flops(everything)
+    model.train()  # and it trains: gradients reach the first block
+    model.get_image_features(x).local_tokens.sum().backward()
+    first = next(backbone_param for backbone_param in model.encoder.backbone.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
