@@ -267,6 +267,18 @@ def _last_attention(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     return block.norm1, block.attention  # DINOv2
 
 
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`[B, T, H * d]` -> `[B, H, T, d]`."""
+    return x.view(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+
+def _ret_attention(ret_query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`[B, N]` head-averaged attention of the [Ret] query `[B, H, 1, d]` over the patch keys of
+    `keys [B, H, 1 + N, d]` (the [Ret] self-weight is left out)."""
+    weights = torch.softmax((ret_query @ keys.transpose(-1, -2)) * keys.shape[-1] ** -0.5, dim=-1)
+    return weights.mean(1)[:, 0, 1:]
+
+
 def _block_parts(block: nn.Module):
     """`(norm1, attention, out_proj, after_attention, norm2, mlp, after_mlp)` of a DINOv2, ViT or CLIP
     block; `after_*` maps a branch's output to what is added to the residual (layer scale, drop path,
@@ -305,20 +317,17 @@ def selective_last_block(
     the kept patches, the head-averaged [Ret] attention over patches, and the kept patch positions.
     """
     norm1, attention, out_proj, after_attention, norm2, mlp, after_mlp = _block_parts(block)
-    b, t, d = hidden.shape
+    b = hidden.shape[0]
     x = norm1(hidden)
-
-    def heads(y):
-        return y.view(b, y.shape[1], num_heads, -1).transpose(1, 2)
-
-    keys, values = heads(attention.k_proj(x)), heads(attention.v_proj(x))
-    ret_query = heads(attention.q_proj(x[:, :1]))
-    scale = keys.shape[-1] ** -0.5
-    ret_attention = torch.softmax((ret_query @ keys.transpose(-1, -2)) * scale, dim=-1).mean(1)[:, 0, 1:]
+    keys, values = _split_heads(attention.k_proj(x), num_heads), _split_heads(attention.v_proj(x), num_heads)
+    ret_query = _split_heads(attention.q_proj(x[:, :1]), num_heads)
+    ret_attention = _ret_attention(ret_query, keys)
     kept = ret_attention.topk(k, dim=1).indices
     rows = torch.cat([kept.new_zeros(b, 1), kept + 1], dim=1)
-    queries = torch.cat([ret_query, heads(attention.q_proj(gather_tokens(x, kept + 1)))], dim=2)
-    attended = F.scaled_dot_product_attention(queries, keys, values, dropout_p=attention_dropout, scale=scale)
+    queries = torch.cat([ret_query, _split_heads(attention.q_proj(gather_tokens(x, kept + 1)), num_heads)], dim=2)
+    attended = F.scaled_dot_product_attention(
+        queries, keys, values, dropout_p=attention_dropout, scale=keys.shape[-1] ** -0.5
+    )
     out = gather_tokens(hidden, rows) + after_attention(out_proj(attended.transpose(1, 2).reshape(b, 1 + k, -1)))
     return out + after_mlp(mlp(norm2(out))), ret_attention, kept
 
@@ -475,12 +484,8 @@ class ZseEncoder(nn.Module):
         norm, module = _last_attention(self.backbone)
         hidden = norm(last_layer_input)
         heads = self.config.backbone_config.num_attention_heads
-        b, n, _ = hidden.shape
-        q = module.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
-        k = module.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
-        scale = q.shape[-1] ** -0.5
-        attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B, heads, 1, 1+N]
-        return attn.mean(1)[:, 0, 1:]
+        ret_query = _split_heads(module.q_proj(hidden[:, :1]), heads)
+        return _ret_attention(ret_query, _split_heads(module.k_proj(hidden), heads))
 
     def forward(
         self,
