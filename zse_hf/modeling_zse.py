@@ -259,12 +259,8 @@ def _patch_embedding(backbone: nn.Module) -> nn.Module:
 
 def _last_attention(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     """`(pre-attention norm, self-attention)` of the backbone's last layer."""
-    block = backbone_blocks(backbone)[-1]
-    if _is_clip(backbone):
-        return block.layer_norm1, block.self_attn
-    if hasattr(block, "layernorm_before"):  # ViT
-        return block.layernorm_before, block.attention
-    return block.norm1, block.attention  # DINOv2
+    norm1, attention = _block_parts(backbone_blocks(backbone)[-1])[:2]
+    return norm1, attention
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -535,7 +531,6 @@ class ZseEncoder(nn.Module):
             ret_attention=ret_attention,
             grid_size=grid,
         )
-
 
     def _forward_selected(self, pixel_values: torch.Tensor) -> ZseImageFeatures:
         """Token selection that saves encoder work: blocks 1..L-1 as usual, then the last block for
