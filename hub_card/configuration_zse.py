@@ -37,7 +37,8 @@ class ZseConfig(PretrainedConfig):
             the backbone's hidden size. Each conv is 3x3 with stride 2, followed by ReLU.
         num_selected_tokens (`int`, *optional*):
             Keep only the K patch tokens that the [Ret] token attends to most in the last
-            encoder layer (the paper's token selection). `None` keeps all tokens, as the
+            encoder layer (the paper's token selection); that layer then computes only [Ret] and the
+            kept tokens, and the pair head only the kept ones. `None` keeps all tokens, as the
             official code does.
         cross_attention_heads (`int`, *optional*, defaults to 8):
             Heads of each cross-attention layer.

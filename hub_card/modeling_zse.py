@@ -51,7 +51,8 @@ class ZseImageFeatures(ModelOutput):
         attentions: tuple of `[B, heads, 1 + N, 1 + N]` backbone self-attentions, when asked
             (needs `attn_implementation="eager"`, as in transformers' own vision models).
         ret_embeds: `[B, D]` L2-normalised [Ret] embeddings.
-        local_tokens: `[B, N, D]` patch tokens after the encoder's final norm, N = h * w.
+        local_tokens: `[B, N, D]` patch tokens after the encoder's final norm, N = h * w (tokens
+            dropped by token selection are 0: the last block never computes them).
         token_mask: `[B, N]` bool, True where a token was kept by token selection
             (all True when selection is off).
         ret_attention: `[B, N]` last-layer attention of the [Ret] token over the patches
@@ -258,12 +259,73 @@ def _patch_embedding(backbone: nn.Module) -> nn.Module:
 
 def _last_attention(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     """`(pre-attention norm, self-attention)` of the backbone's last layer."""
-    block = backbone_blocks(backbone)[-1]
-    if _is_clip(backbone):
-        return block.layer_norm1, block.self_attn
+    norm1, attention = _block_parts(backbone_blocks(backbone)[-1])[:2]
+    return norm1, attention
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`[B, T, H * d]` -> `[B, H, T, d]`."""
+    return x.view(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+
+def _ret_attention(ret_query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`[B, N]` head-averaged attention of the [Ret] query `[B, H, 1, d]` over the patch keys of
+    `keys [B, H, 1 + N, d]` (the [Ret] self-weight is left out)."""
+    weights = torch.softmax((ret_query @ keys.transpose(-1, -2)) * keys.shape[-1] ** -0.5, dim=-1)
+    return weights.mean(1)[:, 0, 1:]
+
+
+def _block_parts(block: nn.Module):
+    """`(norm1, attention, out_proj, after_attention, norm2, mlp, after_mlp)` of a DINOv2, ViT or CLIP
+    block; `after_*` maps a branch's output to what is added to the residual (layer scale, drop path,
+    dropout)."""
+    if hasattr(block, "layer_norm1"):  # CLIP
+        keep = nn.Identity()
+        return block.layer_norm1, block.self_attn, block.self_attn.out_proj, keep, block.layer_norm2, block.mlp, keep
     if hasattr(block, "layernorm_before"):  # ViT
-        return block.layernorm_before, block.attention
-    return block.norm1, block.attention  # DINOv2
+        attention, drop = block.attention, block.dropout
+        return block.layernorm_before, attention, attention.o_proj, drop, block.layernorm_after, block.mlp, drop
+    return (  # DINOv2
+        block.norm1,
+        block.attention,
+        block.attention.o_proj,
+        lambda x: block.drop_path(block.layer_scale1(x)),
+        block.norm2,
+        block.mlp,
+        lambda x: block.drop_path(block.layer_scale2(x)),
+    )
+
+
+def selective_last_block(
+    block: nn.Module, hidden: torch.Tensor, num_heads: int, k: int, attention_dropout: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backbone's last block, run only for the [Ret] token and the `k` patch tokens it attends to most
+    (token selection on the encoder side: the dropped tokens' rows are never computed).
+
+    Every token stays a key and value, so each kept row equals the full block's output for that row.
+
+    Args:
+        block: the last DINOv2 / ViT / CLIP transformer block.
+        hidden: `[B, 1 + N, D]` the block's input ([Ret] first).
+        num_heads: its attention heads; k: patch tokens to keep (1 <= k <= N).
+
+    Returns: `(rows [B, 1 + k, D], ret_attention [B, N], kept [B, k])`: the block's output for [Ret] then
+    the kept patches, the head-averaged [Ret] attention over patches, and the kept patch positions.
+    """
+    norm1, attention, out_proj, after_attention, norm2, mlp, after_mlp = _block_parts(block)
+    b = hidden.shape[0]
+    x = norm1(hidden)
+    keys, values = _split_heads(attention.k_proj(x), num_heads), _split_heads(attention.v_proj(x), num_heads)
+    ret_query = _split_heads(attention.q_proj(x[:, :1]), num_heads)
+    ret_attention = _ret_attention(ret_query, keys)
+    kept = ret_attention.topk(k, dim=1).indices
+    rows = torch.cat([kept.new_zeros(b, 1), kept + 1], dim=1)
+    queries = torch.cat([ret_query, _split_heads(attention.q_proj(gather_tokens(x, kept + 1)), num_heads)], dim=2)
+    attended = F.scaled_dot_product_attention(
+        queries, keys, values, dropout_p=attention_dropout, scale=keys.shape[-1] ** -0.5
+    )
+    out = gather_tokens(hidden, rows) + after_attention(out_proj(attended.transpose(1, 2).reshape(b, 1 + k, -1)))
+    return out + after_mlp(mlp(norm2(out))), ret_attention, kept
 
 
 def _check_pixels(pixel_values, name: str, min_size: int) -> None:
@@ -418,12 +480,8 @@ class ZseEncoder(nn.Module):
         norm, module = _last_attention(self.backbone)
         hidden = norm(last_layer_input)
         heads = self.config.backbone_config.num_attention_heads
-        b, n, _ = hidden.shape
-        q = module.q_proj(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
-        k = module.k_proj(hidden).view(b, n, heads, -1).transpose(1, 2)
-        scale = q.shape[-1] ** -0.5
-        attn = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # [B, heads, 1, 1+N]
-        return attn.mean(1)[:, 0, 1:]
+        ret_query = _split_heads(module.q_proj(hidden[:, :1]), heads)
+        return _ret_attention(ret_query, _split_heads(module.k_proj(hidden), heads))
 
     def forward(
         self,
@@ -435,6 +493,8 @@ class ZseEncoder(nn.Module):
         """Encode `[B, 3, H, W]` images into [Ret] embeddings `[B, D]` and local tokens `[B, N, D]`."""
         _check_pixels(pixel_values, "pixel_values", self.config.patch_size)
         selecting = self.config.num_selected_tokens is not None
+        if selecting and not (output_attentions or output_hidden_states):
+            return self._forward_selected(pixel_values)
         need_ret = selecting or output_ret_attention
         kwargs = {} if self.config.backbone_config.model_type == "dinov2" else {"interpolate_pos_encoding": True}
         out = self.backbone(
@@ -470,6 +530,50 @@ class ZseEncoder(nn.Module):
             token_mask=mask,
             ret_attention=ret_attention,
             grid_size=grid,
+        )
+
+    def _forward_selected(self, pixel_values: torch.Tensor) -> ZseImageFeatures:
+        """Token selection that saves encoder work: blocks 1..L-1 as usual, then the last block for
+        [Ret] and the kept tokens only ([`selective_last_block`]). Same outputs as the full path at
+        the kept tokens; dropped tokens are zero in `local_tokens` and `last_hidden_state`."""
+        backbone, cfg = self.backbone, self.config.backbone_config
+        if self.is_clip:
+            tower = _clip_tower(backbone)
+            hidden = tower.pre_layrnorm(tower.embeddings(pixel_values, interpolate_pos_encoding=True))
+        elif cfg.model_type == "dinov2":
+            hidden = backbone.embeddings(pixel_values)
+        else:
+            weight = _patch_embedding(backbone).projection.weight
+            hidden = backbone.embeddings(pixel_values.to(weight.dtype), interpolate_pos_encoding=True)
+        blocks = backbone_blocks(backbone)
+        for block in blocks[:-1]:
+            hidden = block(hidden, None)
+        n = hidden.shape[1] - 1
+        k = min(self.config.num_selected_tokens, n)
+        dropout = getattr(cfg, "attention_probs_dropout_prob", getattr(cfg, "attention_dropout", 0.0))
+        rows, ret_attention, kept = selective_last_block(
+            blocks[-1], hidden, cfg.num_attention_heads, k, dropout if self.training else 0.0
+        )
+        if self.is_clip:  # CLIP's last_hidden_state is before its post-layernorm
+            last, normed = rows, _clip_tower(backbone).post_layernorm(rows)
+        else:
+            last = normed = backbone.layernorm(rows)
+        b = rows.shape[0]
+        everywhere = torch.ones(b, 1 + k, dtype=torch.bool, device=rows.device)
+        index = torch.cat([kept.new_zeros(b, 1), kept + 1], dim=1)
+        last_hidden = scatter_tokens(last, index, everywhere, 1 + n)
+        local = scatter_tokens(normed[:, 1:], kept, everywhere[:, 1:], n)
+        mask = torch.zeros(b, n, dtype=torch.bool, device=rows.device).scatter_(1, kept, True)
+        patch = self.config.patch_size
+        ret = F.normalize(normed[:, 0], dim=-1)
+        return ZseImageFeatures(
+            last_hidden_state=last_hidden,
+            pooler_output=ret,
+            ret_embeds=ret,
+            local_tokens=local,
+            token_mask=mask,
+            ret_attention=ret_attention,
+            grid_size=(pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch),
         )
 
 
