@@ -492,33 +492,35 @@ class ZseEncoder(nn.Module):
     ) -> ZseImageFeatures:
         """Encode `[B, 3, H, W]` images into [Ret] embeddings `[B, D]` and local tokens `[B, N, D]`."""
         _check_pixels(pixel_values, "pixel_values", self.config.patch_size)
-        selecting = self.config.num_selected_tokens is not None
-        if selecting and not (output_attentions or output_hidden_states):
-            return self._forward_selected(pixel_values)
-        need_ret = selecting or output_ret_attention
-        kwargs = {} if self.config.backbone_config.model_type == "dinov2" else {"interpolate_pos_encoding": True}
-        out = self.backbone(
-            pixel_values=pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states or need_ret,
-            return_dict=True,
-            **kwargs,
-        )
-        ret_attention = self.ret_attention(out.hidden_states[-2]) if need_ret else None
-        hidden = out.last_hidden_state
-        if self.is_clip:  # last_hidden_state is before CLIP's post-layernorm; pooler_output after
-            ret = out.pooler_output
-            local = _clip_tower(self.backbone).post_layernorm(hidden[:, 1:])
-        else:
-            ret = hidden[:, 0]
-            local = hidden[:, 1:]
         patch = self.config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        selecting = self.config.num_selected_tokens is not None
+        k = min(self.config.num_selected_tokens, grid[0] * grid[1]) if selecting else None
+        out = None
+        if selecting and not (output_attentions or output_hidden_states):
+            hidden, ret, local, ret_attention, kept = self._encode_selected(pixel_values, k)
+        else:
+            need_ret = selecting or output_ret_attention
+            kwargs = {} if self.config.backbone_config.model_type == "dinov2" else {"interpolate_pos_encoding": True}
+            out = self.backbone(
+                pixel_values=pixel_values,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states or need_ret,
+                return_dict=True,
+                **kwargs,
+            )
+            ret_attention = self.ret_attention(out.hidden_states[-2]) if need_ret else None
+            hidden = out.last_hidden_state
+            if self.is_clip:  # last_hidden_state is before CLIP's post-layernorm; pooler_output after
+                ret = out.pooler_output
+                local = _clip_tower(self.backbone).post_layernorm(hidden[:, 1:])
+            else:
+                ret = hidden[:, 0]
+                local = hidden[:, 1:]
+            kept = ret_attention.topk(k, dim=1).indices if selecting else None
         mask = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
-        if selecting:
-            k = min(self.config.num_selected_tokens, local.shape[1])
-            top = ret_attention.topk(k, dim=1).indices
-            mask = torch.zeros_like(mask).scatter_(1, top, True)
+        if kept is not None:
+            mask = torch.zeros_like(mask).scatter_(1, kept, True)
         ret = F.normalize(ret, dim=-1)
         return ZseImageFeatures(
             last_hidden_state=hidden,
@@ -532,10 +534,14 @@ class ZseEncoder(nn.Module):
             grid_size=grid,
         )
 
-    def _forward_selected(self, pixel_values: torch.Tensor) -> ZseImageFeatures:
+    def _encode_selected(self, pixel_values: torch.Tensor, k: int):
         """Token selection that saves encoder work: blocks 1..L-1 as usual, then the last block for
-        [Ret] and the kept tokens only ([`selective_last_block`]). Same outputs as the full path at
-        the kept tokens; dropped tokens are zero in `local_tokens` and `last_hidden_state`."""
+        [Ret] and the `k` kept tokens only ([`selective_last_block`]). Same values as the full path at
+        the kept tokens; dropped tokens are zero in the local tokens and the last hidden state.
+
+        Returns: `(last_hidden_state [B, 1+N, D], ret [B, D] (not normalised), local [B, N, D],
+        ret_attention [B, N], kept [B, k])`.
+        """
         backbone, cfg = self.backbone, self.config.backbone_config
         if self.is_clip:
             tower = _clip_tower(backbone)
@@ -548,33 +554,19 @@ class ZseEncoder(nn.Module):
         blocks = backbone_blocks(backbone)
         for block in blocks[:-1]:
             hidden = block(hidden, None)
-        n = hidden.shape[1] - 1
-        k = min(self.config.num_selected_tokens, n)
         dropout = getattr(cfg, "attention_probs_dropout_prob", getattr(cfg, "attention_dropout", 0.0))
         rows, ret_attention, kept = selective_last_block(
             blocks[-1], hidden, cfg.num_attention_heads, k, dropout if self.training else 0.0
         )
+        n = hidden.shape[1] - 1
+        everywhere = torch.ones(kept.shape, dtype=torch.bool, device=kept.device)
         if self.is_clip:  # CLIP's last_hidden_state is before its post-layernorm
-            last, normed = rows, _clip_tower(backbone).post_layernorm(rows)
-        else:
-            last = normed = backbone.layernorm(rows)
-        b = rows.shape[0]
-        everywhere = torch.ones(b, 1 + k, dtype=torch.bool, device=rows.device)
-        index = torch.cat([kept.new_zeros(b, 1), kept + 1], dim=1)
-        last_hidden = scatter_tokens(last, index, everywhere, 1 + n)
-        local = scatter_tokens(normed[:, 1:], kept, everywhere[:, 1:], n)
-        mask = torch.zeros(b, n, dtype=torch.bool, device=rows.device).scatter_(1, kept, True)
-        patch = self.config.patch_size
-        ret = F.normalize(normed[:, 0], dim=-1)
-        return ZseImageFeatures(
-            last_hidden_state=last_hidden,
-            pooler_output=ret,
-            ret_embeds=ret,
-            local_tokens=local,
-            token_mask=mask,
-            ret_attention=ret_attention,
-            grid_size=(pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch),
-        )
+            normed = _clip_tower(backbone).post_layernorm(rows)
+            last = torch.cat([rows[:, :1], scatter_tokens(rows[:, 1:], kept, everywhere, n)], dim=1)
+            return last, normed[:, 0], scatter_tokens(normed[:, 1:], kept, everywhere, n), ret_attention, kept
+        normed = backbone.layernorm(rows)
+        last = torch.cat([normed[:, :1], scatter_tokens(normed[:, 1:], kept, everywhere, n)], dim=1)
+        return last, normed[:, 0], last[:, 1:], ret_attention, kept
 
 
 class ZseCrossAttentionLayer(GradientCheckpointingLayer):
