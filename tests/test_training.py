@@ -255,3 +255,33 @@ def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_pa
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["correspondence_weight"] == 1.0
     default = build_model(_cfg(tiny_backbone))
     assert default.config.correspondence_weight == 0.0  # off in the default recipe
+
+
+def test_warm_start_continues_from_a_saved_model_with_a_decaying_rate(tiny_backbone, tmp_path):
+    """`init_from`: the run starts from the saved weights (validated at step 0), decays its
+    learning rate over `max_steps`, reads a new triplet stream on the same validation classes,
+    and refuses a folder of another input size."""
+    first = train(_cfg(tiny_backbone, max_steps=2), tmp_path / "first")
+    saved = load_file(first / "model.safetensors")
+    cfg = _cfg(tiny_backbone, init_from=str(first), lr_schedule="linear", triplet_seed=7, lr=1e-3, head_lr=1e-3,
+               correspondence_weight=0.5)
+    model = build_model(cfg)
+    state = model.state_dict()
+    assert saved.keys() <= state.keys()
+    for k in saved:
+        assert torch.equal(state[k], saved[k]), k
+    assert model.config.correspondence_weight == 0.5  # loss weights from the recipe
+    old, _, old_val = build_datasets(_cfg(tiny_backbone), num_triplets=6)
+    new, _, new_val = build_datasets(cfg, num_triplets=6)
+    assert [old[i]["sketch_id"] for i in range(6)] != [new[i]["sketch_id"] for i in range(6)]
+    assert list(old_val.ids) == list(new_val.ids)
+    train(cfg, tmp_path / "warm")
+    log = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in log if "eval_mAP@all" in r]
+    assert evals[0] == 0 and evals[1:] == [2, 4]
+    rates = [r["learning_rate"] for r in log if "learning_rate" in r]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
+    with pytest.raises(ValueError, match="image_size"):
+        build_model(_cfg(tiny_backbone, image_size=84, init_from=str(first)))
+    with pytest.raises(ValueError, match="no saved model"):
+        build_model(_cfg(tiny_backbone, init_from=str(tmp_path)))

