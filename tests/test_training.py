@@ -194,6 +194,9 @@ def test_subset_keeps_labels_and_items(tmp_path):
 def test_presets_and_yaml(tmp_path):
     assert {"offline-cpu", "paper"} <= set(PRESETS)
     assert PRESETS["paper"].batch_size == 15 and PRESETS["paper"].lr == 1e-5
+    gpu = PRESETS["offline-gpu"]  # the CPU recipe's signals at the paper's resolution, fed from caches
+    assert (gpu.image_size, gpu.relation_grid, gpu.render_cache) == (224, 7, True)
+    assert gpu.correspondence_weight > 0 and gpu.stamp_pair_prob > 0 and gpu.dataloader_workers >= 8
     path = tmp_path / "run.yaml"
     path.write_text("preset: paper\nmax_steps: 7\n")
     cfg = load_train_config(str(path), batch_size=2)

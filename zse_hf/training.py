@@ -95,6 +95,9 @@ class TrainConfig:
         lr_schedule: the Trainer's `lr_scheduler_type` (`constant`, `linear`, `cosine`, ...),
             decaying over `max_steps` (both learning rates).
         warmup_steps: linear warm-up steps of the schedule.
+        render_cache: pre-render the photos' cut-outs, pseudo-sketches and correspondence pairs
+            once into a file all loader workers share (`zse_hf.data.render_cache`); the triplets
+            are the same, only faster (GPU runs are otherwise data-bound).
         dataloader_workers: worker processes for data loading.
     """
 
@@ -130,6 +133,7 @@ class TrainConfig:
     init_from: str | None = None
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    render_cache: bool = False
 
 
 PRESETS = {
@@ -140,6 +144,14 @@ PRESETS = {
         backbone="facebook/dinov2-small", image_size=224, relation_grid=7, freeze_blocks=0, batch_size=15,
         max_steps=20000, lr=1e-5, head_lr=1e-5, infonce_weight=0.0, pseudo_sketch_prob=0.0,
         eval_steps=1000, save_steps=1000, val_sketches_per_class=50, dataloader_workers=4,
+    ),
+    # One GPU, offline data: the CPU recipe (extra stamps, correspondence term) at the paper's
+    # resolution (224 px, 7x7 relation cells: 2401 -> 343 -> 49 -> 1), data from pre-rendered caches
+    # and enough loader workers that the GPU does not wait (benchmarks/bench_loader.py).
+    "offline-gpu": TrainConfig(
+        image_size=224, relation_grid=7, max_steps=20000, eval_steps=250, save_steps=250,
+        correspondence_weight=1.0, stamp_pair_prob=0.25, stamp_negative_prob=0.15, dataloader_workers=12,
+        render_cache=True,
     ),
     # Seconds-long smoke run (tests, CI).
     "tiny": TrainConfig(image_size=56, relation_grid=2, freeze_blocks=0, batch_size=4, max_steps=4,
@@ -238,6 +250,10 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
             correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
             correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra,
         )
+        if cfg.render_cache:
+            from .data.render_cache import attach_triplet_caches
+
+            attach_triplet_caches(triplets)
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
         return triplets, val.queries, val.gallery

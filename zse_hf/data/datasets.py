@@ -38,6 +38,7 @@ class RetrievalDataset(torch.utils.data.Dataset):
     """
 
     modality: str = "photo"
+    render_cache = None  # photo sets: pre-rendered inputs (zse_hf.data.render_cache.attach_render_cache)
 
     def __init__(self, classes: Sequence[str], class_names: Sequence[str], ids: Sequence[str],
                  instances: Sequence[str | None] | None = None, transform: Callable | None = None):
@@ -153,13 +154,25 @@ class OfflinePhotoDataset(RetrievalDataset):
 
     def load(self, index: int, rgba: bool = False) -> Image.Image:
         """Photo ``index``: RGB on white, or the RGBA cut-out with ``rgba=True``."""
-        im = self._cache.get(index) if self._cache is not None else None
-        if im is None:
-            im = load_photo_rgba(self.records[index], verify=self.verify, crop=self.crop, square=self.crop,
-                                 max_side=self.max_side, root=self.root)
-            if self._cache is not None:
-                self._cache[index] = im
-        return im.copy() if rgba else composite_on_white(im)
+        return cached_cutout(self, index, rgba, lambda: load_photo_rgba(
+            self.records[index], verify=self.verify, crop=self.crop, square=self.crop, max_side=self.max_side,
+            root=self.root))
+
+
+def cached_cutout(photos: RetrievalDataset, index: int, rgba: bool, load: Callable[[], Image.Image]) -> Image.Image:
+    """A photo set's cut-out ``index``: from its render cache, else its in-memory cache (``_cache``:
+    a dict, or ``None`` for none), else ``load()`` (then kept in ``_cache``); RGBA copy with
+    ``rgba=True``, else composited on white."""
+    if photos.render_cache is not None:
+        im = photos.render_cache.rgba(index)
+        return im if rgba else composite_on_white(im)
+    memory = getattr(photos, "_cache", None)
+    im = memory.get(index) if memory is not None else None
+    if im is None:
+        im = load()
+        if memory is not None:
+            memory[index] = im
+    return im.copy() if rgba else composite_on_white(im)
 
 
 def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int = 10) -> list[str]:

@@ -16,8 +16,7 @@ from importlib import resources
 
 from PIL import Image
 
-from .datasets import RetrievalDataset
-from .images import composite_on_white
+from .datasets import RetrievalDataset, cached_cutout
 from .photos import PhotoRecord, load_photo_rgba
 
 USABLE_KIND = "photo"
@@ -74,12 +73,8 @@ class StampPhotoDataset(RetrievalDataset):
 
     def load(self, index: int, rgba: bool = False) -> Image.Image:
         """Stamp ``index``: RGB on white, or the RGBA cut-out with ``rgba=True`` (cropped, square)."""
-        im = self._cache.get(index) if self._cache is not None else None
-        if im is None:
-            im = load_photo_rgba(self.records[index], verify=self.verify, max_side=self.max_side, root=self.root)
-            if self._cache is not None:
-                self._cache[index] = im
-        return im.copy() if rgba else composite_on_white(im)
+        return cached_cutout(self, index, rgba, lambda: load_photo_rgba(
+            self.records[index], verify=self.verify, max_side=self.max_side, root=self.root))
 
 
 __all__ = ["StampPhotoDataset", "load_stamp_review", "usable_stamp_records"]

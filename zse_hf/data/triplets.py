@@ -193,9 +193,7 @@ class TripletDataset(torch.utils.data.Dataset):
             sketch = self.sketches.load(s["sketch_index"])
             sketch_id = self.sketches.ids[s["sketch_index"]]
         else:
-            kw = dict(self.pseudo_sketch_kwargs)
-            kw.setdefault("size", 224)
-            sketch = photo_to_pseudo_sketch(self.photos.load(s["pseudo_photo_index"], rgba=True), **kw)
+            sketch = self._pseudo_sketch(self.photos, s["pseudo_photo_index"])
             sketch_id = "pseudo:" + self.photos.ids[s["pseudo_photo_index"]]
         if self.sketch_augment is not None:
             sketch = self.sketch_augment(sketch, rng)
@@ -216,9 +214,7 @@ class TripletDataset(torch.utils.data.Dataset):
         """An instance-level item: pseudo-sketch of extra photo ``k``, that photo, the item's negative."""
         rng = np.random.default_rng([self.seed, int(index), 1])
         extra_id = "extra:" + self.extra_photos.ids[k]
-        kw = dict(self.pseudo_sketch_kwargs)
-        kw.setdefault("size", 224)
-        sketch = photo_to_pseudo_sketch(self.extra_photos.load(k, rgba=True), **kw)
+        sketch = self._pseudo_sketch(self.extra_photos, k)
         if self.sketch_augment is not None:
             sketch = self.sketch_augment(sketch, rng)
         return {
@@ -234,6 +230,16 @@ class TripletDataset(torch.utils.data.Dataset):
             **self._correspondence(index, s["positive_index"]),
         }
 
+    def _pseudo_sketch(self, photos: RetrievalDataset, index: int) -> Image.Image:
+        """The pseudo-sketch of photo ``index`` of ``photos`` (pre-rendered when the set has a
+        render cache of these settings)."""
+        kw = dict(self.pseudo_sketch_kwargs)
+        kw.setdefault("size", 224)
+        cache = photos.render_cache
+        if cache is not None and kw == {"size": cache.sketch_size}:
+            return cache.pseudo_sketch(index)
+        return photo_to_pseudo_sketch(photos.load(index, rgba=True), **kw)
+
     def _correspondence(self, index: int, photo_index: int) -> dict:
         """With probability ``correspondence_prob``: a warped pseudo-sketch of the positive photo
         with its true cell correspondence (:func:`~zse_hf.data.warps.warped_pair`), under the key
@@ -246,8 +252,13 @@ class TripletDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, int(index), 2])
         if rng.random() >= self.correspondence_prob:
             return {"correspondence": None}
-        pair = warped_pair(self.photos.load(photo_index, rgba=True), sample_warp(rng), self.correspondence_size,
-                           self.correspondence_grid)
+        warp, cache = sample_warp(rng), self.photos.render_cache
+        if cache is not None and cache.pair_size == self.correspondence_size:
+            pair = warped_pair(None, warp, self.correspondence_size, self.correspondence_grid,
+                               base=cache.square_pair(photo_index))
+        else:
+            pair = warped_pair(self.photos.load(photo_index, rgba=True), warp, self.correspondence_size,
+                               self.correspondence_grid)
         return {"correspondence": pair}
 
 

@@ -106,25 +106,12 @@ def inked_cells(image: Image.Image, grid: int, min_ink: float = 0.02) -> np.ndar
     return (cells >= min_ink).reshape(-1).numpy()
 
 
-def warped_pair(photo_rgba: Image.Image, warp: Warp, size: int, grid: int, min_ink: float = 0.02,
-                **pseudo_sketch_kwargs) -> dict:
-    """A (warped pseudo-sketch, photo) pair with its true cell correspondence.
+def square_pair(photo_rgba: Image.Image, size: int, **pseudo_sketch_kwargs) -> tuple[Image.Image, Image.Image]:
+    """The unwarped pair of :func:`warped_pair`: a photo's pseudo-sketch and the photo on white,
+    both cropped to the alpha box on the same square (margin 0 unless given), RGB `size x size`.
 
-    Args:
-        photo_rgba: a square cut-out (e.g. ``OfflinePhotoDataset.load(i, rgba=True)``); its
-            pseudo-sketch is drawn on the same square (margin 0), so photo and sketch share
-            coordinates before the warp.
-        warp: sketch -> photo coordinates.
-        size: side of both output images (the model's input side: feed them to
-            ``ZseImageProcessor.normalize_prepared``, not through the ink crop).
-        grid: relation-network grid G.
-        min_ink: see :func:`inked_cells`.
-        pseudo_sketch_kwargs: passed to :func:`photo_to_pseudo_sketch`.
-
-    Returns:
-        ``{"sketch": RGB size x size, "photo": RGB size x size, "targets": int64 [G*G]}`` where
-        ``targets`` is the true photo cell of each sketch cell, ``-1`` for cells without ink or
-        whose centre falls outside the photo.
+    Deterministic in its inputs, so it can be pre-rendered
+    (:class:`~zse_hf.data.render_cache.RenderCache`).
     """
     rgba = photo_rgba.convert("RGBA")
     side = max(rgba.size)
@@ -134,11 +121,39 @@ def warped_pair(photo_rgba: Image.Image, warp: Warp, size: int, grid: int, min_i
     pseudo = photo_to_pseudo_sketch(rgba, **kw)
     # the pseudo-sketch crops to the alpha box: crop the photo the same way so both agree
     photo = composite_on_white(pad_to_square(crop_to_alpha(rgba), margin=kw["margin"]))
-    photo = photo.resize((size, size), Image.Resampling.BICUBIC)
+    return pseudo, photo.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def warped_pair(photo_rgba: Image.Image | None, warp: Warp, size: int, grid: int, min_ink: float = 0.02,
+                base: tuple[Image.Image, Image.Image] | None = None, **pseudo_sketch_kwargs) -> dict:
+    """A (warped pseudo-sketch, photo) pair with its true cell correspondence.
+
+    Args:
+        photo_rgba: a square cut-out (e.g. ``OfflinePhotoDataset.load(i, rgba=True)``); its
+            pseudo-sketch is drawn on the same square (margin 0), so photo and sketch share
+            coordinates before the warp. Unused (may be ``None``) when ``base`` is given.
+        warp: sketch -> photo coordinates.
+        size: side of both output images (the model's input side: feed them to
+            ``ZseImageProcessor.normalize_prepared``, not through the ink crop).
+        grid: relation-network grid G.
+        min_ink: see :func:`inked_cells`.
+        base: the photo's :func:`square_pair` at ``size``, if already rendered.
+        pseudo_sketch_kwargs: passed to :func:`photo_to_pseudo_sketch`.
+
+    Returns:
+        ``{"sketch": RGB size x size, "photo": RGB size x size, "targets": int64 [G*G]}`` where
+        ``targets`` is the true photo cell of each sketch cell, ``-1`` for cells without ink or
+        whose centre falls outside the photo.
+    """
+    if base is None:
+        if photo_rgba is None:
+            raise ValueError("warped_pair needs photo_rgba or base")
+        base = square_pair(photo_rgba, size, **pseudo_sketch_kwargs)
+    pseudo, photo = base
     sketch = warp_sketch(pseudo, warp, size)
     targets = cell_targets(warp, grid)
     targets = np.where(inked_cells(sketch, grid, min_ink), targets, -1)
     return {"sketch": sketch, "photo": photo, "targets": targets}
 
 
-__all__ = ["Warp", "cell_targets", "inked_cells", "sample_warp", "warp_sketch", "warped_pair"]
+__all__ = ["Warp", "cell_targets", "inked_cells", "sample_warp", "square_pair", "warp_sketch", "warped_pair"]
