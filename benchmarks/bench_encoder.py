@@ -3,7 +3,7 @@
 Both models are DINOv2 ViT-S/14 (hidden 384, 6 heads, 11 layers like the shipped offline
 backbone, optionally 12) with *the same backbone weights* (the ZSE backbone's state dict is
 copied into the plain model and a parity check confirms the outputs agree while the tokenizer
-gate is zero). Timings are fp32, eval mode, `torch.inference_mode`, 224 px, batch 1 and 32,
+gate is zero). Timings are fp32, eval mode, `torch.inference_mode`, 224 px (`--image-size`), batch 1 and 32,
 with warm-up calls and then `--repeats` timed rounds of `--iters` calls; the models are run
 interleaved (the order rotates every round) so that load from other processes hits both alike,
 and the median images/s over rounds is reported (the best round too). The ratio column is the
@@ -61,6 +61,7 @@ from transformers import Dinov2Model  # noqa: E402
 from zse_hf import ZseConfig, ZseModel  # noqa: E402
 
 TARGET_RATIO = 0.85
+IMAGE_SIZE = 224  # input side; set from --image-size
 
 
 # ----------------------------------------------------------------------------- models
@@ -73,7 +74,7 @@ def build_models(depth: int, tokenizer_channels=(48, 96, 192), device: str = "cp
     `device`. The tokenizer gate is left at its initial zero (speed does not depend on it).
     """
     torch.manual_seed(seed)
-    config = ZseConfig(tokenizer_channels=tuple(tokenizer_channels))
+    config = ZseConfig(tokenizer_channels=tuple(tokenizer_channels), image_size=IMAGE_SIZE)
     config.backbone_config.num_hidden_layers = depth
     zse = ZseModel(config).eval()
     plain = Dinov2Model(config.backbone_config).eval()
@@ -89,7 +90,7 @@ def build_models(depth: int, tokenizer_channels=(48, 96, 192), device: str = "cp
 
 def with_backbone_of(zse_ref: ZseModel, tokenizer_channels, device: str) -> ZseModel:
     """A new `ZseModel` with other stem widths but `zse_ref`'s backbone weights."""
-    config = ZseConfig(tokenizer_channels=tuple(tokenizer_channels))
+    config = ZseConfig(tokenizer_channels=tuple(tokenizer_channels), image_size=IMAGE_SIZE)
     config.backbone_config.num_hidden_layers = zse_ref.config.backbone_config.num_hidden_layers
     model = ZseModel(config).eval()
     model.encoder.backbone.load_state_dict(zse_ref.encoder.backbone.state_dict(), strict=True)
@@ -101,7 +102,7 @@ def parity_check(zse: ZseModel, plain: Dinov2Model, device: str) -> float:
     """Max abs difference of local tokens and [Ret] embeddings between the two (gate must be zero)."""
     if bool(zse.encoder.tokenizer.gate.abs().max() != 0):
         raise RuntimeError("tokenizer gate is not zero; parity with the plain model is not expected")
-    x = torch.randn(2, 3, 224, 224, device=device)
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     f = zse.get_image_features(x)
     hidden = plain(pixel_values=x).last_hidden_state
     err_local = (f.local_tokens - hidden[:, 1:]).abs().max().item()
@@ -131,9 +132,9 @@ def onnx_encoder_for(zse: ZseModel, threads: int):
 
     folder = tempfile.mkdtemp(prefix="zse-bench-onnx-")
     t0 = time.perf_counter()
-    path = export_image_encoder_onnx(zse, Path(folder) / "encoder.onnx", image_size=224)
+    path = export_image_encoder_onnx(zse, Path(folder) / "encoder.onnx", image_size=IMAGE_SIZE)
     encoder = OnnxImageEncoder(path, num_threads=threads)
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.inference_mode():
         want = zse.get_image_features(x).local_tokens
     err = (encoder(x).local_tokens - want).abs().max().item()
@@ -237,12 +238,12 @@ def breakdown(zse: ZseModel, plain: Dinov2Model, batch: int, args) -> list[tuple
       `interpolate 14->16`, `gate*stem + flatten + add`, `isfinite check`.
     """
     dev = args.device
-    x = torch.randn(batch, 3, 224, 224, device=dev)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     tok = zse.encoder.tokenizer
     stem_cl = copy.deepcopy(tok.stem).to(memory_format=torch.channels_last)
     patch_embed = _patch_embed(zse)
-    grid = (224 // 14, 224 // 14)
+    grid = (IMAGE_SIZE // 14, IMAGE_SIZE // 14)
     with torch.inference_mode():
         stem_out = tok.stem(x)
         interp = F.interpolate(stem_out, size=grid, mode="bilinear", align_corners=False)
@@ -286,7 +287,7 @@ def _patch_embed(zse: ZseModel) -> torch.nn.Module:
 def profile(zse: ZseModel, plain: Dinov2Model, depth: int, args) -> None:
     """Print the overhead breakdown and the throughput of alternative stems (same backbone)."""
     dev = args.device
-    x2 = torch.randn(2, 3, 224, 224, device=dev)
+    x2 = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
     with torch.inference_mode():
         ref = zse.encoder.tokenizer.stem(x2)
         alt = copy.deepcopy(zse.encoder.tokenizer.stem).to(memory_format=torch.channels_last)(
@@ -310,7 +311,7 @@ def profile(zse: ZseModel, plain: Dinov2Model, depth: int, args) -> None:
         variants[f"zse {spec} channels-last stem"] = channels_last_stem(
             with_backbone_of(zse, tuple(int(c) for c in spec.split(",")), dev)
         )
-    x1 = torch.randn(1, 3, 224, 224, device=dev)
+    x1 = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
     fl_plain = count_flops(lambda: plain(pixel_values=x1))
     flops = {
         name: (count_flops(lambda m=m: m.get_image_features(x1)), count_flops(lambda m=m: m.encoder.tokenizer.stem(x1)))
@@ -321,7 +322,7 @@ def profile(zse: ZseModel, plain: Dinov2Model, depth: int, args) -> None:
           "| GFLOPs/image | stem GFLOPs |")
     print("|---|---:|---:|---:|---:|---:|")
     for batch in args.profile_batches:
-        x = torch.randn(batch, 3, 224, 224, device=dev)
+        x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
         fns = {"plain": lambda: plain(pixel_values=x)}
         fns.update({name: (lambda m=m: m.get_image_features(x)) for name, m in variants.items()})
         rates = time_interleaved(fns, batch, dev, args.warmup, _iters_for(batch, args), args.repeats, args.clock_fn)
@@ -341,6 +342,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--depths", type=int, nargs="+", default=[11], help="backbone layers (11 = shipped; 12 = full)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--image-size", type=int, default=224, help="input side (112: the shipped model's; 224)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model and batch (default 3, quick 2)")
     p.add_argument("--iters", type=int, default=None,
@@ -387,11 +389,13 @@ def _iters_for(batch: int, args) -> int:
 
 def main(argv=None) -> int:
     """Run the benchmark and print the markdown tables; exit status 0 iff every ratio >= 0.85."""
+    global IMAGE_SIZE
     args = parse_args(argv)
+    IMAGE_SIZE = args.image_size
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dev = args.device
-    print(f"# ZSE encoder benchmark ({dev}, fp32, 224 px, inference_mode, eval)")
+    print(f"# ZSE encoder benchmark ({dev}, fp32, {IMAGE_SIZE} px, inference_mode, eval)")
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
         f"threads {torch.get_num_threads()}, clock {args.clock}, cpus {os.cpu_count()}, "
@@ -412,7 +416,7 @@ def main(argv=None) -> int:
         print(f"\ndepth {depth}: parity (gate 0) max|zse - plain| = {err:.2e}")
         if err > 1e-4:
             raise RuntimeError(f"ZSE and plain encoders disagree by {err}: not the same backbone")
-        x1 = torch.randn(1, 3, 224, 224, device=dev)
+        x1 = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
         fl_zse = count_flops(lambda: zse.get_image_features(x1))
         fl_plain = count_flops(lambda: plain(pixel_values=x1))
         fl_stem = count_flops(lambda: zse.encoder.tokenizer.stem(x1))
@@ -423,7 +427,7 @@ def main(argv=None) -> int:
         )
         onnx_encoder = onnx_encoder_for(zse, torch.get_num_threads()) if args.onnx else None
         for batch in args.batches:
-            x = torch.randn(batch, 3, 224, 224, device=dev)
+            x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)
             fns = {"plain": lambda: plain(pixel_values=x), "zse": lambda: zse.get_image_features(x)}
             if onnx_encoder is not None:
                 fns["onnx"] = lambda: onnx_encoder(x)
@@ -444,7 +448,8 @@ def main(argv=None) -> int:
             for k in args.selected:
                 for key, how in ((f"sel{k}", "encoder-side"), (f"sel{k}-masked", "masked")):
                     fl = count_flops(selected_call(zse, x1, k, masked=how == "masked"))
-                    rows.append((f"ZSE, token selection {k} of 256 ({how}) L{depth}", batch, rates[key],
+                    name = f"ZSE, token selection {k} of {(IMAGE_SIZE // 14) ** 2} ({how}) L{depth}"
+                    rows.append((name, batch, rates[key],
                                  _ratios(rates[key], rates["plain"]), fl))
             print(f"  batch {batch}: plain {statistics.median(rates['plain']):.2f} img/s, "
                   f"zse {statistics.median(rates['zse']):.2f} img/s, ratio {med_ratio:.3f} ({best_ratio:.3f})",
