@@ -260,10 +260,14 @@ def test_correspondence_term_trains_and_keeps_the_triplets(tiny_backbone, tmp_pa
     assert default.config.correspondence_weight == 0.0  # off in the default recipe
 
 
+def _pixels(size):
+    return {"sketch_pixel_values": torch.randn(1, 3, size, size), "photo_pixel_values": torch.randn(1, 3, size, size)}
+
+
 def test_warm_start_continues_from_a_saved_model_with_a_decaying_rate(tiny_backbone, tmp_path):
     """`init_from`: the run starts from the saved weights (validated at step 0), decays its
     learning rate over `max_steps`, reads a new triplet stream on the same validation classes,
-    and refuses a folder of another input size."""
+    carries a model to another input size and grid, and refuses a folder without a model."""
     first = train(_cfg(tiny_backbone, max_steps=2), tmp_path / "first")
     saved = load_file(first / "model.safetensors")
     cfg = _cfg(tiny_backbone, init_from=str(first), lr_schedule="linear", triplet_seed=7, lr=1e-3, head_lr=1e-3,
@@ -284,7 +288,12 @@ def test_warm_start_continues_from_a_saved_model_with_a_decaying_rate(tiny_backb
     assert evals[0] == 0 and evals[1:] == [2, 4]
     rates = [r["learning_rate"] for r in log if "learning_rate" in r]
     assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
-    with pytest.raises(ValueError, match="image_size"):
-        build_model(_cfg(tiny_backbone, image_size=84, init_from=str(first)))
+    # to another input size and grid: all but the grid-shaped relation weights load
+    bigger = build_model(_cfg(tiny_backbone, image_size=84, relation_grid=3, init_from=str(first)))
+    assert (bigger.config.image_size, bigger.config.relation_grid) == (84, 3)
+    moved = bigger.state_dict()
+    fresh = [k for k in saved if moved[k].shape != saved[k].shape or not torch.equal(moved[k], saved[k])]
+    assert fresh == ["relation_network.mlp.0.weight"]
+    assert bigger(**_pixels(84)).relation_scores.shape == (1,)
     with pytest.raises(ValueError, match="no saved model"):
         build_model(_cfg(tiny_backbone, init_from=str(tmp_path)))

@@ -26,6 +26,7 @@ import argparse
 import atexit
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -45,6 +46,7 @@ from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
 from .processing_zse import ZseProcessor
 
 COMPLETE_MARKER = "zse_checkpoint_complete"
+logger = logging.getLogger(__name__)
 
 
 class RunFolderError(ValueError):
@@ -89,9 +91,9 @@ class TrainConfig:
         triplet_seed: seed of the triplet stream alone (default `seed`); a warm start takes a new
             one so that it does not replay the triplets its source run saw, on the same validation.
         init_from: warm start: a saved ZSE model folder (`save_pretrained`, e.g. `hub_card` or a
-            run's `best/`) whose weights replace the backbone + fresh heads; its `image_size`,
-            `relation_grid` and backbone shape must match the recipe's. Loss weights come from
-            the recipe. `None` (default): start from `backbone`.
+            run's `best/`) whose weights replace the backbone + fresh heads (at another input size
+            or grid, the grid-shaped relation weights start fresh: `warm_start_model`). Loss
+            weights come from the recipe. `None` (default): start from `backbone`.
         lr_schedule: the Trainer's `lr_scheduler_type` (`constant`, `linear`, `cosine`, ...),
             decaying over `max_steps` (both learning rates).
         warmup_steps: linear warm-up steps of the schedule.
@@ -323,23 +325,44 @@ def build_model(cfg: TrainConfig) -> ZseModel:
 def warm_start_model(folder: str | os.PathLike, image_size: int, relation_grid: int, **loss_config) -> ZseModel:
     """A saved ZSE model to continue training from, with the recipe's loss weights.
 
+    At the saved model's input size and grid every weight is loaded. At another size or grid
+    (e.g. the 112 px, 4x4 model carried to 224 px, 7x7) the encoder, tokenizer and
+    cross-attention load as saved (the backbone interpolates its position embeddings) and the
+    relation-network weights whose shapes depend on the grid (pooling conv, first MLP layer) start
+    fresh; any other mismatch is refused.
+
     Args:
         folder: a `save_pretrained` folder (weights and config).
-        image_size, relation_grid: the recipe's; they must equal the saved model's (the token
-            grid and relation MLP sizes depend on them).
+        image_size, relation_grid: the recipe's.
         **loss_config: loss weights / temperatures set on the loaded config.
 
     Raises:
-        ValueError: the folder holds no ZSE model, or one of another input size or grid.
+        ValueError: the folder holds no ZSE model, or weights outside the relation network do
+            not fit the recipe's shapes.
     """
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise ValueError(f"init_from {str(folder)!r}: no saved model there (config.json missing)")
-    model = ZseModel.from_pretrained(str(path))
-    got = (model.config.image_size, model.config.relation_grid)
-    if got != (int(image_size), int(relation_grid)):
-        raise ValueError(f"init_from {str(folder)!r} has image_size/relation_grid {got}, the recipe asks for "
-                         f"{(int(image_size), int(relation_grid))}")
+    saved = ZseModel.config_class.from_pretrained(str(path))
+    size = (int(image_size), int(relation_grid))
+    if (saved.image_size, saved.relation_grid) == size:
+        model = ZseModel.from_pretrained(str(path))
+    else:
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the mismatch warning is expected; it is checked below
+        try:
+            model, info = ZseModel.from_pretrained(str(path), image_size=size[0], relation_grid=size[1],
+                                                   ignore_mismatched_sizes=True, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        fresh = sorted({k for k, *_ in info.get("mismatched_keys", [])} | set(info.get("missing_keys", [])))
+        outside = [k for k in fresh if not k.startswith("relation_network.")]
+        if outside:
+            raise ValueError(f"init_from {str(folder)!r} at {size[0]} px, grid {size[1]}: weights outside the "
+                             f"relation network do not fit: {outside[:5]}")
+        logger.info("warm start at %d px, grid %d: %s start fresh", size[0], size[1], ", ".join(fresh))
     for key, value in loss_config.items():
         setattr(model.config, key, value)
     model.config.num_selected_tokens = None  # train on every token
