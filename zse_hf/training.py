@@ -816,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr-schedule", help="constant (default), linear, cosine, ... over --max-steps")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--triplet-seed", type=int, help="seed of the triplet stream alone (default: --seed's)")
+    p.add_argument("--render-cache", action="store_true", default=None,
+                   help="pre-render the photos' inputs once into a file the loader workers share")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much wall clock (validating and checkpointing the last step)")
     args = p.parse_args(argv)
@@ -831,7 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             correspondence_fraction=args.correspondence_fraction,
                             stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob,
                             init_from=args.init_from, lr_schedule=args.lr_schedule,
-                            warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed)
+                            warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed,
+                            render_cache=args.render_cache)
     try:
         best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     except RunFolderError as err:
