@@ -40,18 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from zse_hf.assets import sha256_file  # noqa: E402
+
 CARRY_LIMIT = 64 * 2**20  # what one call may send: tree + carried paths
 PIECE = 15 * 2**20  # a returned file's size (the limit is 16 MiB)
 DEVICE_CACHE = "/tmp/zse_sbir_cache"  # ZSE_SBIR_CACHE on the device machine
 MANIFEST = "part.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_bytes(root: Path = ROOT) -> int:
@@ -107,7 +101,7 @@ def stage(out: Path, budget: int) -> list[Path]:
             dst = folder / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-            entries.append({"path": rel, "sha256": _sha256(dst), "bytes": dst.stat().st_size})
+            entries.append({"path": rel, "sha256": sha256_file(dst), "bytes": dst.stat().st_size})
         (folder / MANIFEST).write_text(json.dumps({"part": k, "parts": len(parts), "markers": markers,
                                                    "files": entries}, indent=1))
         folders.append(folder)
@@ -120,7 +114,7 @@ def receive(part: Path, cache: Path) -> dict:
     manifest = json.loads((part / MANIFEST).read_text())
     for e in manifest["files"]:
         src = part / e["path"]
-        if not src.is_file() or _sha256(src) != e["sha256"]:
+        if not src.is_file() or sha256_file(src) != e["sha256"]:
             raise SystemExit(f"{src}: missing or damaged in transit (sha256 differs)")
         dst = cache / e["path"]
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -137,11 +131,11 @@ def receive(part: Path, cache: Path) -> dict:
 
 def missing_parts(cache: Path) -> list[int]:
     """Parts not yet received into `cache` (numbers), from any received manifest's count."""
-    got = {int(p.stem[4:]) for p in (cache / ".received").glob("part*.json")} if (cache / ".received").is_dir() \
-        else set()
-    if not got:
+    manifests = sorted((cache / ".received").glob("part*.json"))  # none when the folder is absent
+    if not manifests:
         return [1]
-    total = json.loads(next((cache / ".received").glob("part*.json")).read_text())["parts"]
+    got = {int(p.stem[4:]) for p in manifests}
+    total = json.loads(manifests[0].read_text())["parts"]
     return [k for k in range(1, total + 1) if k not in got]
 
 
@@ -163,7 +157,7 @@ def pack(model_dir: Path, run_dir: Path, out: Path) -> list[Path]:
         for name in ("metrics.jsonl", "train_config.json"):
             if (run_dir / name).is_file():
                 tf.add(run_dir / name, arcname=f"run/{name}")
-    (out / "manifest.json").write_text(json.dumps({"model_sha256": _sha256(weights), "pieces": pieces}, indent=1))
+    (out / "manifest.json").write_text(json.dumps({"model_sha256": sha256_file(weights), "pieces": pieces}, indent=1))
     files = sorted(out.iterdir())
     if len(files) > 8:
         raise SystemExit(f"{len(files)} files to return; the device tool brings back 8")

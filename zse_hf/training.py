@@ -328,8 +328,8 @@ def warm_start_model(folder: str | os.PathLike, image_size: int, relation_grid: 
     At the saved model's input size and grid every weight is loaded. At another size or grid
     (e.g. the 112 px, 4x4 model carried to 224 px, 7x7) the encoder, tokenizer and
     cross-attention load as saved (the backbone interpolates its position embeddings) and the
-    relation-network weights whose shapes depend on the grid (pooling conv, first MLP layer) start
-    fresh; any other mismatch is refused.
+    relation-network weights whose shapes depend on the grid (the first MLP layer, G^4 inputs)
+    start fresh; any other mismatch is refused.
 
     Args:
         folder: a `save_pretrained` folder (weights and config).
