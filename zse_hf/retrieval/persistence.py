@@ -349,29 +349,19 @@ def _sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-def _member_sha256(dir_fd: int, where: Path, name: str, fd: int) -> str:
-    """sha256 of the file open at `fd`, hashed through its path while that path provably is the
-    same file (checked before and after, with `fd` keeping the inode alive)."""
+def _member_sha256(fd: int) -> str:
+    """sha256 of the file open at `fd`, read through `fd` itself (`pread`, so the offset the
+    mapping uses is untouched): a save that swaps the directory meanwhile cannot make it read
+    another file or lose this one."""
     own = os.fstat(fd)
     key = (own.st_dev, own.st_ino, own.st_size, own.st_mtime_ns)
-    if key in _SHA_CACHE:
-        return _SHA_CACHE[key]
-    path = where / name
-
-    def same() -> bool:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == key[:2]
-
-    if not same():
-        raise _Replaced
-    digest = sha256_file(path)
-    if not same():
-        raise _Replaced
-    _SHA_CACHE[key] = digest
-    return digest
+    if key not in _SHA_CACHE:
+        h, offset = hashlib.sha256(), 0
+        while block := os.pread(fd, 1 << 20, offset):
+            h.update(block)
+            offset += len(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, use_gpu):
@@ -404,7 +394,7 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
                 continue
             fd = _open_member(dir_fd, where, name)
             try:
-                digest = (lambda name=name, fd=fd: _member_sha256(dir_fd, where, name, fd)) if verify else None
+                digest = (lambda fd=fd: _member_sha256(fd)) if verify else None
                 _check_bytes(name, files[name], os.fstat(fd).st_size, digest, where)
             except BaseException:
                 os.close(fd)
