@@ -203,6 +203,25 @@ def test_eval_cli_gallery_all_and_locality(tmp_path):
     assert every["ret"]["n_gallery"] == 166 and std["ret"]["n_gallery"] == 32
     kl = payload["kernel_locality"]
     assert kl["n_pairs"] == 32 and kl["split"] == "test" and 0 <= kl["locality"] <= 1 and kl["grid"] == 2
+    assert payload["sketch_size"] == 224  # the default rendering
+
+
+@pytest.mark.slow
+def test_eval_cli_sketch_size(tmp_path):
+    """`--sketch-size` renders the offline sketches at that side (the training's validation: 112)."""
+    from zse_hf import assets
+    from zse_hf.evaluation import main
+
+    asset_root(assets.quickdraw_root), asset_root(assets.tuxpaint_root)
+    save_tiny_model(tmp_path / "m")
+    out = tmp_path / "r.json"
+    assert main(["--model", str(tmp_path / "m"), "--split", "val", "--max-per-class", "1", "--sketch-size", "112",
+                 "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["sketch_size"] == 112 and payload["n_queries"] == 10
+    with pytest.raises(SystemExit):  # research layouts are image files: nothing to render
+        main(["--model", str(tmp_path / "m"), "--data", f"sketchy:{tmp_path}", "--sketch-size", "112",
+              "--out", str(out)])
 
 
 # --------------------------------------------------------------------------- correspondence training term

@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("zse_hf.training", "main", "train a ZSE model (HF Trainer)"),
     "train-relation": ("zse_hf.relation_training", "main",
                        "train a model's relation head for re-ranking (encoder fixed)"),
+    "soup": ("zse_hf.soup", "main", "average the weights of models fine-tuned from one initialisation"),
     "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
     "report": ("zse_hf.report", "main", "offline side-by-side table: baselines, head-only ablation, trained model"),
     "index": ("zse_hf.retrieval.cli", "index_main", "build a faiss index of a photo folder"),

@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
     p.add_argument("--baselines", action="store_true", help="also report chance and raw-pixel baselines")
     p.add_argument("--max-per-class", type=int, default=None, help="offline data: sketches per class")
+    p.add_argument("--sketch-size", type=int, default=None,
+                   help="offline data: side the QuickDraw strokes are rendered at (default 224; the training's "
+                        "validation renders at max(112, image size), so 112 reproduces it for a 112 px model)")
     p.add_argument("--gallery", choices=["split", "all"], default="split",
                    help="offline data: 'all' also scores the queries against every reviewed photo (the "
                         "demo's gallery, other classes' photos as distractors) next to the split's own gallery")
@@ -279,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, processor, _ = load_model(args.model, args.device)
     from .data import open_dataset
 
-    kwargs = {"max_per_class": args.max_per_class} if args.max_per_class and args.data == "offline" else {}
+    kwargs = {}
+    if args.data == "offline":
+        kwargs = {k: v for k, v in (("max_per_class", args.max_per_class), ("sketch_size", args.sketch_size)) if v}
+    elif args.sketch_size:
+        p.error("--sketch-size applies to --data offline (research layouts are image files)")
     if args.gallery == "all" and args.data != "offline":
         p.error("--gallery all needs --data offline (the reviewed photos of photos.csv)")
     queries, gallery = open_dataset(args.data, args.split, **kwargs)
@@ -324,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_queries": len(queries),
         "n_gallery": len(gallery),
         "image_size": model.config.image_size,
+        **({"sketch_size": queries.size} if args.data == "offline" else {}),
         "command": "zse-sbir eval " + " ".join(sys.argv[2:] if argv is None else argv),
         "seconds": round(time.time() - t0, 1),
         "pictures": [str(x) for x in pictures],
