@@ -355,7 +355,7 @@ def test_shipped_model_wheels_look_at_wheels(shipped_bus):
 @pytest.mark.slow
 def test_shipped_relation_kernel_sends_wheels_to_wheels(shipped_bus):
     """The README's relation-source picture: with the shipped checkpoint's own relation kernel
-    (4x4 cells after cross-attention, 112 px), the bus sketch's lower inked cells (wheels) find
+    (its GxG cells after cross-attention, at its input size), the bus sketch's lower inked cells (wheels) find
     their best photo cell in the lower half and its upper cells (windows, roof) in the upper half."""
     model, proc, sketch, photo = shipped_bus
     e = ex.explain_pair(model, proc, sketch, photo, source="relation")
