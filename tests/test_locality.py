@@ -180,18 +180,24 @@ def test_evaluate_locality_tiny_model():
     assert k.shape == (1, 4, 4) and np.isfinite(k).all()
 
 
-@pytest.mark.slow
-def test_eval_cli_gallery_all_and_locality(tmp_path):
-    """`zse-sbir eval --gallery all` on a tiny model: both galleries, same layout, locality in the JSON."""
+def _eval_tiny(tmp_path, *args: str) -> dict:
+    """`zse-sbir eval ARGS` on a saved tiny model (real offline assets); the JSON it wrote."""
     from zse_hf import assets
     from zse_hf.evaluation import main
 
     asset_root(assets.quickdraw_root), asset_root(assets.tuxpaint_root)
-    save_tiny_model(tmp_path / "m")
+    if not (tmp_path / "m").is_dir():
+        save_tiny_model(tmp_path / "m")
     out = tmp_path / "r.json"
-    assert main(["--model", str(tmp_path / "m"), "--split", "test", "--mode", "ret", "--mode", "rn",
-                 "--max-per-class", "1", "--gallery", "all", "--locality-warps", "1", "--out", str(out)]) == 0
-    payload = json.loads(out.read_text())
+    assert main(["--model", str(tmp_path / "m"), *args, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_eval_cli_gallery_all_and_locality(tmp_path):
+    """`zse-sbir eval --gallery all` on a tiny model: both galleries, same layout, locality in the JSON."""
+    payload = _eval_tiny(tmp_path, "--split", "test", "--mode", "ret", "--mode", "rn", "--max-per-class", "1",
+                         "--gallery", "all", "--locality-warps", "1")
     std, every = payload["results"], payload["results_gallery_all"]
     assert set(std) == set(every) == {"ret", "rn@10"}
     assert payload["n_gallery"] == 32 and payload["gallery_all"]["n_gallery"] == 166
@@ -209,19 +215,10 @@ def test_eval_cli_gallery_all_and_locality(tmp_path):
 @pytest.mark.slow
 def test_eval_cli_sketch_size(tmp_path):
     """`--sketch-size` renders the offline sketches at that side (the training's validation: 112)."""
-    from zse_hf import assets
-    from zse_hf.evaluation import main
-
-    asset_root(assets.quickdraw_root), asset_root(assets.tuxpaint_root)
-    save_tiny_model(tmp_path / "m")
-    out = tmp_path / "r.json"
-    assert main(["--model", str(tmp_path / "m"), "--split", "val", "--max-per-class", "1", "--sketch-size", "112",
-                 "--out", str(out)]) == 0
-    payload = json.loads(out.read_text())
+    payload = _eval_tiny(tmp_path, "--split", "val", "--max-per-class", "1", "--sketch-size", "112")
     assert payload["sketch_size"] == 112 and payload["n_queries"] == 10
     with pytest.raises(SystemExit):  # research layouts are image files: nothing to render
-        main(["--model", str(tmp_path / "m"), "--data", f"sketchy:{tmp_path}", "--sketch-size", "112",
-              "--out", str(out)])
+        _eval_tiny(tmp_path, "--data", f"sketchy:{tmp_path}", "--sketch-size", "112")
 
 
 # --------------------------------------------------------------------------- correspondence training term

@@ -106,11 +106,12 @@ def test_save_soup_writes_a_loadable_model_and_summary(three, tmp_path, pixels):
     with torch.no_grad():
         torch.testing.assert_close(loaded.get_image_features(pixels), expected.get_image_features(pixels))
     assert (out / "preprocessor_config.json").is_file() or (out / "processor_config.json").is_file()
-    assert not (tmp_path / "soup.tmp").exists()
+    assert not (tmp_path / "soup.tmp").exists() and not (tmp_path / "soup.old").exists()
     with pytest.raises(SoupError, match="exists"):
         save_soup(three, out, progress=False)
     save_soup(three[:2], out, overwrite=True, progress=False)
     assert len(json.loads((out / "soup_summary.json").read_text())["ingredients"]) == 2
+    assert not (tmp_path / "soup.old").exists()
 
 
 def test_cli(three, tmp_path, capsys):

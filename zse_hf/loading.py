@@ -5,12 +5,15 @@ loads through :func:`load_model`: a ZSE model folder or Hub repo id loads throug
 `AutoProcessor`; a plain backbone (`Dinov2Model`, `ViTModel`, CLIP vision tower) is wrapped
 with `ZseModel.from_backbone` under a fixed seed, so its untrained head is the same on every run.
 :func:`weights_fingerprint` names the weights in eval JSONs, index manifests and demo caches.
+:func:`save_model_folder` is the one writer of a model folder (training's `best/`, a soup).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -139,3 +142,27 @@ def weights_fingerprint(model: torch.nn.Module, short: bool = False) -> str:
 
 __all__ = ["LoadedModel", "ModelLoadError", "SHORT_FINGERPRINT", "image_processor_of", "load_model",
            "weights_fingerprint"]
+
+
+def save_model_folder(folder: str | os.PathLike, model: ZseModel, image_processor: ZseImageProcessor,
+                      summary_name: str, summary: dict) -> Path:
+    """Write `folder`: `model.save_pretrained`, its processor and `summary` as `summary_name` (JSON).
+
+    Everything is written to `folder.tmp` first and renamed into place; an existing `folder`
+    is set aside as `folder.old` until the new one is in, so a crash at any point leaves a
+    complete old or new folder on disk.
+    """
+    from .processing_zse import ZseProcessor
+
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    ZseProcessor(image_processor).save_pretrained(tmp)
+    (tmp / summary_name).write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

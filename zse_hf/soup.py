@@ -10,9 +10,7 @@ path, weight and the sha256 of its weights file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from tqdm.auto import tqdm
 from .assets import sha256_file
 from .configuration_zse import ZseConfig
 from .image_processing_zse import ZseImageProcessor
+from .loading import save_model_folder
 from .modeling_zse import ZseModel
-from .processing_zse import ZseProcessor
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -88,6 +86,15 @@ def check_ingredients(folders: Sequence[str | os.PathLike]) -> list[ZseConfig]:
     return configs
 
 
+def _normalised(weights: Sequence[float] | None, n: int) -> torch.Tensor:
+    """`[n]` float64 weights summing to 1 (uniform for None); SoupError unless n non-negative
+    weights with a positive sum."""
+    w = torch.ones(n, dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    if w.numel() != n or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise SoupError(f"need {n} non-negative weights with a positive sum, got {list(weights or [])}")
+    return w / w.sum()
+
+
 def average_weights(folders: Sequence[str | os.PathLike], weights: Sequence[float] | None = None,
                     progress: bool = True) -> dict[str, torch.Tensor]:
     """The weighted mean of the models' tensors, `sum_i w_i * theta_i` with `w` normalised to sum 1.
@@ -101,10 +108,7 @@ def average_weights(folders: Sequence[str | os.PathLike], weights: Sequence[floa
         the widest dtype any ingredient stored it in (float16 + float32 -> float32).
     """
     check_ingredients(folders)
-    w = torch.ones(len(folders), dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
-    if w.numel() != len(folders) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise SoupError(f"need {len(folders)} non-negative weights with a positive sum, got {list(weights or [])}")
-    w = w / w.sum()
+    w = _normalised(weights, len(folders))
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for path, wi in zip(tqdm(folders, desc="averaging", disable=not progress), w.tolist()):
@@ -126,7 +130,8 @@ def make_soup(folders: Sequence[str | os.PathLike], weights: Sequence[float] | N
     state = average_weights(folders, weights, progress=progress)
     model = ZseModel.from_pretrained(str(folders[0]))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if k in dict(model.named_parameters())]:
+    parameters = {name for name, _ in model.named_parameters()}
+    if unexpected or parameters.intersection(missing):
         raise SoupError(f"averaged weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
@@ -135,8 +140,8 @@ def save_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, weig
               overwrite: bool = False, progress: bool = True) -> Path:
     """Average `folders` and save the model, its processor and `soup_summary.json` to `out`.
 
-    The folder is written beside `out` and renamed into place, so a crash leaves either the
-    old `out` or the new one.
+    Written through :func:`~zse_hf.loading.save_model_folder`, so a crash leaves a complete old
+    or new folder.
 
     Raises:
         SoupError: see :func:`check_ingredients`; or `out` exists and `overwrite` is false.
@@ -145,24 +150,13 @@ def save_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, weig
     if out.exists() and not overwrite:
         raise SoupError(f"{str(out)!r} exists; pass overwrite=True (--overwrite) to replace it")
     model = make_soup(folders, weights, progress=progress)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    ZseProcessor(ZseImageProcessor.from_model_config(model.config)).save_pretrained(tmp)
-    total = float(sum(weights)) if weights is not None else float(len(folders))
     summary = {
-        "ingredients": [
-            {"model": str(f), "weight": (weights[i] if weights is not None else 1.0) / total,
-             "sha256": sha256_file(_weights_file(Path(f)))}
-            for i, f in enumerate(folders)
-        ],
+        "ingredients": [{"model": str(f), "weight": w, "sha256": sha256_file(_weights_file(Path(f)))}
+                        for f, w in zip(folders, _normalised(weights, len(folders)).tolist())],
         "method": "uniform weight average" if weights is None else "weighted weight average",
     }
-    (tmp / "soup_summary.json").write_text(json.dumps(summary, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return save_model_folder(out, model, ZseImageProcessor.from_model_config(model.config), "soup_summary.json",
+                             summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

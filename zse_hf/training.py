@@ -43,7 +43,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .data import RetrievalDataset
 from .image_processing_zse import ZseImageProcessor
 from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
-from .processing_zse import ZseProcessor
 
 COMPLETE_MARKER = "zse_checkpoint_complete"
 logger = logging.getLogger(__name__)
@@ -751,14 +750,9 @@ def save_best(trainer: Trainer, out: Path, image_processor, summary: dict, model
 
 def _save_best(out: Path, model: ZseModel, image_processor, summary: dict) -> Path:
     """Atomically write `out/best`: model, processor and `training_summary.json`."""
-    best, tmp = out / "best", out / "best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    ZseProcessor(image_processor).save_pretrained(tmp)
-    (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1))
-    shutil.rmtree(best, ignore_errors=True)
-    os.replace(tmp, best)
-    return best
+    from .loading import save_model_folder
+
+    return save_model_folder(out / "best", model, image_processor, "training_summary.json", summary)
 
 
 def export_best(out_dir: str | os.PathLike) -> Path:
