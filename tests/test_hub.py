@@ -229,7 +229,8 @@ def test_card_metadata_and_model_index_come_from_the_eval_json(exported):
 def test_storage_line_of_weights_already_in_the_storage_dtype():
     from zse_hf.hub.model_card import _rounding_effect
 
-    assert "unchanged" in _rounding_effect(0.0) and "1.6e-04" in _rounding_effect(1.6e-4)
+    assert _rounding_effect(0.0, "float16").startswith("the weights were already float16 values, so the storage")
+    assert "at most 1.6e-04" in _rounding_effect(1.6e-4, "float16")
 
 
 def test_validate_card_reports_problems(exported):

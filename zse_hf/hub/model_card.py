@@ -99,10 +99,10 @@ def _relation_stage_sentence(stage: dict) -> str:
             + (f" (best validation rn@{k} mAP@all {format_metric(best)})." if best is not None else "."))
 
 
-def _rounding_effect(max_abs_diff: float) -> str:
-    """How the storage dtype moved the probe's [Ret] embedding (weights already representable: not at all)."""
+def _rounding_effect(max_abs_diff: float, dtype: str) -> str:
+    """How storing in `dtype` moved the probe's [Ret] embedding (weights already representable: not at all)."""
     if max_abs_diff == 0:
-        return "the weights were already representable in it, so the storage leaves [Ret] embeddings unchanged"
+        return f"the weights were already {dtype} values, so the storage leaves [Ret] embeddings unchanged"
     return f"the storage rounding moves [Ret] embeddings by at most {max_abs_diff:.1e}"
 
 
@@ -197,7 +197,7 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
         "base_model_sentence": base_model_sentence,
         "storage_line": (f"Weights are stored in {info.storage_dtype} to keep the download small; `config.json` sets "
                          "`\"dtype\": \"float32\"`, so `from_pretrained` upcasts them and the model computes in fp32 "
-                         f"({_rounding_effect(info.probe_max_abs_diff)} on a probe image)."
+                         f"({_rounding_effect(info.probe_max_abs_diff, info.storage_dtype)} on a probe image)."
                          if info.storage_dtype != "float32" else "Weights are stored in float32."),
         "r_precision": (", so with this gallery P@100 and P@200 are R-precision"
                         if isinstance(n_gallery, int) and n_gallery <= 100 else ""),
