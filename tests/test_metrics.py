@@ -373,6 +373,7 @@ def test_compute_metrics_chunking_and_reference():
                                return_counts=True)
     pc = a["per_class_AP"]
     assert sum(pc[c] * counts[c] for c in pc) / sum(counts.values()) == pytest.approx(a["mAP@all"])
+    assert a["per_class_queries"] == counts
 
 
 def test_compute_metrics_fine_grained_only():

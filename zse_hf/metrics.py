@@ -456,7 +456,8 @@ def compute_metrics(
         dict with (category level) ``"mAP@all"``, ``"mAP@<k>"``, ``"P@<k>"``,
         ``"P@<k>(÷k)"``, ``"mAP@all_CI"`` ([low, high], class bootstrap weighted by
         queries per class, so it brackets ``"mAP@all"``), ``"mAP@all_class_mean"``,
-        ``"per_class_AP"`` ({label: AP}), ``"PR_curve"`` ({"recall", "precision"}
+        ``"per_class_AP"`` ({label: AP}), ``"per_class_queries"`` ({label: queries
+        averaged}), ``"PR_curve"`` ({"recall", "precision"}
         lists); (fine-grained) ``"acc@<k>"``; and the counts ``"n_queries"``,
         ``"n_gallery"``, ``"n_queries_evaluated"`` (R > 0),
         ``"n_queries_no_relevant"`` (excluded), ``"n_classes"``; ``"protocol"``
@@ -525,6 +526,7 @@ def compute_metrics(
             )
         out["mAP@all_class_mean"] = _nanmean(np.asarray(list(pc.values()), dtype=np.float64))
         out["per_class_AP"] = pc
+        out["per_class_queries"] = counts
         out["PR_curve"] = {
             "recall": levels.tolist(),
             "precision": np.asarray(_nanmean(pr, axis=0)).tolist(),

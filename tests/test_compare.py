@@ -1,0 +1,91 @@
+"""`zse-sbir compare`: paired class-bootstrap difference of two rankings' mAP@all."""
+
+import json
+
+import numpy as np
+import pytest
+
+from zse_hf import metrics as M
+from zse_hf.cli import main as cli_main
+from zse_hf.compare import CompareError, compare_results, main
+
+
+def _payload(rankings: dict, ql, gl, data_hash="d1", gallery_all=None):
+    """An eval-JSON-shaped payload of real `compute_metrics` results, one per ranking."""
+    results = {name: M.compute_metrics(scores, ql, gl, n_bootstrap=0) for name, scores in rankings.items()}
+    payload = {"results": results, "data_hash": data_hash}
+    if gallery_all is not None:
+        payload["results_gallery_all"] = gallery_all
+    return json.loads(json.dumps(payload))  # as read back from disk: class keys become strings
+
+
+@pytest.fixture
+def case():
+    rng = np.random.default_rng(0)
+    ql = np.repeat(np.arange(12), rng.integers(3, 9, size=12))  # unequal queries per class
+    gl = np.repeat(np.arange(12), 2)
+    noise = rng.normal(size=(len(ql), len(gl)))
+    match = (ql[:, None] == gl[None, :]).astype(float)
+    rankings = {"ret": noise + 0.5 * match, "rn@10": noise + 0.8 * match, "ideal": match}
+    return ql, gl, {**rankings, "same": rankings["ret"].copy()}
+
+
+def test_values_are_the_rankings_own_map_and_the_interval_is_paired(case):
+    ql, gl, rankings = case
+    p = _payload(rankings, ql, gl)
+    c = compare_results(p, p, "ret", "rn@10", n_bootstrap=2000)
+    assert c["weights"] == "queries" and c["n_classes"] == 12
+    assert c["a"] == pytest.approx(p["results"]["ret"]["mAP@all"], abs=1e-12)
+    assert c["b"] == pytest.approx(p["results"]["rn@10"]["mAP@all"], abs=1e-12)
+    assert c["difference"] == pytest.approx(c["b"] - c["a"], abs=1e-12)
+    lo, hi = c["difference_CI"]
+    assert lo <= c["difference"] <= hi and c["classes_b_better"] + c["classes_a_better"] <= 12
+
+    same = compare_results(p, p, "ret", "same")
+    assert same["difference"] == 0 and same["difference_CI"] == [0, 0] and same["classes_b_better"] == 0
+
+    ideal = compare_results(p, p, "ret", "ideal")
+    assert ideal["b"] == pytest.approx(1.0) and ideal["difference_CI"][0] > 0  # better in every class
+
+
+def test_old_json_without_query_counts_weighs_classes_equally(case):
+    ql, gl, rankings = case
+    p = _payload(rankings, ql, gl)
+    for r in p["results"].values():
+        del r["per_class_queries"]
+    c = compare_results(p, p, "ret", "rn@10")
+    assert c["weights"] == "equal"
+    assert c["a"] == pytest.approx(p["results"]["ret"]["mAP@all_class_mean"], abs=1e-12)
+
+
+def test_refuses_what_cannot_be_paired(case):
+    ql, gl, rankings = case
+    p = _payload(rankings, ql, gl)
+    with pytest.raises(CompareError, match="different data"):
+        compare_results(p, _payload(rankings, ql, gl, data_hash="d2"), "ret", "ret")
+    with pytest.raises(CompareError, match=r"no per-class APs for mode 'rn@50' \(has: ret, rn@10"):
+        compare_results(p, p, "ret", "rn@50")
+    with pytest.raises(CompareError, match="--gallery all"):
+        compare_results(p, p, "ret", "rn@10", gallery="all")
+    fewer = _payload({"ret": rankings["ret"][ql < 11]}, ql[ql < 11], gl)
+    with pytest.raises(CompareError, match="different classes"):
+        compare_results(p, fewer, "ret", "ret")
+
+
+def test_cli(case, tmp_path, capsys):
+    ql, gl, rankings = case
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(_payload(rankings, ql, gl, gallery_all=_payload(rankings, ql, gl)["results"])))
+    assert cli_main(["compare", str(a), "--mode-b", "ideal", "--gallery", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "B - A: +" in out and "B is better" in out and "over 12 classes (queries weights" in out
+    assert main([str(a), str(a), "--mode-a", "ret", "--mode-b", "same", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["difference"] == 0 and got["level"] == pytest.approx(0.95)
+    assert main([str(a), "--mode-b", "nope"]) == 2
+    assert "no per-class APs for mode 'nope'" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main([str(tmp_path / "bad.json")]) == 2
+    assert "not a `zse-sbir eval --out` JSON" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.json")]) == 2
+    assert "cannot read an eval JSON" in capsys.readouterr().err

@@ -1,0 +1,132 @@
+"""`zse-sbir compare`: the mAP@all difference of two rankings, with a paired class-bootstrap interval.
+
+Two rankings of the same queries and gallery (two modes of one `zse-sbir eval` JSON, e.g. `ret`
+against `rn@10`, or one mode of two models' JSONs with the same `data_hash`) are compared class by
+class: the per-class AP differences are resampled by class, so the interval is that of the
+difference itself, far narrower than two separate intervals when the rankings agree on which
+classes are hard. It answers "is this validation gain larger than the split can resolve?".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import bootstrap_ci
+
+GALLERIES = {"standard": "results", "all": "results_gallery_all"}
+
+
+class CompareError(ValueError):
+    """Two eval results that cannot be compared (other data, missing mode or per-class APs)."""
+
+
+def load_eval_json(path: str | os.PathLike) -> dict:
+    """A `zse-sbir eval --out` payload; `CompareError` when it is unreadable or not one."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{path}: cannot read an eval JSON ({e})") from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
+        raise CompareError(f"{path}: not a `zse-sbir eval --out` JSON (no 'results')")
+    return payload
+
+
+def _mode_results(payload: dict, mode: str, gallery: str, where: str) -> dict:
+    results = payload.get(GALLERIES[gallery])
+    if not isinstance(results, dict):
+        raise CompareError(f"{where}: no {GALLERIES[gallery]!r} (run `zse-sbir eval` with --gallery {gallery})")
+    r = results.get(mode)
+    if not isinstance(r, dict) or not isinstance(r.get("per_class_AP"), dict):
+        have = ", ".join(k for k, v in results.items() if isinstance(v, dict) and "per_class_AP" in v)
+        raise CompareError(f"{where}: no per-class APs for mode {mode!r} (has: {have or 'none'})")
+    return r
+
+
+def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "standard", n_bootstrap: int = 10000,
+                    seed: int = 0, alpha: float = 0.05) -> dict:
+    """mAP@all of ranking B minus ranking A on the same queries, with a paired class bootstrap.
+
+    Args:
+        a, b: eval payloads (may be the same dict, for two modes of one run).
+        mode_a, mode_b: result keys (`"ret"`, `"rn@10"`, a baseline name).
+        gallery: `"standard"` or `"all"` (`--gallery all` results).
+        n_bootstrap, seed, alpha: the class bootstrap (see `metrics.bootstrap_ci`).
+
+    Returns:
+        `{"a", "b", "difference", "difference_CI", "n_classes", "classes_b_better",
+        "classes_a_better", "weights"}`; `a` / `b` are the query-weighted mAP@all over the shared
+        classes, `weights` says whether per-class query counts were recorded (else classes weigh
+        equally, exact for splits with the same queries per class).
+    """
+    if gallery not in GALLERIES:
+        raise CompareError(f"gallery must be one of {sorted(GALLERIES)}, got {gallery!r}")
+    if a.get("data_hash") != b.get("data_hash"):
+        raise CompareError(f"the two results are on different data (data_hash {a.get('data_hash')} vs "
+                           f"{b.get('data_hash')}): a paired comparison needs the same queries and gallery")
+    ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
+    ap_a, ap_b = ra["per_class_AP"], rb["per_class_AP"]
+    if set(ap_a) != set(ap_b):
+        raise CompareError(f"the rankings score different classes ({len(ap_a)} vs {len(ap_b)})")
+    classes = sorted(ap_a, key=str)
+    counts = ra.get("per_class_queries")
+    weights = np.array([counts[c] for c in classes], dtype=np.float64) if isinstance(counts, dict) else \
+        np.ones(len(classes))
+    va = np.array([ap_a[c] for c in classes], dtype=np.float64)
+    vb = np.array([ap_b[c] for c in classes], dtype=np.float64)
+    diff = vb - va
+    lo, hi = bootstrap_ci(diff, n=n_bootstrap, seed=seed, alpha=alpha, weights=weights)
+    def mean(v: np.ndarray) -> float:
+        return float((v * weights).sum() / weights.sum())
+
+    return {"a": mean(va), "b": mean(vb), "difference": mean(diff), "difference_CI": [lo, hi],
+            "n_classes": len(classes), "classes_b_better": int((diff > 0).sum()),
+            "classes_a_better": int((diff < 0).sum()), "weights": "queries" if isinstance(counts, dict) else "equal",
+            "level": 1 - alpha, "n_bootstrap": n_bootstrap}
+
+
+def format_comparison(c: dict, name_a: str, name_b: str) -> str:
+    """One paragraph: both values, B - A with its interval, and the per-class tally."""
+    lo, hi = c["difference_CI"]
+    verdict = ("B is better" if lo > 0 else "A is better" if hi < 0 else
+               "the interval holds 0: this data cannot tell them apart")
+    return (f"A {name_a}: mAP@all {c['a']:.4f}\nB {name_b}: mAP@all {c['b']:.4f}\n"
+            f"B - A: {c['difference']:+.4f}, {100 * c['level']:g}% paired class-bootstrap interval "
+            f"[{lo:+.4f}, {hi:+.4f}] over {c['n_classes']} classes ({c['weights']} weights; B better in "
+            f"{c['classes_b_better']}, A in {c['classes_a_better']}): {verdict}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`zse-sbir compare A.json [B.json]`: B's ranking minus A's, paired by class."""
+    p = argparse.ArgumentParser(prog="zse-sbir compare", description=main.__doc__)
+    p.add_argument("a", help="`zse-sbir eval --out` JSON of ranking A")
+    p.add_argument("b", nargs="?", help="JSON of ranking B (default: A's file, for two modes of one run)")
+    p.add_argument("--mode-a", default="ret", help="result of A (default ret)")
+    p.add_argument("--mode-b", default="rn@10", help="result of B (default rn@10)")
+    p.add_argument("--gallery", choices=sorted(GALLERIES), default="standard")
+    p.add_argument("--n-bootstrap", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = p.parse_args(argv)
+    try:
+        a = load_eval_json(args.a)
+        b = load_eval_json(args.b) if args.b else a
+        c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+    except (CompareError, ValueError) as e:
+        print(f"zse-sbir compare: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(c, indent=1))
+    else:
+        print(format_comparison(c, f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
