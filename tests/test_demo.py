@@ -206,6 +206,10 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
     payload["model_hash"] = "0" * 16
     (folder / "eval_results.json").write_text(json.dumps(payload))
     assert "may belong to another checkpoint" in app_module.model_note(folder, model, True)
+    (folder / "training_summary.json").write_text(json.dumps({  # a relation stage on top of a run
+        "global_step": 450, "config": {"data": "offline"}, "relation_stage": {"step": 400}}))
+    assert "(450 steps, then 400 of the relation-head stage, `zse-sbir train-relation`; from" in (
+        app_module.model_note(folder, model, True))
 
 
 def test_model_path_resolution(app_module, monkeypatch):

@@ -247,7 +247,12 @@ def describe_training(model: str | os.PathLike, payload: dict | None, roots: Seq
                 "classes (the example sketches) were held out")
     else:
         what = f"`{data}`"
-    return f"**Trained on:** {what}" + (f" ({steps} steps" if steps else " (") + f"; from `{info.path}`)."
+    stage = info.extra.get("relation_stage")
+    if isinstance(stage, dict) and stage.get("step"):
+        steps = f"{steps or '?'} steps, then {stage['step']} of the relation-head stage, `zse-sbir train-relation`"
+    elif steps:
+        steps = f"{steps} steps"
+    return f"**Trained on:** {what}" + (f" ({steps}" if steps else " (") + f"; from `{info.path}`)."
 
 
 def model_note(model_path: str | os.PathLike, fingerprint: str, trained: bool,
