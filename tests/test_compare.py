@@ -86,6 +86,9 @@ def test_cli(case, tmp_path, capsys):
     assert "no per-class APs for mode 'nope'" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main([str(tmp_path / "bad.json")]) == 2
-    assert "not a `zse-sbir eval --out` JSON" in capsys.readouterr().err
+    assert "bad.json has no 'results'" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    assert main([str(tmp_path / "broken.json")]) == 2
+    assert "broken.json is not a JSON file" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.json")]) == 2
-    assert "cannot read an eval JSON" in capsys.readouterr().err
+    assert "evaluation file not found" in capsys.readouterr().err

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from .hub.errors import HubError
+from .hub.eval_json import load_eval_results
 from .metrics import bootstrap_ci
 
 GALLERIES = {"standard": "results", "all": "results_gallery_all"}
@@ -25,17 +25,6 @@ GALLERIES = {"standard": "results", "all": "results_gallery_all"}
 
 class CompareError(ValueError):
     """Two eval results that cannot be compared (other data, missing mode or per-class APs)."""
-
-
-def load_eval_json(path: str | os.PathLike) -> dict:
-    """A `zse-sbir eval --out` payload; `CompareError` when it is unreadable or not one."""
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CompareError(f"{path}: cannot read an eval JSON ({e})") from e
-    if not isinstance(payload, dict) or not isinstance(payload.get("results"), dict):
-        raise CompareError(f"{path}: not a `zse-sbir eval --out` JSON (no 'results')")
-    return payload
 
 
 def _mode_results(payload: dict, mode: str, gallery: str, where: str) -> dict:
@@ -115,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
     try:
-        a = load_eval_json(args.a)
-        b = load_eval_json(args.b) if args.b else a
+        a = load_eval_results(args.a)
+        b = load_eval_results(args.b) if args.b else a
         c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
-    except (CompareError, ValueError) as e:
+    except (CompareError, HubError, ValueError) as e:
         print(f"zse-sbir compare: {e}", file=sys.stderr)
         return 2
     if args.json:
