@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 _SUPPORTED_BACKBONES = ("dinov2", "vit", "clip_vision_model")
@@ -70,6 +72,10 @@ class ZseConfig(PretrainedConfig):
             drawn through a known warp, each inked sketch cell's softmax over the relation
             kernel's photo cells is pushed towards its true cell, so the kernel localizes.
         correspondence_temperature (`float`, *optional*, defaults to 0.1): that softmax's temperature.
+        rerank_ret_weight (`float`, *optional*, defaults to 0.0):
+            How the re-rank orders a query's top-K [Ret] candidates: by `relation score +
+            rerank_ret_weight * [Ret] cosine` (see [`ZseModel.rerank_score`]). 0 is the paper's
+            ordering by the relation score alone; larger values lean on [Ret]. Not used in training.
         initializer_range (`float`, *optional*, defaults to 0.02): std of new weights.
         image_mean, image_std (`list[float]`, *optional*):
             Normalisation; defaults follow the backbone (ImageNet for DINOv2, 0.5 for ViT,
@@ -99,6 +105,7 @@ class ZseConfig(PretrainedConfig):
         relation_rank_weight: float = 0.0,
         correspondence_weight: float = 0.0,
         correspondence_temperature: float = 0.1,
+        rerank_ret_weight: float = 0.0,
         initializer_range: float = 0.02,
         image_mean=None,
         image_std=None,
@@ -121,6 +128,9 @@ class ZseConfig(PretrainedConfig):
             )
         if num_selected_tokens is not None and num_selected_tokens < 1:
             raise ValueError(f"num_selected_tokens must be >= 1 or None, got {num_selected_tokens}")
+        if isinstance(rerank_ret_weight, bool) or not isinstance(rerank_ret_weight, (int, float)) \
+                or not math.isfinite(rerank_ret_weight) or rerank_ret_weight < 0:
+            raise ValueError(f"rerank_ret_weight must be a finite number >= 0, got {rerank_ret_weight!r}")
         if relation_grid < 1:
             raise ValueError(f"relation_grid must be >= 1, got {relation_grid}")
         if backbone_config.model_type == "dinov2":
@@ -147,6 +157,7 @@ class ZseConfig(PretrainedConfig):
         self.relation_rank_weight = relation_rank_weight
         self.correspondence_weight = correspondence_weight
         self.correspondence_temperature = correspondence_temperature
+        self.rerank_ret_weight = float(rerank_ret_weight)
         self.initializer_range = initializer_range
         default_mean, default_std = _backbone_normalisation(backbone_config)
         self.image_mean = list(image_mean) if image_mean is not None else default_mean

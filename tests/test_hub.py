@@ -184,6 +184,18 @@ def test_export_refuses_numbers_of_other_weights(exported, tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+def test_export_refuses_rn_numbers_of_another_rerank_weight(exported, tmp_path):
+    """An eval run with `--rerank-ret-weight` other than the config's scored another re-rank."""
+    other = dict(exported.payload, rerank_ret_weight=0.5)
+    (tmp_path / "w.json").write_text(json.dumps(other))
+    with pytest.raises(HubError, match="rerank_ret_weight=0.5"):
+        export(exported.model_dir, tmp_path / "w.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "w0.json").write_text(json.dumps(dict(exported.payload, rerank_ret_weight=0.0)))
+    export(exported.model_dir, tmp_path / "w0.json", tmp_path / "out")  # the config's own weight (0)
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
 # ----------------------------------------------------------------------------- model card
 
 

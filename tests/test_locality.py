@@ -197,8 +197,9 @@ def _eval_tiny(tmp_path, *args: str) -> dict:
 def test_eval_cli_gallery_all_and_locality(tmp_path):
     """`zse-sbir eval --gallery all` on a tiny model: both galleries, same layout, locality in the JSON."""
     payload = _eval_tiny(tmp_path, "--split", "test", "--mode", "ret", "--mode", "rn", "--max-per-class", "1",
-                         "--gallery", "all", "--locality-warps", "1")
+                         "--gallery", "all", "--locality-warps", "1", "--rerank-ret-weight", "0.5")
     std, every = payload["results"], payload["results_gallery_all"]
+    assert payload["rerank_ret_weight"] == 0.5  # the re-rank the rn numbers describe
     assert set(std) == set(every) == {"ret", "rn@10"}
     assert payload["n_gallery"] == 32 and payload["gallery_all"]["n_gallery"] == 166
     assert payload["gallery_all"]["n_classes"] == 79 and payload["gallery_all"]["distractor_classes"] == 57
@@ -217,6 +218,9 @@ def test_eval_cli_sketch_size(tmp_path):
     """`--sketch-size` renders the offline sketches at that side (the training's validation: 112)."""
     payload = _eval_tiny(tmp_path, "--split", "val", "--max-per-class", "1", "--sketch-size", "112")
     assert payload["sketch_size"] == 112 and payload["n_queries"] == 10
+    assert "rerank_ret_weight" not in payload  # no rn mode
+    with pytest.raises(SystemExit):
+        _eval_tiny(tmp_path, "--split", "val", "--mode", "rn", "--rerank-ret-weight", "-1")
     with pytest.raises(SystemExit):  # research layouts are image files: nothing to render
         _eval_tiny(tmp_path, "--data", f"sketchy:{tmp_path}", "--sketch-size", "112")
 

@@ -151,6 +151,63 @@ def test_rerank_order_equals_relation_scores(index, model, processor, sketches):
     assert [h.id for h in part[4:]] == [h.id for h in ann[0][4:]]
 
 
+def test_rerank_ret_weight_orders_by_relation_plus_weighted_cosine(index, model, sketches):
+    """`rerank_ret_weight` w orders the head by relation score + w * cosine; the config's value is the default."""
+    query = index.encode_sketches(sketches)
+    ann = index.search(query, k=10)
+    pure = index.search(query, k=10, rerank_k=10)
+    for w in (0.5, 4.0):
+        fused = index.search(query, k=10, rerank_k=10, rerank_ret_weight=w)
+        for q in range(len(sketches)):
+            key = {h.id: h.relation_score + w * h.ret_score for h in pure[q]}
+            expected = sorted(key, key=lambda i: -key[i])
+            assert [h.id for h in fused[q]] == expected
+            assert {h.id: h.relation_score for h in fused[q]} == {h.id: h.relation_score for h in pure[q]}
+    huge = index.search(query, k=10, rerank_k=10, rerank_ret_weight=1e6)
+    assert [[h.id for h in hits] for hits in huge] == [[h.id for h in hits] for hits in ann]  # [Ret] order
+    assert any([h.id for h in p] != [h.id for h in a] for p, a in zip(pure, ann))  # the weight matters here
+    model.config.rerank_ret_weight = 1e6
+    try:
+        assert [[h.id for h in hits] for hits in index.search(query, k=10, rerank_k=10)] == \
+            [[h.id for h in hits] for hits in ann]
+    finally:
+        model.config.rerank_ret_weight = 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ret_weight"):
+            index.search(query, k=10, rerank_k=10, rerank_ret_weight=bad)
+
+
+def test_evaluation_rerank_scores_use_the_fused_key(model, processor, photo_dir, sketches):
+    """`evaluation.rerank_scores`: the top-K by cosine come first, in key order; the rest keep cosines."""
+    from zse_hf.evaluation import rerank_scores
+
+    photos = _direct_features(model, processor, sorted(photo_dir.rglob("*.png")))
+    with torch.no_grad():
+        pixels = processor(sketches=sketches, return_tensors="pt")["sketch_pixel_values"]
+        query = model.get_image_features(pixels)
+    cos = (query.ret_embeds @ photos.ret_embeds.T).numpy()
+    rel = model.relation_scores(query, photos).detach().numpy()  # [Q, G]
+    k = 5
+    for w in (0.0, 2.0):
+        out = rerank_scores(model, query, photos, cos, rerank_k=k, ret_weight=w)
+        for q in range(len(sketches)):
+            top = np.argsort(-cos[q], kind="stable")[:k]
+            order = np.argsort(-out[q], kind="stable")
+            assert set(order[:k]) == set(top)
+            key = rel[q, top] + w * cos[q, top]
+            assert list(order[:k]) == list(top[np.argsort(-key, kind="stable")])
+            rest = np.setdiff1d(np.arange(cos.shape[1]), top)
+            np.testing.assert_array_equal(out[q, rest], cos[q, rest])
+            assert out[q, top].min() > 1.0  # above every cosine, whatever w
+
+
+def test_config_rerank_ret_weight_is_checked():
+    assert tiny_config().rerank_ret_weight == 0.0 and tiny_config(rerank_ret_weight=2).rerank_ret_weight == 2.0
+    for bad in (-0.1, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="rerank_ret_weight"):
+            tiny_config(rerank_ret_weight=bad)
+
+
 def test_k_larger_than_gallery_returns_all(index, sketches):
     hits = index.search(sketches[0], k=1000)[0]
     assert sorted(h.id for h in hits) == sorted(index.ids)

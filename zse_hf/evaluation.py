@@ -65,18 +65,22 @@ def encode_dataset(model: ZseModel, processor, dataset, modality: str, batch_siz
 
 @torch.inference_mode()
 def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageFeatures,
-                  ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int | None = None) -> np.ndarray:
-    """Scores `[Q, G]` whose top-K per query are ordered by the relation network.
+                  ret_scores: np.ndarray, rerank_k: int | None = 10, pair_batch: int | None = None,
+                  ret_weight: float | None = None) -> np.ndarray:
+    """Scores `[Q, G]` whose top-K per query are ordered by the re-rank key.
 
     Args:
         queries, gallery: features with local tokens (see :func:`encode_dataset`).
         ret_scores: `[Q, G]` [Ret] cosines.
         rerank_k: K (None = the whole gallery).
         pair_batch: pairs per pair-head call (None: `model.pair_chunk_size`).
+        ret_weight: weight of the cosine in the key (None: `model.config.rerank_ret_weight`;
+            0 = relation score alone), see :meth:`ZseModel.rerank_score`.
 
     Returns:
-        `[Q, G]` float64: `RN_OFFSET + relation score` for each query's top-K by cosine, the
-        cosine elsewhere, so a descending sort ranks the top-K by relation score first.
+        `[Q, G]` float64: an offset plus the key (`relation score + ret_weight * cosine`) for each
+        query's top-K by cosine, the cosine elsewhere, so a descending sort ranks the top-K by
+        the key first.
     """
     q_n, g_n = ret_scores.shape
     k = g_n if rerank_k is None else min(int(rerank_k), g_n)
@@ -85,8 +89,10 @@ def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageF
     gi = torch.from_numpy(top.reshape(-1).astype(np.int64))
     rel = model.score_indexed_pairs(queries, gallery, qi, gi, chunk_size=pair_batch, progress=True)
     rel = rel.float().cpu().view(q_n, k).numpy().astype(np.float64)
+    w = model.config.rerank_ret_weight if ret_weight is None else float(ret_weight)
+    key = model.rerank_score(rel, np.take_along_axis(ret_scores.astype(np.float64), top, axis=1), w)
     out = ret_scores.astype(np.float64).copy()
-    np.put_along_axis(out, top, RN_OFFSET + rel, axis=1)
+    np.put_along_axis(out, top, RN_OFFSET + w + key, axis=1)  # key >= -w, so every key > any cosine
     return out
 
 
@@ -121,10 +127,11 @@ def data_hash(queries, gallery) -> str:
 
 def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] = ("ret",),
              rerank_k: int | None = 10, batch_size: int = 32, n_bootstrap: int = 1000,
-             query_features: ZseImageFeatures | None = None) -> dict:
+             query_features: ZseImageFeatures | None = None, ret_weight: float | None = None) -> dict:
     """Evaluate a model on a (queries, gallery) pair in one or more modes.
 
     Args:
+        ret_weight: the rn mode's cosine weight (None: the model config's), see :func:`rerank_scores`.
         query_features: the queries already encoded (``"_query_features"`` of an earlier call
             with the same queries and modes), e.g. to score a second gallery without re-encoding.
 
@@ -148,7 +155,7 @@ def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] 
         if mode == "ret":
             s = ret
         elif mode == "rn":
-            s = rerank_scores(model, q, g, ret, rerank_k)
+            s = rerank_scores(model, q, g, ret, rerank_k, ret_weight=ret_weight)
         else:
             raise ValueError(f"unknown mode {mode!r}: use 'ret' or 'rn'")
         key = mode if mode == "ret" else f"rn@{rerank_k or 'all'}"
@@ -262,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
     p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
+    p.add_argument("--rerank-ret-weight", type=float, default=None,
+                   help="rn mode: order the top-K by relation score + W * [Ret] cosine (default: the model "
+                        "config's rerank_ret_weight; 0 = relation score alone, as in the paper)")
     p.add_argument("--baselines", action="store_true", help="also report chance and raw-pixel baselines")
     p.add_argument("--max-per-class", type=int, default=None, help="offline data: sketches per class")
     p.add_argument("--sketch-size", type=int, default=None,
@@ -292,7 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries, gallery = open_dataset(args.data, args.split, **kwargs)
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
     modes = args.mode or ["ret"]
-    results = evaluate(model, processor, queries, gallery, modes, rerank_k, args.batch_size)
+    ret_weight = model.config.rerank_ret_weight if args.rerank_ret_weight is None else args.rerank_ret_weight
+    if not (ret_weight >= 0 and np.isfinite(ret_weight)):
+        p.error(f"--rerank-ret-weight must be a finite number >= 0, got {ret_weight}")
+    results = evaluate(model, processor, queries, gallery, modes, rerank_k, args.batch_size, ret_weight=ret_weight)
     extra = {}
     if args.locality or "rn" in modes:
         if not hasattr(gallery, "load"):
@@ -302,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gallery == "all":
         queries_all, gallery_all = open_dataset(args.data, args.split, gallery="all", **kwargs)
         res_all = evaluate(model, processor, queries_all, gallery_all, modes, rerank_k, args.batch_size,
-                           query_features=results["_query_features"])
+                           query_features=results["_query_features"], ret_weight=ret_weight)
         if args.baselines:
             for name, sc in baseline_scores(processor, queries_all, gallery_all).items():
                 res_all[name] = compute_metrics(sc, queries_all.labels, gallery_all.labels)
@@ -331,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_queries": len(queries),
         "n_gallery": len(gallery),
         "image_size": model.config.image_size,
+        **({"rerank_ret_weight": ret_weight} if "rn" in modes else {}),
         **({"sketch_size": queries.size} if args.data == "offline" else {}),
         "command": "zse-sbir eval " + " ".join(sys.argv[2:] if argv is None else argv),
         "seconds": round(time.time() - t0, 1),

@@ -15,6 +15,7 @@ against every candidate (`[Q, K]`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -1067,6 +1068,22 @@ class ZseModel(ZsePreTrainedModel):
         return self.score_indexed_pairs(
             query_features, candidate_features, qi, ki, chunk_size=chunk_size, progress=progress
         ).view(q_n, k_n)
+
+    def rerank_score(self, relation_scores, ret_scores, ret_weight: float | None = None):
+        """The key a re-rank sorts a query's candidates by (descending): `relation_scores +
+        ret_weight * ret_scores`.
+
+        Args:
+            relation_scores: `[...]` relation scores in (0, 1) (tensor or array).
+            ret_scores: `[...]` [Ret] cosines of the same pairs.
+            ret_weight: None: `config.rerank_ret_weight` (0 = the paper's relation-only order).
+
+        Returns: `[...]`, the type of the inputs.
+        """
+        w = self.config.rerank_ret_weight if ret_weight is None else float(ret_weight)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"ret_weight must be a finite number >= 0, got {ret_weight!r}")
+        return relation_scores if w == 0 else relation_scores + w * ret_scores
 
     def relation_logits(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:
         """Relation logits `[B]` for paired features; `score_pairs(...).relation_logits`."""

@@ -144,6 +144,11 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
     if not verified and not allow_hash_mismatch:
         raise HubError(f"{eval_json} was computed for model_hash {claimed!r}, but {model_dir} has {digest!r}: "
                        "re-run `zse-sbir eval` on this model (or pass --allow-hash-mismatch)")
+    used = payload.get("rerank_ret_weight")
+    if used is not None and float(used) != model.config.rerank_ret_weight:
+        raise HubError(f"{eval_json} scored the re-rank with rerank_ret_weight={used}, but {model_dir}'s config has "
+                       f"{model.config.rerank_ret_weight}: its rn numbers would not describe the exported model "
+                       "(re-run `zse-sbir eval` without --rerank-ret-weight, or set the config's value)")
     reference = _probe_embeddings(model, processor)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

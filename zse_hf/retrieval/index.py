@@ -628,7 +628,7 @@ class ZseIndex:
 
     def search(self, sketches, k: int = 10, rerank_k: int | None = None, batch_size: int = 32,
                search_params: dict | None = None, autocast_dtype: torch.dtype | None = None,
-               int8: bool = False) -> list[list[Hit]]:
+               int8: bool = False, rerank_ret_weight: float | None = None) -> list[list[Hit]]:
         """Find the photos that match each sketch.
 
         Args:
@@ -636,12 +636,15 @@ class ZseIndex:
                 `ZseImageFeatures` of Q sketches.
             k: hits per sketch (all photos when the gallery is smaller).
             rerank_k: re-rank the best `rerank_k` [Ret] candidates with the relation network
-                (needs stored tokens); the hits then come in relation-score order, followed by
-                any further [Ret] candidates when `k > rerank_k`. None or 0: no re-ranking.
+                (needs stored tokens); the hits then come in re-rank order (relation score +
+                `rerank_ret_weight` * [Ret] cosine), followed by any further [Ret] candidates when
+                `k > rerank_k`. None or 0: no re-ranking.
             batch_size: sketches encoded per forward pass.
             search_params: overrides of `self.search_params` (`nprobe`, `efSearch`, `refine`).
             autocast_dtype: see [`rerank_rows`].
             int8: LOSSY int8 re-rank on the CPU; see [`rerank_rows`].
+            rerank_ret_weight: weight of the cosine in the re-rank order (None: the model config's
+                `rerank_ret_weight`; 0: relation score alone, the paper's), see `ZseModel.rerank_score`.
 
         Returns: one list of [`Hit`] per sketch, best first.
         """
@@ -656,16 +659,17 @@ class ZseIndex:
         feats = sketches if isinstance(sketches, ZseImageFeatures) else self.encode_sketches(sketches, batch_size)
         rerank = int(rerank_k) if rerank_k else 0
         scores, rows = self.ann_search(feats.ret_embeds, max(k, rerank), search_params)
-        rel = None
+        rel = key = None
         if rerank:
             head = rows[:, :rerank]
             rel = self.rerank_rows(feats, head, autocast_dtype=autocast_dtype, int8=int8).numpy()
+            key = self.model.rerank_score(rel, scores[:, :rerank].astype(np.float32), rerank_ret_weight)
         results = []
         for qi in range(rows.shape[0]):
             order = list(range(rows.shape[1]))
             if rel is not None:
                 n_head = rel.shape[1]
-                head_order = sorted(range(n_head), key=lambda j: (-np.nan_to_num(rel[qi, j], nan=-1.0), j))
+                head_order = sorted(range(n_head), key=lambda j: (np.isnan(key[qi, j]), -np.nan_to_num(key[qi, j]), j))
                 order = head_order + order[n_head:]
             hits = []
             for j in order:
