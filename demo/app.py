@@ -367,7 +367,7 @@ class DemoApp:
                 hits = index.search(sketch, k=k, rerank_k=rerank)[0]
             results = self._results(hits, MINE if gallery == MINE else BUNDLED, session)
             session.sketch, session.hits = sketch, results
-            how = mode_description(f"rn@{rerank}" if rerank else "ret")
+            how = mode_description(f"rn@{rerank}" if rerank else "ret", index.model.config.rerank_ret_weight)
             where = "your photos" if gallery == MINE else "the bundled gallery"
             status = (f"Top {len(results)} of {len(index)} photos in {where} ({how}). "
                       "Select a result to see why it matched.")

@@ -210,6 +210,10 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
         "global_step": 450, "config": {"data": "offline"}, "relation_stage": {"step": 400}}))
     assert "(450 steps, then 400 of the relation-head stage, `zse-sbir train-relation`; from" in (
         app_module.model_note(folder, model, True))
+    payload["rerank_ret_weight"] = 0.5  # numbers of a fused re-rank say so
+    (folder / "eval_results.json").write_text(json.dumps(payload))
+    note = app_module.model_note(folder, model, True)
+    assert "relation re-rank of the top 10 by relation score + 0.5 x cosine" in note
 
 
 def test_model_path_resolution(app_module, monkeypatch):

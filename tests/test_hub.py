@@ -193,7 +193,15 @@ def test_export_refuses_rn_numbers_of_another_rerank_weight(exported, tmp_path):
     assert not (tmp_path / "out").exists()
     (tmp_path / "w0.json").write_text(json.dumps(dict(exported.payload, rerank_ret_weight=0.0)))
     export(exported.model_dir, tmp_path / "w0.json", tmp_path / "out")  # the config's own weight (0)
-    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert "rerank_ret_weight" not in (tmp_path / "out" / "README.md").read_text()
+    fused = tmp_path / "fused"  # a model whose config fuses: the card says how its rn rows rank
+    shutil.copytree(exported.model_dir, fused)
+    config = json.loads((fused / "config.json").read_text())
+    (fused / "config.json").write_text(json.dumps({**config, "rerank_ret_weight": 0.5}))
+    export(fused, tmp_path / "w.json", tmp_path / "out2")
+    card = (tmp_path / "out2" / "README.md").read_text()
+    assert "by relation score + 0.5 x [Ret] cosine (`rerank_ret_weight`" in card
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["rerank_ret_weight"] == 0.5
 
 
 # ----------------------------------------------------------------------------- model card

@@ -82,14 +82,18 @@ def mode_name(mode: str) -> str:
     return BASELINE_NAMES.get(mode, mode)
 
 
-def mode_description(mode: str) -> str:
+def mode_description(mode: str, ret_weight: float = 0.0) -> str:
     """How a ranking mode ranks, in words (`"[Ret] + relation re-rank of the top 10"`); for a
-    baseline, `"baseline: <its name>"`."""
+    baseline, `"baseline: <its name>"`. `ret_weight`: the re-rank's `rerank_ret_weight` (> 0: the
+    order is relation score + that weight x cosine)."""
     if mode == "ret":
         return "[Ret] cosine only"
     k = _rerank_k(mode)
     if k is not None:
-        return f"[Ret] + relation re-rank of the top {k}" if k != "all" else "relation network on every photo"
+        how = f" by relation score + {ret_weight:g} x cosine" if ret_weight else ""
+        if k == "all":
+            return f"relation network on every photo{how}"
+        return f"[Ret] + relation re-rank of the top {k}{how}"
     return f"baseline: {BASELINE_NAMES.get(mode, f'`{mode}`')}"
 
 
@@ -204,7 +208,8 @@ def describe_eval(payload: dict, source: str, fingerprint: str | None = None, ca
         r = results[mode]
         ci = format_interval(r.get("mAP@all_CI"), dash=True)
         extra = ", ".join(f"{k} {format_metric(r[k])}" for k in ("mAP@200", "P@100", "acc@1") if k in r)
-        lines.append(f"- {mode_description(mode)}: **mAP@all {format_metric(r['mAP@all'])}**"
+        how = mode_description(mode, payload.get("rerank_ret_weight") or 0.0)
+        lines.append(f"- {how}: **mAP@all {format_metric(r['mAP@all'])}**"
                      + (f" (95% CI {ci})" if ci else "") + (f"; {extra}" if extra else ""))
     where = (f"{payload.get('n_queries', '?')} sketches vs {payload.get('n_gallery', '?')} photos, data "
              f"`{payload.get('data', '?')}`, split `{payload.get('split', '?')}`, {payload.get('image_size', '?')} px")

@@ -202,6 +202,9 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
         "r_precision": (", so with this gallery P@100 and P@200 are R-precision"
                         if isinstance(n_gallery, int) and n_gallery <= 100 else ""),
         "results_table": results_table(ordered, bold_models=True),
+        "rerank_line": (f"The rn rows order each sketch's top K by relation score + {config.rerank_ret_weight:g} "
+                        "x [Ret] cosine (`rerank_ret_weight` in `config.json`, which `ZseIndex.search` follows; "
+                        "0 is the paper's relation-only order)." if config.rerank_ret_weight else ""),
         "hash_line": (f"The numbers belong to these weights: the eval JSON's `model_hash` `{info.model_hash}` is that "
                       "of the fp32 checkpoint this repo was exported from (checked by `zse-sbir export`)."
                       if info.hash_verified else
