@@ -412,6 +412,10 @@ def test_cli_index_merge_search(model, processor, photo_dir, sketches, tmp_path,
     api = ZseIndex.load(out, model=model).search(sketches[:2], k=4, rerank_k=6)
     assert [r["sketch"] for r in printed] == sketches[:2]
     assert [r["hits"] for r in printed] == [[asdict(h) for h in hits] for hits in api]
+    assert retrieval.search_main([str(out), *sketches[:2], "-k", "4", "--rerank-k", "6", "--rerank-ret-weight", "3",
+                                  "--json"]) == 0
+    fused = ZseIndex.load(out, model=model).search(sketches[:2], k=4, rerank_k=6, rerank_ret_weight=3.0)
+    assert [r["hits"] for r in json.loads(capsys.readouterr().out)] == [[asdict(h) for h in hits] for hits in fused]
     assert retrieval.search_main([str(out), sketches[0], "-k", "4", "--rerank-k", "6", "--int8", "--json"]) == 0
     lossy = json.loads(capsys.readouterr().out)[0]["hits"]  # int8 head: approximate relation scores
     assert len(lossy) == 4 and all(h["relation_score"] is not None for h in lossy)
@@ -542,7 +546,9 @@ def test_cli_user_errors_are_one_line(model, processor, photo_dir, sketches, tmp
         assert err.count("\n") == 1 and expected in err, err
     assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
     for argv, expected in ((["-k", "-5"], "argument -k: must be >= 1, got -5"),
-                           (["--rerank-k", "-1"], "argument --rerank-k: must be >= 0, got -1")):
+                           (["--rerank-k", "-1"], "argument --rerank-k: must be >= 0, got -1"),
+                           (["--rerank-ret-weight", "nan"], "must be a finite number >= 0, got nan"),
+                           (["--rerank-ret-weight", "x"], "expected a number, got 'x'")):
         with pytest.raises(SystemExit) as info:
             retrieval.search_main([str(tmp_path), sketches[0], *argv])
         assert info.value.code == 2 and expected in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -36,6 +37,17 @@ def _at_least(minimum: int):
         return value
 
     return parse
+
+
+def _weight(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _load_model(model_dir: str, device: str | None):
@@ -139,7 +151,8 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--int8] [--json]`."""
+    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--rerank-ret-weight W]
+    [--int8] [--json]`."""
     p = argparse.ArgumentParser(prog="zse-sbir search", description="Search an index with sketches.")
     p.add_argument("index_dir")
     p.add_argument("sketches", nargs="+")
@@ -147,6 +160,9 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=_at_least(1), default=10)
     p.add_argument("--rerank-k", type=_at_least(0), default=None,
                    help="re-rank this many [Ret] candidates with the relation network (0: none)")
+    p.add_argument("--rerank-ret-weight", type=_weight, default=None,
+                   help="order the re-ranked candidates by relation score + W x [Ret] cosine (default: the model "
+                        "config's rerank_ret_weight; 0: relation score alone)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default=None)
     p.add_argument("--int8", action="store_true",
@@ -161,7 +177,8 @@ def search_main(argv: list[str] | None = None) -> int:
             raise ValueError("the index records no model; pass --model")
         model, processor = _load_model(model_dir, args.device)
         index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
-        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8)
+        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
+                               rerank_ret_weight=args.rerank_ret_weight)
     except (ValueError, OSError) as err:
         return _fail("search", err)
     if args.json:
