@@ -15,7 +15,6 @@ against every candidate (`[Q, K]`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_zse import ZseConfig
+from .configuration_zse import ZseConfig, check_rerank_ret_weight
 
 try:  # transformers >= 5: init helpers that respect already-loaded weights
     from transformers import initialization as init
@@ -1080,9 +1079,7 @@ class ZseModel(ZsePreTrainedModel):
 
         Returns: `[...]`, the type of the inputs.
         """
-        w = self.config.rerank_ret_weight if ret_weight is None else float(ret_weight)
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"ret_weight must be a finite number >= 0, got {ret_weight!r}")
+        w = self.config.rerank_ret_weight if ret_weight is None else check_rerank_ret_weight(ret_weight)
         return relation_scores if w == 0 else relation_scores + w * ret_scores
 
     def relation_logits(self, sketch_features: ZseImageFeatures, photo_features: ZseImageFeatures) -> torch.Tensor:

@@ -24,6 +24,13 @@ def _default_backbone_config():
     )
 
 
+def check_rerank_ret_weight(value) -> float:
+    """`value` as a float if it is a finite number >= 0 (a re-rank's [Ret] weight), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"rerank_ret_weight must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 class ZseConfig(PretrainedConfig):
     r"""Configuration of a [`ZseModel`]: a shared ViT encoder with a learnable tokenizer, a
     bidirectional cross-attention module and a kernel-based relation network.
@@ -128,9 +135,6 @@ class ZseConfig(PretrainedConfig):
             )
         if num_selected_tokens is not None and num_selected_tokens < 1:
             raise ValueError(f"num_selected_tokens must be >= 1 or None, got {num_selected_tokens}")
-        if isinstance(rerank_ret_weight, bool) or not isinstance(rerank_ret_weight, (int, float)) \
-                or not math.isfinite(rerank_ret_weight) or rerank_ret_weight < 0:
-            raise ValueError(f"rerank_ret_weight must be a finite number >= 0, got {rerank_ret_weight!r}")
         if relation_grid < 1:
             raise ValueError(f"relation_grid must be >= 1, got {relation_grid}")
         if backbone_config.model_type == "dinov2":
@@ -157,7 +161,7 @@ class ZseConfig(PretrainedConfig):
         self.relation_rank_weight = relation_rank_weight
         self.correspondence_weight = correspondence_weight
         self.correspondence_temperature = correspondence_temperature
-        self.rerank_ret_weight = float(rerank_ret_weight)
+        self.rerank_ret_weight = check_rerank_ret_weight(rerank_ret_weight)
         self.initializer_range = initializer_range
         default_mean, default_std = _backbone_normalisation(backbone_config)
         self.image_mean = list(image_mean) if image_mean is not None else default_mean
@@ -185,4 +189,4 @@ def _backbone_normalisation(backbone_config) -> tuple[list[float], list[float]]:
     return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
-__all__ = ["ZseConfig"]
+__all__ = ["ZseConfig", "check_rerank_ret_weight"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .configuration_zse import check_rerank_ret_weight
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, kernel_locality, rank_gallery
 from .model_summary import format_interval, results_table
@@ -89,7 +90,7 @@ def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageF
     gi = torch.from_numpy(top.reshape(-1).astype(np.int64))
     rel = model.score_indexed_pairs(queries, gallery, qi, gi, chunk_size=pair_batch, progress=True)
     rel = rel.float().cpu().view(q_n, k).numpy().astype(np.float64)
-    w = model.config.rerank_ret_weight if ret_weight is None else float(ret_weight)
+    w = model.config.rerank_ret_weight if ret_weight is None else check_rerank_ret_weight(ret_weight)
     key = model.rerank_score(rel, np.take_along_axis(ret_scores.astype(np.float64), top, axis=1), w)
     out = ret_scores.astype(np.float64).copy()
     np.put_along_axis(out, top, RN_OFFSET + w + key, axis=1)  # key >= -w, so every key > any cosine
@@ -302,9 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries, gallery = open_dataset(args.data, args.split, **kwargs)
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
     modes = args.mode or ["ret"]
-    ret_weight = model.config.rerank_ret_weight if args.rerank_ret_weight is None else args.rerank_ret_weight
-    if not (ret_weight >= 0 and np.isfinite(ret_weight)):
-        p.error(f"--rerank-ret-weight must be a finite number >= 0, got {ret_weight}")
+    ret_weight = model.config.rerank_ret_weight
+    if args.rerank_ret_weight is not None:
+        try:
+            ret_weight = check_rerank_ret_weight(args.rerank_ret_weight)
+        except ValueError as err:
+            p.error(f"--rerank-ret-weight: {err}")
     results = evaluate(model, processor, queries, gallery, modes, rerank_k, args.batch_size, ret_weight=ret_weight)
     extra = {}
     if args.locality or "rn" in modes:

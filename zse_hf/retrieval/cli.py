@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..configuration_zse import check_rerank_ret_weight
 from .faiss_index import FLAT_MAX, IVF_SQ_MAX
 from .index import ZseIndex
 from .manifest import read_manifest
@@ -40,14 +40,15 @@ def _at_least(minimum: int):
 
 
 def _weight(text: str) -> float:
-    """argparse type: a finite number >= 0."""
+    """argparse type: a re-rank [Ret] weight (a finite number >= 0)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    try:
+        return check_rerank_ret_weight(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _load_model(model_dir: str, device: str | None):

@@ -663,7 +663,7 @@ class ZseIndex:
         if rerank:
             head = rows[:, :rerank]
             rel = self.rerank_rows(feats, head, autocast_dtype=autocast_dtype, int8=int8).numpy()
-            key = self.model.rerank_score(rel, scores[:, :rerank].astype(np.float32), rerank_ret_weight)
+            key = self.model.rerank_score(rel, scores[:, :rerank], rerank_ret_weight)
         results = []
         for qi in range(rows.shape[0]):
             order = list(range(rows.shape[1]))
