@@ -11,20 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zse_hf.demo_launcher import load_app
 from zse_hf.loading import load_model
 from zse_hf.retrieval import ZseIndex
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def class_of(path: Path) -> str:
-    """`airplane` for `airplane__747.jpg` (the demo's `class__name` file names)."""
-    return path.name.split("__")[0]
-
-
-def first_right_rank(hits, label: str) -> int | None:
+def first_right_rank(hits, label: str, class_of) -> int | None:
     """1-based rank of the first hit whose file is of class `label` (None: not among the hits)."""
-    return next((h.rank for h in hits if class_of(Path(h.path)) == label), None)
+    return next((h.rank for h in hits if class_of(h.path) == label), None)
 
 
 def main() -> None:
@@ -35,6 +31,7 @@ def main() -> None:
     p.add_argument("--rerank-k", type=int, default=20, help="the demo's default re-rank depth")
     args = p.parse_args()
 
+    class_of = load_app().photo_class  # the demo's own `<class>__<name>` file-name rule
     model, processor, _ = load_model(args.model, None)
     index = ZseIndex.build(model, processor, args.gallery, index_factory="Flat")
     sketches = sorted(Path(args.examples).glob("*.png"))
@@ -45,10 +42,11 @@ def main() -> None:
     print("| example sketch | photos of its class | first right photo, [Ret] | with re-rank | top-3 with re-rank |")
     print("|---|---:|---:|---:|---|")
     for sketch, a, b in zip(sketches, plain, rer):
-        label = class_of(sketch)
-        n_right = sum(class_of(Path(h.path)) == label for h in a)
-        top3 = ", ".join(class_of(Path(h.path)) for h in b[:3])
-        print(f"| {sketch.name} | {n_right} | {first_right_rank(a, label)} | {first_right_rank(b, label)} | {top3} |")
+        label = class_of(sketch.name)
+        n_right = sum(class_of(h.path) == label for h in a)
+        top3 = ", ".join(class_of(h.path) for h in b[:3])
+        print(f"| {sketch.name} | {n_right} | {first_right_rank(a, label, class_of)} | "
+              f"{first_right_rank(b, label, class_of)} | {top3} |")
 
 
 if __name__ == "__main__":

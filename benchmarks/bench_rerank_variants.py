@@ -24,7 +24,7 @@ import torch
 
 from zse_hf.compare import compare_results
 from zse_hf.data import open_dataset
-from zse_hf.evaluation import data_hash, encode_dataset
+from zse_hf.evaluation import data_hash, encode_dataset, place_reranked
 from zse_hf.loading import load_model
 from zse_hf.metrics import compute_metrics, rank_gallery
 from zse_hf.modeling_zse import ZseImageFeatures, ZseModel
@@ -45,22 +45,15 @@ def photo_bias(model: ZseModel, reference: ZseImageFeatures, gallery: ZseImageFe
     return logits.reshape(r_n, g_n).mean(0)
 
 
-def ranked(ret: np.ndarray, top: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """`[Q, G]` scores: the top-K `[Q, K]` ordered by `key [Q, K]` above every other photo, which keep `ret`."""
-    out = ret.astype(np.float64).copy()
-    np.put_along_axis(out, top, key - key.min() + 2.0, axis=1)  # cosines are <= 1
-    return out
-
-
 def variant_table(name: str, ret, top, logits, cos_top, bias, labels, weights, betas, model) -> list[str]:
     """Markdown rows of every variant on one gallery."""
     q_lab, g_lab = labels
     rel = 1.0 / (1.0 + np.exp(-logits))
-    variants = {"[Ret] only": ret, "relation score (w = 0)": ranked(ret, top, rel)}
+    variants = {"[Ret] only": ret, "relation score (w = 0)": place_reranked(ret, top, rel)}
     for w in weights:
-        variants[f"relation + {w:g} x cosine"] = ranked(ret, top, model.rerank_score(rel, cos_top, w))
+        variants[f"relation + {w:g} x cosine"] = place_reranked(ret, top, model.rerank_score(rel, cos_top, w))
     for beta in betas:
-        variants[f"relation logit - {beta:g} x photo bias"] = ranked(ret, top, logits - beta * bias[top])
+        variants[f"relation logit - {beta:g} x photo bias"] = place_reranked(ret, top, logits - beta * bias[top])
     metrics = {k: compute_metrics(s, q_lab, g_lab, n_bootstrap=0) for k, s in variants.items()}
     base = {"data_hash": name, "results": metrics}
     rows = [f"\n{name}\n", "| re-rank order | mAP@all | minus relation-only [95% CI] | classes better / worse |",

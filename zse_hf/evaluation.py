@@ -79,9 +79,8 @@ def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageF
             0 = relation score alone), see :meth:`ZseModel.rerank_score`.
 
     Returns:
-        `[Q, G]` float64: an offset plus the key (`relation score + ret_weight * cosine`) for each
-        query's top-K by cosine, the cosine elsewhere, so a descending sort ranks the top-K by
-        the key first.
+        `[Q, G]` float64 (:func:`place_reranked`): each query's top-K by cosine first, ordered by
+        the key `relation score + ret_weight * cosine`, then the rest by cosine.
     """
     q_n, g_n = ret_scores.shape
     k = g_n if rerank_k is None else min(int(rerank_k), g_n)
@@ -90,10 +89,19 @@ def rerank_scores(model: ZseModel, queries: ZseImageFeatures, gallery: ZseImageF
     gi = torch.from_numpy(top.reshape(-1).astype(np.int64))
     rel = model.score_indexed_pairs(queries, gallery, qi, gi, chunk_size=pair_batch, progress=True)
     rel = rel.float().cpu().view(q_n, k).numpy().astype(np.float64)
-    w = model.config.rerank_ret_weight if ret_weight is None else check_rerank_ret_weight(ret_weight)
-    key = model.rerank_score(rel, np.take_along_axis(ret_scores.astype(np.float64), top, axis=1), w)
+    key = model.rerank_score(rel, np.take_along_axis(ret_scores.astype(np.float64), top, axis=1), ret_weight)
+    return place_reranked(ret_scores, top, key)
+
+
+def place_reranked(ret_scores: np.ndarray, top: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """`[Q, G]` float64 scores that rank each query's re-ranked candidates `top [Q, K]` first, in
+    descending `key [Q, K]` order, and the other photos after them by `ret_scores [Q, G]` (cosines).
+
+    The keys are shifted by one constant (negative keys' minimum) so that all are >= `RN_OFFSET`,
+    above every cosine.
+    """
     out = ret_scores.astype(np.float64).copy()
-    np.put_along_axis(out, top, RN_OFFSET + w + key, axis=1)  # key >= -w, so every key > any cosine
+    np.put_along_axis(out, top, RN_OFFSET + key - key.min(initial=0.0), axis=1)
     return out
 
 
