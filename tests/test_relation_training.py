@@ -8,7 +8,15 @@ from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
 from zse_hf import ZseModel
-from zse_hf.relation_training import RelationHeadObjective, RelationStageConfig, mine_candidates, train_relation_head
+from zse_hf.modeling_zse import ZseImageFeatures
+from zse_hf.relation_training import (
+    RelationHeadObjective,
+    RelationStageConfig,
+    concat_features,
+    mine_candidates,
+    mine_stage_candidates,
+    train_relation_head,
+)
 
 from conftest import tiny_config
 
@@ -25,6 +33,35 @@ def test_mine_candidates_orders_by_cosine_and_guarantees_a_positive():
         mine_candidates(s, p, [0, 1, 5], [0, 1, 1, 2], k=2)
     with pytest.raises(ValueError, match="exceeds"):
         mine_candidates(s, p, [0, 1, 2], [0, 1, 1, 2], k=5)
+
+
+def test_stage_candidates_keep_class_sketches_off_the_stamps():
+    # photos 0-2: classes 0, 1, 1; photos 3-4: stamps (labels 10, 11); sketches 0-1 class, 2-3 stamp queries
+    p = ZseImageFeatures(ret_embeds=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.99, 0.1], [0.1, 0.99]]))
+    s = ZseImageFeatures(ret_embeds=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.4], [0.0, 1.0]]))
+    cand, pos = mine_stage_candidates(s, p, [0, 1, 10, 11], [0, 1, 1, 10, 11], n_class_sketches=2,
+                                      n_class_photos=3, k=2)
+    # the stamps (3, 4) are nearest by cosine, yet never candidates of the class sketches
+    assert cand[:2].tolist() == [[0, 2], [1, 2]] and pos[:2].tolist() == [[True, False], [True, True]]
+    # stamp queries: mined among all photos, positive only on their own stamp
+    assert cand[2].tolist() == [3, 2] and pos[2].tolist() == [True, False]
+    assert cand[3].tolist() == [1, 4] and pos[3].tolist() == [False, True]
+    only = mine_stage_candidates(s, p, [0, 1, 10, 11], [0, 1, 1, 10, 11], 4, 5, 2)
+    torch.testing.assert_close(only[0], mine_candidates(s.ret_embeds, p.ret_embeds, [0, 1, 10, 11],
+                                                        [0, 1, 1, 10, 11], 2)[0])
+
+
+def test_concat_features_stacks_one_grid():
+    a = ZseImageFeatures(ret_embeds=torch.zeros(2, 4), local_tokens=torch.zeros(2, 3, 4),
+                         token_mask=torch.ones(2, 3, dtype=torch.bool), grid_size=(1, 3))
+    b = ZseImageFeatures(ret_embeds=torch.ones(1, 4), local_tokens=torch.ones(1, 3, 4),
+                         token_mask=torch.zeros(1, 3, dtype=torch.bool), grid_size=(1, 3))
+    c = concat_features([a, b])
+    assert c.ret_embeds.shape == (3, 4) and c.local_tokens.shape == (3, 3, 4) and c.grid_size == (1, 3)
+    assert c.token_mask[:, 0].tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="grids"):
+        concat_features([a, ZseImageFeatures(ret_embeds=torch.ones(1, 4), local_tokens=torch.ones(1, 4, 4),
+                                             token_mask=torch.ones(1, 4, dtype=torch.bool), grid_size=(2, 2))])
 
 
 def test_objective_is_listwise_cross_entropy_on_the_head_only():
@@ -66,7 +103,7 @@ def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
 
     ZseProcessor(ZseImageProcessor.from_model_config(base.config)).save_pretrained(tmp_path / "base")
     cfg = RelationStageConfig(top_k=3, batch_size=4, max_steps=2, eval_steps=1, save_steps=1, val_classes=3,
-                              val_sketches_per_class=2, sketches_per_class=2)
+                              val_sketches_per_class=2, sketches_per_class=2, stamp_query_variants=1)
     best = train_relation_head(str(tmp_path / "base"), str(tmp_path / "run"), cfg)
     before, after = load_file(tmp_path / "base" / "model.safetensors"), load_file(best / "model.safetensors")
     assert before.keys() == after.keys()
@@ -77,5 +114,7 @@ def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in head)
     summary = json.loads((best / "training_summary.json").read_text())["relation_stage"]
     assert summary["stopped_at_step"] == 2 and summary["best_val_rn_mAP@all"] is not None
+    assert summary["stamp_queries"] == summary["stamp_photos"] == 177
+    assert 0.0 <= summary["stamp_queries_with_their_stamp_from_ret"] <= 1.0
     log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval_rn_mAP@all" in r] == [1, 2]

@@ -9,7 +9,7 @@ import torch
 
 from zse_hf import assets
 from zse_hf.data import load_photo_table, load_split
-from zse_hf.data.stamps import StampPhotoDataset, load_stamp_review, usable_stamp_records
+from zse_hf.data.stamps import StampPhotoDataset, StampPseudoSketchDataset, load_stamp_review, usable_stamp_records
 
 from conftest import asset_root
 
@@ -89,6 +89,28 @@ def test_stamp_dataset_loads_and_verifies():
     im = ds.load(0, rgba=True)
     assert im.mode == "RGBA" and im.width == im.height <= 64
     assert np.asarray(ds.load(0)).shape[-1] == 3
+
+
+@pytest.mark.slow
+def test_stamp_pseudo_sketches_are_instance_queries_of_their_own_stamp():
+    from zse_hf.data import photo_to_pseudo_sketch
+
+    asset_root(assets.tuxpaint_root)
+    stamps = StampPhotoDataset(max_side=96)
+    q = StampPseudoSketchDataset(stamps, variants=3, size=64, seed=5)
+    assert len(q) == 3 * len(stamps) and q.classes == stamps.classes and q.modality == "sketch"
+    assert q.labels.tolist() == np.repeat(stamps.labels, 3).tolist()
+    assert q[4]["id"] == f"pseudo:{stamps.ids[1]}#1" and q[4]["instance"] == stamps.ids[1]
+    straight = np.asarray(q.load(3))
+    assert straight.shape == (64, 64, 3)
+    np.testing.assert_array_equal(straight, np.asarray(photo_to_pseudo_sketch(stamps.load(1, rgba=True), size=64)))
+    warped = [np.asarray(q.load(i)) for i in (4, 5)]
+    assert not np.array_equal(warped[0], straight) and not np.array_equal(warped[0], warped[1])
+    # deterministic in (seed, stamp, variant), another seed draws other warps
+    np.testing.assert_array_equal(warped[0], np.asarray(StampPseudoSketchDataset(stamps, 3, 64, seed=5).load(4)))
+    assert not np.array_equal(warped[0], np.asarray(StampPseudoSketchDataset(stamps, 3, 64, seed=6).load(4)))
+    with pytest.raises(ValueError, match="variants"):
+        StampPseudoSketchDataset(stamps, variants=0)
 
 
 def test_extra_probabilities_are_checked():

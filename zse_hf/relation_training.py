@@ -9,6 +9,13 @@ training photos by [Ret] cosine (hard negatives, as at search time), with one ph
 class swapped in for the last candidate when [Ret] found none. The loss is listwise:
 `-log(sum_pos softmax(relation logits over the K candidates))`.
 
+With `stamp_query_variants > 0` the reviewed extra stamps (real photos outside every reviewed
+class) add instance-level queries: pseudo-sketches of each stamp (one straight, the rest through
+seeded warps) whose one positive is their own stamp, with candidates mined from the training
+photos and the stamps together. The QuickDraw sketches keep their candidates among the
+training photos: by [Ret] similarity the stamps that look like a training class (a seagull for
+"bird") would be mined as false negatives.
+
 The loop is the stock HF `Trainer` (checkpoints, `--resume`, logging); validation is rn@K
 mAP@all on the validation classes carved from the training classes, which also picks the
 saved model. Under `torchrun` / `accelerate launch` it runs data parallel like `zse-sbir
@@ -59,7 +66,8 @@ class RelationStageConfig:
         eval_steps, save_steps: validation / checkpoint interval.
         val_classes, val_sketches_per_class: the validation split (as in `zse-sbir train`).
         sketches_per_class: training sketches cached per class (0 = all 100).
-        seed: sampling seed.
+        stamp_query_variants: pseudo-sketch queries per usable stamp (0 = no stamps).
+        seed: sampling seed (and the stamp warps').
     """
 
     top_k: int = 10
@@ -72,6 +80,7 @@ class RelationStageConfig:
     val_classes: int = 10
     val_sketches_per_class: int = 30
     sketches_per_class: int = 0
+    stamp_query_variants: int = 0
     seed: int = 0
 
 
@@ -177,7 +186,9 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     `fit`: the `evaluation_set("train_fit", ...)` pair (built from `cfg` when not given).
 
     Returns: `(sketch_features, photo_features, sketch_labels [S], photo_labels [P])`; the
-    features carry fp16 local tokens `[N, T, D]` and fp32 [Ret] embeddings.
+    features carry fp16 local tokens `[N, T, D]` and fp32 [Ret] embeddings. With
+    `cfg.stamp_query_variants`, the stamp pseudo-sketches follow the training sketches and the
+    stamps follow the training photos, labelled after every class label.
     """
     from .evaluation import encode_dataset
 
@@ -186,7 +197,45 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     model.eval()
     s = encode_dataset(model, image_processor, fit.queries, "sketch", desc="caching training sketches")
     p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
-    return s, p, np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
+    s_lab, p_lab = np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
+    if cfg.stamp_query_variants > 0:
+        from .data.stamps import StampPhotoDataset, StampPseudoSketchDataset
+
+        stamps = StampPhotoDataset()
+        queries = StampPseudoSketchDataset(stamps, cfg.stamp_query_variants, size=fit.queries.size, seed=cfg.seed)
+        offset = len(fit.gallery.classes)  # stamp labels after every class label
+        s = concat_features([s, encode_dataset(model, image_processor, queries, "sketch",
+                                               desc="caching stamp pseudo-sketches")])
+        p = concat_features([p, encode_dataset(model, image_processor, stamps, "photo", desc="caching stamp photos")])
+        s_lab = np.concatenate([s_lab, offset + queries.labels])
+        p_lab = np.concatenate([p_lab, offset + stamps.labels])
+    return s, p, s_lab, p_lab
+
+
+def concat_features(parts: Sequence[ZseImageFeatures]) -> ZseImageFeatures:
+    """Stack cached features (`ret_embeds [N_i, D]`, `local_tokens [N_i, T, D]`, `token_mask [N_i, T]`)
+    of one grid along the first axis."""
+    if len({f.grid_size for f in parts}) != 1:
+        raise ValueError("features of different grids cannot be stacked")
+    return ZseImageFeatures(ret_embeds=torch.cat([f.ret_embeds for f in parts]),
+                            local_tokens=torch.cat([f.local_tokens for f in parts]),
+                            token_mask=torch.cat([f.token_mask for f in parts]), grid_size=parts[0].grid_size)
+
+
+def mine_stage_candidates(s: ZseImageFeatures, p: ZseImageFeatures, s_lab, p_lab, n_class_sketches: int,
+                          n_class_photos: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates of every cached query (see :func:`mine_candidates`): the first `n_class_sketches`
+    (QuickDraw) among the first `n_class_photos` photos only, the rest (stamp queries) among all.
+
+    Returns: `candidates [S, k]` indices into all photos, `positive [S, k]` bool.
+    """
+    s_lab, p_lab = np.asarray(s_lab), np.asarray(p_lab)
+    c1, pos1 = mine_candidates(s.ret_embeds[:n_class_sketches], p.ret_embeds[:n_class_photos],
+                               s_lab[:n_class_sketches], p_lab[:n_class_photos], k)
+    if n_class_sketches == len(s_lab):
+        return c1, pos1
+    c2, pos2 = mine_candidates(s.ret_embeds[n_class_sketches:], p.ret_embeds, s_lab[n_class_sketches:], p_lab, k)
+    return torch.cat([c1, c2]), torch.cat([pos1, pos2])
 
 
 def _fit_set(cfg: RelationStageConfig, image_processor):
@@ -231,7 +280,8 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
     s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit)
-    cand, pos = mine_candidates(s.ret_embeds, p.ret_embeds, s_lab, p_lab, cfg.top_k)
+    n_qd, n_ph = len(fit.queries), len(fit.gallery)
+    cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
     objective = RelationHeadObjective(model, s, p, cand, pos)
     callbacks = [JsonlLogger(out / "metrics.jsonl")] + ([TimeLimit(time_limit)] if time_limit is not None else [])
@@ -253,7 +303,10 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
             "step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
             "stopped_at_step": trainer.state.global_step, "processes": args.world_size,
             "config": dataclasses.asdict(cfg),
-            "candidates_with_a_positive_from_ret": float(pos[:, :-1].any(1).float().mean()),
+            "candidates_with_a_positive_from_ret": float(pos[:n_qd, :-1].any(1).float().mean()),
+            "stamp_queries": int(len(s_lab) - n_qd), "stamp_photos": int(len(p_lab) - n_ph),
+            "stamp_queries_with_their_stamp_from_ret": (float(pos[n_qd:, :-1].any(1).float().mean())
+                                                        if len(s_lab) > n_qd else None),
         },
     }, model=objective.model)
 
