@@ -64,6 +64,19 @@ def test_concat_features_stacks_one_grid():
                                              token_mask=torch.ones(1, 4, dtype=torch.bool), grid_size=(2, 2))])
 
 
+@pytest.mark.parametrize("bad", [{"top_k": 0}, {"batch_size": 0}, {"stamp_query_variants": -1}, {"lr": 0.0},
+                                 {"lr": float("nan")}, {"weight_decay": -1.0}])
+def test_stage_config_refuses_bad_values(bad, capsys):
+    from zse_hf.relation_training import main
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RelationStageConfig(**bad)
+    flag = "--" + next(iter(bad)).replace("_", "-")
+    with pytest.raises(SystemExit) as exit_info:  # the CLI refuses before loading anything
+        main(["--model", "nowhere", "--out", "nowhere", flag, str(next(iter(bad.values())))])
+    assert exit_info.value.code == 2 and next(iter(bad)) in capsys.readouterr().err
+
+
 def test_objective_is_listwise_cross_entropy_on_the_head_only():
     torch.manual_seed(0)
     model = ZseModel(tiny_config()).eval()

@@ -83,6 +83,19 @@ class RelationStageConfig:
     stamp_query_variants: int = 0
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("top_k", "batch_size", "max_steps", "eval_steps", "save_steps", "val_classes",
+                     "val_sketches_per_class"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sketches_per_class", "stamp_query_variants"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
+
 
 def mine_candidates(sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor, sketch_labels, photo_labels,
                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in dataclasses.fields(RelationStageConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = p.parse_args(argv)
-    cfg = RelationStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RelationStageConfig)})
+    try:
+        cfg = RelationStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RelationStageConfig)})
+    except ValueError as err:
+        p.error(str(err))  # exit 2 with the usage line
     try:
         best = train_relation_head(args.model, args.out, cfg, resume=args.resume, time_limit=args.time_limit)
     except (ValueError, FileNotFoundError) as err:
