@@ -4,8 +4,9 @@ Each of the package's other stamps was looked at on contact sheets and given a k
 (a real photo of an object, usable for instance-level training pairs and as extra negatives),
 ``drawing`` (cartoon, clip art, symbol, letter, sign), ``not-an-object`` (fireworks and such), or
 ``unseen-concept`` (a photo that depicts, or closely resembles, one of the 63 unseen concepts:
-such stamps must never reach training). These tests keep the list consistent with the split and
-with the package it was made from.
+such stamps must never reach training). A usable photo that depicts or closely resembles a
+training class names it in ``training_lookalike`` (never a negative for that class). These
+tests keep the list consistent with the split and with the package it was made from.
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ def test_rows_are_well_formed(review, unseen):
         assert (r["kind"] == "unseen-concept") == bool(r["unseen_concept"]), r
         if r["unseen_concept"]:
             assert r["unseen_concept"] in unseen, r
+
+
+def test_training_lookalikes_name_training_classes_of_usable_photos(review):
+    train = set(json.loads(_package_text("split.json"))["train"])
+    marked = {r["stamp_path"]: set(r["training_lookalike"].split(";")) for r in review if r["training_lookalike"]}
+    assert len(marked) == 42
+    for r in review:
+        if r["training_lookalike"]:
+            assert r["kind"] == "photo", r
+            assert set(r["training_lookalike"].split(";")) <= train, r
+    # from the contact sheets: look-alikes marked, a mere namesake not
+    for path, cls in [("animals/birds/hen.png", "bird"), ("household/kettle.png", "teapot"),
+                      ("household/rubberduck.png", "duck"), ("town/uk_post_box.png", "mailbox"),
+                      ("vehicles/7spoke256.png", "wheel")]:
+        assert cls in marked[path], path
+    assert "animals/mammals/aquatic/sea_lion.png" not in marked
 
 
 def test_usable_photos_are_not_unseen_concepts_by_name(review, unseen):

@@ -57,6 +57,8 @@ def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
         kinds[e["kind"]] += 1
         if e["kind"] is not None:
             assert triplets.extra_photos.ids[e["extra_index"]] in usable
+        if e["kind"] == "negative":  # never a stamp that resembles the anchor's class
+            assert triplets.classes[s["label"]] not in triplets.extra_photos.lookalikes[e["extra_index"]]
         if e["kind"] != "pair":
             assert triplets.classes[s["label"]] not in banned
         if e["kind"] != "negative":
@@ -111,6 +113,36 @@ def test_stamp_pseudo_sketches_are_instance_queries_of_their_own_stamp():
     assert not np.array_equal(warped[0], np.asarray(StampPseudoSketchDataset(stamps, 3, 64, seed=6).load(4)))
     with pytest.raises(ValueError, match="variants"):
         StampPseudoSketchDataset(stamps, variants=0)
+
+
+def test_extra_negatives_skip_lookalikes_of_the_anchor_class():
+    from zse_hf.data.triplets import TripletDataset
+
+    class _Set:
+        def __init__(self, classes, labels, lookalikes=None):
+            self.classes, self.labels = classes, np.asarray(labels)
+            if lookalikes is not None:
+                self.lookalikes = [frozenset(x) for x in lookalikes]
+
+        def indices_by_label(self):
+            return {lab: np.flatnonzero(self.labels == lab) for lab in np.unique(self.labels).tolist()}
+
+        def __len__(self):
+            return len(self.labels)
+
+    sk, ph = _Set(["a", "b"], [0, 0, 1, 1]), _Set(["a", "b"], [0, 1])
+    extra = _Set(["x", "y", "z"], [0, 1, 2], lookalikes=[{"a"}, {"a", "b"}, set()])
+    t = TripletDataset(sk, ph, seed=1, length=400, extra_photos=extra, extra_negative_prob=1.0)
+    seen = {"a": set(), "b": set()}
+    for i in range(400):
+        e = t.extra_sample(i)
+        assert e["kind"] == "negative"
+        seen[t.classes[t.sample(i)["label"]]].add(e["extra_index"])
+    assert seen == {"a": {2}, "b": {0, 2}}  # 0 and 1 resemble "a", 1 resembles "b"
+    assert t._unlike(1, "b") == 2 and t._unlike(2, "a") == 2 and t._unlike(0, "b") == 0
+    every = _Set(["x"], [0], lookalikes=[{"a"}])
+    with pytest.raises(ValueError, match="resembles 'a'"):
+        TripletDataset(sk, ph, length=10, extra_photos=every, extra_negative_prob=1.0)._unlike(0, "a")
 
 
 def test_extra_probabilities_are_checked():

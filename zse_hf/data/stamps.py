@@ -3,7 +3,9 @@ reviewed classes, for instance-level training pairs (a photo and its pseudo-sket
 extra negatives.
 
 Only rows of kind ``"photo"`` are ever loaded; ``"unseen-concept"`` rows (photos that depict or
-resemble one of the 63 unseen concepts), drawings and non-objects never reach training.
+resemble one of the 63 unseen concepts), drawings and non-objects never reach training. A usable
+photo that depicts or closely resembles a training class (a hen for "bird", a kettle for "teapot")
+names it in ``training_lookalike``: it is never a negative for that class's sketches.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _review_rows() -> tuple[dict, ...]:
 
 
 def load_stamp_review() -> list[dict]:
-    """All rows of ``stamps_review.csv`` (``stamp_path``, ``sha256``, ``kind``, ``unseen_concept``, ``note``)."""
+    """All rows of ``stamps_review.csv`` (``stamp_path``, ``sha256``, ``kind``, ``unseen_concept``,
+    ``training_lookalike``, ``note``)."""
     return [dict(r) for r in _review_rows()]
 
 
@@ -50,6 +53,13 @@ def usable_stamp_records() -> list[PhotoRecord]:
     return out
 
 
+def stamp_training_lookalikes() -> dict[str, frozenset[str]]:
+    """``{stamp_path: training classes it depicts or closely resembles}`` for the usable stamps
+    (``training_lookalike`` of ``stamps_review.csv``, ``;``-separated; empty sets included)."""
+    return {r["stamp_path"]: frozenset(c for c in r["training_lookalike"].split(";") if c)
+            for r in _review_rows() if r["kind"] == USABLE_KIND}
+
+
 class StampPhotoDataset(RetrievalDataset):
     """The usable extra stamps as a photo set: each stamp its own class (instance level).
 
@@ -58,6 +68,10 @@ class StampPhotoDataset(RetrievalDataset):
         max_side: downscale so the longer side is at most this.
         cache: keep loaded cut-outs in memory.
         root: stamps folder (default ``assets.tuxpaint_root()``).
+
+    Attributes:
+        lookalikes: ``[N]`` frozensets of the training classes each stamp resembles
+            (:func:`stamp_training_lookalikes`).
 
     Items: ``{"image": RGB PIL (square, on white), "label", "class_name": "stamp:<path>",
     "id": stamp_path, "instance": stamp_path}``.
@@ -68,6 +82,8 @@ class StampPhotoDataset(RetrievalDataset):
     def __init__(self, verify: bool = True, max_side: int | None = 512, cache: bool = True,
                  root: str | os.PathLike | None = None):
         self.records = usable_stamp_records()
+        look = stamp_training_lookalikes()
+        self.lookalikes = [look[r.stamp_path] for r in self.records]
         self.verify, self.max_side, self.root = verify, max_side, root
         self._cache: dict[int, Image.Image] | None = {} if cache else None
         names = [r.class_name for r in self.records]
@@ -118,4 +134,5 @@ class StampPseudoSketchDataset(RetrievalDataset):
         return im.convert("RGBA") if rgba else im.convert("RGB")
 
 
-__all__ = ["StampPhotoDataset", "StampPseudoSketchDataset", "load_stamp_review", "usable_stamp_records"]
+__all__ = ["StampPhotoDataset", "StampPseudoSketchDataset", "load_stamp_review", "stamp_training_lookalikes",
+           "usable_stamp_records"]

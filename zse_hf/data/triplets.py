@@ -51,7 +51,9 @@ class TripletDataset(torch.utils.data.Dataset):
         extra_pair_prob: share of items replaced by an instance-level pair: a pseudo-sketch of
             an extra photo as anchor, that photo as positive (label ``len(classes) + k`` for
             extra photo ``k``), the item's negative as negative.
-        extra_negative_prob: share of items whose negative is an extra photo instead.
+        extra_negative_prob: share of items whose negative is an extra photo instead; an extra
+            photo that resembles the anchor's class (``extra_photos.lookalikes``, where the set
+            has it) gives way to the next one that does not.
 
     Items: ``{"sketch", "positive", "negative"}`` images plus ``"label"``, ``"negative_label"``
     (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``
@@ -158,7 +160,7 @@ class TripletDataset(torch.utils.data.Dataset):
 
     def extra_sample(self, index: int) -> dict:
         """The extra-photo choice of item ``index``: ``{"kind": None | "pair" | "negative",
-        "extra_index": int | None}`` (independent of :meth:`sample`)."""
+        "extra_index": int | None}`` (its own random stream; a negative reads the item's class from :meth:`sample`)."""
         if self.extra_photos is None or not (self.extra_pair_prob or self.extra_negative_prob):
             return {"kind": None, "extra_index": None}
         rng = np.random.default_rng([self.seed, int(index), 3])
@@ -166,8 +168,20 @@ class TripletDataset(torch.utils.data.Dataset):
         if u < self.extra_pair_prob:
             return {"kind": "pair", "extra_index": k}
         if u < self.extra_pair_prob + self.extra_negative_prob:
-            return {"kind": "negative", "extra_index": k}
+            return {"kind": "negative", "extra_index": self._unlike(k, self.classes[self.sample(index)["label"]])}
         return {"kind": None, "extra_index": None}
+
+    def _unlike(self, k: int, class_name: str) -> int:
+        """Extra photo ``k``, or the next one (cyclically) that does not resemble ``class_name``."""
+        look = getattr(self.extra_photos, "lookalikes", None)
+        if look is None:
+            return k
+        n = len(self.extra_photos)
+        for step in range(n):
+            j = (k + step) % n
+            if class_name not in look[j]:
+                return j
+        raise ValueError(f"every extra photo resembles {class_name!r}: none can be its negative")
 
     def _extra_photo(self, index: int, rng: np.random.Generator) -> Image.Image:
         if self.photo_augment is None:
