@@ -17,7 +17,7 @@ from conftest import asset_root
 def test_usable_stamps_are_the_reviewed_photos_only():
     review = load_stamp_review()
     usable = usable_stamp_records()
-    assert len(usable) == 177
+    assert len(usable) == 176
     kinds = {r["stamp_path"]: r["kind"] for r in review}
     assert all(kinds[r.stamp_path] == "photo" for r in usable)
     banned = {r["stamp_path"] for r in review if r["kind"] != "photo"}
@@ -87,7 +87,7 @@ def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
 def test_stamp_dataset_loads_and_verifies():
     asset_root(assets.tuxpaint_root)
     ds = StampPhotoDataset(max_side=64)
-    assert len(ds) == 177 and len(set(ds.labels.tolist())) == 177
+    assert len(ds) == 176 and len(set(ds.labels.tolist())) == 176
     im = ds.load(0, rgba=True)
     assert im.mode == "RGBA" and im.width == im.height <= 64
     assert np.asarray(ds.load(0)).shape[-1] == 3
