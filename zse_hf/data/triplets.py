@@ -158,9 +158,10 @@ class TripletDataset(torch.utils.data.Dataset):
             return self.photos.load(index)
         return self.photo_augment(self.photos.load(index, rgba=True), rng)
 
-    def extra_sample(self, index: int) -> dict:
+    def extra_sample(self, index: int, sample: dict | None = None) -> dict:
         """The extra-photo choice of item ``index``: ``{"kind": None | "pair" | "negative",
-        "extra_index": int | None}`` (its own random stream; a negative reads the item's class from :meth:`sample`)."""
+        "extra_index": int | None}`` (its own random stream; a negative reads the item's class from
+        ``sample``, the item's :meth:`sample`, computed here when not given)."""
         if self.extra_photos is None or not (self.extra_pair_prob or self.extra_negative_prob):
             return {"kind": None, "extra_index": None}
         rng = np.random.default_rng([self.seed, int(index), 3])
@@ -168,7 +169,8 @@ class TripletDataset(torch.utils.data.Dataset):
         if u < self.extra_pair_prob:
             return {"kind": "pair", "extra_index": k}
         if u < self.extra_pair_prob + self.extra_negative_prob:
-            return {"kind": "negative", "extra_index": self._unlike(k, self.classes[self.sample(index)["label"]])}
+            label = (sample if sample is not None else self.sample(index))["label"]
+            return {"kind": "negative", "extra_index": self._unlike(k, self.classes[label])}
         return {"kind": None, "extra_index": None}
 
     def _unlike(self, k: int, class_name: str) -> int:
@@ -190,7 +192,7 @@ class TripletDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.sample(index)
-        extra = self.extra_sample(index)
+        extra = self.extra_sample(index, s)
         if extra["kind"] == "pair":
             return self._extra_pair(index, s, extra["extra_index"])
         item = self._triplet(index, s)
