@@ -15,6 +15,7 @@ from zse_hf.relation_training import (
     concat_features,
     mine_candidates,
     mine_stage_candidates,
+    stamp_lookalike_mask,
     train_relation_head,
 )
 
@@ -51,6 +52,29 @@ def test_stage_candidates_keep_class_sketches_off_the_stamps():
                                                         [0, 1, 1, 10, 11], 2)[0])
 
 
+def test_stage_candidates_with_stamp_distractors_skip_the_lookalikes():
+    # same layout as above; stamp 3 resembles class 0 ("apple"), stamp 4 resembles nothing
+    p = ZseImageFeatures(ret_embeds=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.99, 0.1], [0.1, 0.99]]))
+    s = ZseImageFeatures(ret_embeds=torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.4], [0.0, 1.0]]))
+    mask = stamp_lookalike_mask(["apple", "pear"], [frozenset({"apple"}), frozenset()])
+    assert mask.tolist() == [[True, False], [False, False]]
+    cand, pos = mine_stage_candidates(s, p, [0, 1, 10, 11], [0, 1, 1, 10, 11], 2, 3, k=2, stamp_exclusion=mask)
+    # sketch 0: stamp 3 is nearest but resembles its class, so the next photo comes; sketch 1 gets stamp 4
+    assert cand[:2].tolist() == [[0, 2], [1, 4]] and pos[:2].tolist() == [[True, False], [True, False]]
+    assert cand[2:].tolist() == [[3, 2], [1, 4]]  # stamp queries as before
+    assert stamp_lookalike_mask([], [frozenset()]).shape == (0, 1)
+
+
+def test_mine_candidates_refuses_bad_exclusions():
+    s, p = torch.eye(2), torch.eye(2)
+    with pytest.raises(ValueError, match="own class"):
+        mine_candidates(s, p, [0, 1], [0, 1], k=1, exclude=torch.tensor([[True, False], [False, False]]))
+    with pytest.raises(ValueError, match=r"\[S, P\]"):
+        mine_candidates(s, p, [0, 1], [0, 1], k=1, exclude=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="fewer than top_k"):
+        mine_candidates(s, p, [0, 1], [0, 1], k=2, exclude=torch.tensor([[False, True], [False, False]]))
+
+
 def test_concat_features_stacks_one_grid():
     a = ZseImageFeatures(ret_embeds=torch.zeros(2, 4), local_tokens=torch.zeros(2, 3, 4),
                          token_mask=torch.ones(2, 3, dtype=torch.bool), grid_size=(1, 3))
@@ -75,6 +99,17 @@ def test_stage_config_refuses_bad_values(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:  # the CLI refuses before loading anything
         main(["--model", "nowhere", "--out", "nowhere", flag, str(next(iter(bad.values())))])
     assert exit_info.value.code == 2 and next(iter(bad)) in capsys.readouterr().err
+
+
+def test_stamp_distractors_need_the_stamps(capsys):
+    from zse_hf.relation_training import main
+
+    assert RelationStageConfig(stamp_query_variants=2, stamp_distractors=True).stamp_distractors
+    with pytest.raises(ValueError, match="stamp_query_variants"):
+        RelationStageConfig(stamp_distractors=True)
+    with pytest.raises(SystemExit) as exit_info:  # a bare switch on the command line
+        main(["--model", "nowhere", "--out", "nowhere", "--stamp-distractors"])
+    assert exit_info.value.code == 2 and "stamp_distractors needs" in capsys.readouterr().err
 
 
 def test_objective_is_listwise_cross_entropy_on_the_head_only():
@@ -104,7 +139,8 @@ def test_objective_is_listwise_cross_entropy_on_the_head_only():
 
 
 @pytest.mark.slow  # real QuickDraw / Tux Paint data
-def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
+@pytest.mark.parametrize("distractors", [False, True])
+def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path, distractors):
     torch.manual_seed(0)
     bb = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56,
                       mlp_ratio=2)
@@ -116,7 +152,8 @@ def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
 
     ZseProcessor(ZseImageProcessor.from_model_config(base.config)).save_pretrained(tmp_path / "base")
     cfg = RelationStageConfig(top_k=3, batch_size=4, max_steps=2, eval_steps=1, save_steps=1, val_classes=3,
-                              val_sketches_per_class=2, sketches_per_class=2, stamp_query_variants=1)
+                              val_sketches_per_class=2, sketches_per_class=2, stamp_query_variants=1,
+                              stamp_distractors=distractors)
     best = train_relation_head(str(tmp_path / "base"), str(tmp_path / "run"), cfg)
     before, after = load_file(tmp_path / "base" / "model.safetensors"), load_file(best / "model.safetensors")
     assert before.keys() == after.keys()
@@ -129,5 +166,7 @@ def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path):
     assert summary["stopped_at_step"] == 2 and summary["best_val_rn_mAP@all"] is not None
     assert summary["stamp_queries"] == summary["stamp_photos"] == 176
     assert 0.0 <= summary["stamp_queries_with_their_stamp_from_ret"] <= 1.0
+    share = summary["sketch_candidates_that_are_stamps"]
+    assert share > 0.0 if distractors else share == 0.0
     log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval_rn_mAP@all" in r] == [1, 2]

@@ -14,7 +14,8 @@ class) add instance-level queries: pseudo-sketches of each stamp (one straight, 
 seeded warps) whose one positive is their own stamp, with candidates mined from the training
 photos and the stamps together. The QuickDraw sketches keep their candidates among the
 training photos: by [Ret] similarity the stamps that look like a training class (a seagull for
-"bird") would be mined as false negatives.
+"bird") would be mined as false negatives. With `stamp_distractors` they mine among the stamps
+too, minus those the review marks as resembling their class.
 
 The loop is the stock HF `Trainer` (checkpoints, `--resume`, logging); validation is rn@K
 mAP@all on the validation classes carved from the training classes, which also picks the
@@ -67,6 +68,8 @@ class RelationStageConfig:
         val_classes, val_sketches_per_class: the validation split (as in `zse-sbir train`).
         sketches_per_class: training sketches cached per class (0 = all 100).
         stamp_query_variants: pseudo-sketch queries per usable stamp (0 = no stamps).
+        stamp_distractors: the QuickDraw sketches also mine candidates among the stamps, except
+            those that resemble their class (`training_lookalike`); needs `stamp_query_variants`.
         seed: sampling seed (and the stamp warps').
     """
 
@@ -81,6 +84,7 @@ class RelationStageConfig:
     val_sketches_per_class: int = 30
     sketches_per_class: int = 0
     stamp_query_variants: int = 0
+    stamp_distractors: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -95,16 +99,20 @@ class RelationStageConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
+        if self.stamp_distractors and self.stamp_query_variants == 0:
+            raise ValueError("stamp_distractors needs stamp_query_variants >= 1 (the stamps are cached with them)")
 
 
 def mine_candidates(sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor, sketch_labels, photo_labels,
-                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    k: int, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-`k` photos of each sketch by [Ret] cosine, with a positive guaranteed.
 
     Args:
         sketch_embeds: `[S, D]` L2-normalised [Ret] embeddings; photo_embeds: `[P, D]`.
         sketch_labels: `[S]` class ids; photo_labels: `[P]`.
         k: candidates per sketch (`k <= P`).
+        exclude: `[S, P]` bool, pairs never mined (e.g. look-alikes of the sketch's class that
+            are not labelled as it); a sketch's own-class photos must not be excluded.
 
     Returns:
         `candidates [S, k]` photo indices (by descending cosine) and `positive [S, k]` bool.
@@ -119,8 +127,17 @@ def mine_candidates(sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor, ske
     if missing:
         raise ValueError(f"sketch classes without photos: {missing}")
     sim = sketch_embeds.float() @ photo_embeds.float().T
-    cand = sim.topk(k, dim=1).indices
     same = s_lab[:, None] == p_lab[None, :]
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.bool)
+        if exclude.shape != sim.shape:
+            raise ValueError(f"exclude must be [S, P] = {list(sim.shape)}, got {list(exclude.shape)}")
+        if (exclude & same).any():
+            raise ValueError("exclude marks photos of the sketch's own class")
+        if int((~exclude).sum(1).min()) < k:
+            raise ValueError(f"a sketch has fewer than top_k {k} photos left after the exclusions")
+        sim = sim.masked_fill(exclude, float("-inf"))
+    cand = sim.topk(k, dim=1).indices
     pos = same.gather(1, cand)
     lacking = ~pos.any(1)
     if lacking.any():
@@ -236,19 +253,35 @@ def concat_features(parts: Sequence[ZseImageFeatures]) -> ZseImageFeatures:
 
 
 def mine_stage_candidates(s: ZseImageFeatures, p: ZseImageFeatures, s_lab, p_lab, n_class_sketches: int,
-                          n_class_photos: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates of every cached query (see :func:`mine_candidates`): the first `n_class_sketches`
-    (QuickDraw) among the first `n_class_photos` photos only, the rest (stamp queries) among all.
+                          n_class_photos: int, k: int, stamp_exclusion: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates of every cached query (see :func:`mine_candidates`): the rest (stamp queries)
+    among all photos; the first `n_class_sketches` (QuickDraw) among the first `n_class_photos`
+    photos only, or, with `stamp_exclusion` `[n_class_sketches, P - n_class_photos]` bool, among
+    all photos but the stamps it marks for them (:func:`stamp_lookalike_mask`).
 
     Returns: `candidates [S, k]` indices into all photos, `positive [S, k]` bool.
     """
     s_lab, p_lab = np.asarray(s_lab), np.asarray(p_lab)
-    c1, pos1 = mine_candidates(s.ret_embeds[:n_class_sketches], p.ret_embeds[:n_class_photos],
-                               s_lab[:n_class_sketches], p_lab[:n_class_photos], k)
+    if stamp_exclusion is None:
+        c1, pos1 = mine_candidates(s.ret_embeds[:n_class_sketches], p.ret_embeds[:n_class_photos],
+                                   s_lab[:n_class_sketches], p_lab[:n_class_photos], k)
+    else:
+        stamp_exclusion = torch.as_tensor(stamp_exclusion, dtype=torch.bool)
+        exclude = torch.cat([torch.zeros(n_class_sketches, n_class_photos, dtype=torch.bool), stamp_exclusion], 1)
+        c1, pos1 = mine_candidates(s.ret_embeds[:n_class_sketches], p.ret_embeds, s_lab[:n_class_sketches], p_lab, k,
+                                   exclude=exclude)
     if n_class_sketches == len(s_lab):
         return c1, pos1
     c2, pos2 = mine_candidates(s.ret_embeds[n_class_sketches:], p.ret_embeds, s_lab[n_class_sketches:], p_lab, k)
     return torch.cat([c1, c2]), torch.cat([pos1, pos2])
+
+
+def stamp_lookalike_mask(sketch_classes: Sequence[str], lookalikes: Sequence[frozenset[str]]) -> torch.Tensor:
+    """`[S, N]` bool: True where stamp `n` resembles sketch `s`'s class (`lookalikes[n]`, the
+    classes in `training_lookalike`, see :func:`zse_hf.data.stamps.stamp_training_lookalikes`)."""
+    return torch.tensor([[c in look for look in lookalikes] for c in sketch_classes], dtype=torch.bool).view(
+        len(sketch_classes), len(lookalikes))
 
 
 def _fit_set(cfg: RelationStageConfig, image_processor):
@@ -294,7 +327,13 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
     s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit)
     n_qd, n_ph = len(fit.queries), len(fit.gallery)
-    cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k)
+    exclusion = None
+    if cfg.stamp_distractors:
+        from .data.stamps import StampPhotoDataset
+
+        classes = fit.gallery.classes
+        exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], StampPhotoDataset().lookalikes)
+    cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k, stamp_exclusion=exclusion)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
     objective = RelationHeadObjective(model, s, p, cand, pos)
     callbacks = [JsonlLogger(out / "metrics.jsonl")] + ([TimeLimit(time_limit)] if time_limit is not None else [])
@@ -318,6 +357,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
             "config": dataclasses.asdict(cfg),
             "candidates_with_a_positive_from_ret": float(pos[:n_qd, :-1].any(1).float().mean()),
             "stamp_queries": int(len(s_lab) - n_qd), "stamp_photos": int(len(p_lab) - n_ph),
+            "sketch_candidates_that_are_stamps": float((cand[:n_qd] >= n_ph).float().mean()),
             "stamp_queries_with_their_stamp_from_ret": (float(pos[n_qd:, :-1].any(1).float().mean())
                                                         if len(s_lab) > n_qd else None),
         },
@@ -332,7 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.add_argument("--time-limit", type=float, metavar="SECONDS")
     for f in dataclasses.fields(RelationStageConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
+        else:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = p.parse_args(argv)
     try:
         cfg = RelationStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RelationStageConfig)})
