@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .configuration_zse import check_rerank_ret_weight
+from .cli_args import at_least, rerank_ret_weight
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, kernel_locality, rank_gallery
 from .model_summary import format_interval, results_table
@@ -277,12 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
     p.add_argument("--split", default="test")
     p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
-    p.add_argument("--rerank-k", type=int, default=10, help="K for rn mode (0 = whole gallery)")
-    p.add_argument("--rerank-ret-weight", type=float, default=None,
+    p.add_argument("--rerank-k", type=at_least(0), default=10, help="K for rn mode (0 = whole gallery)")
+    p.add_argument("--rerank-ret-weight", type=rerank_ret_weight, default=None,
                    help="rn mode: order the top-K by relation score + W * [Ret] cosine (default: the model "
                         "config's rerank_ret_weight; 0 = relation score alone, as in the paper)")
     p.add_argument("--baselines", action="store_true", help="also report chance and raw-pixel baselines")
-    p.add_argument("--max-per-class", type=int, default=None, help="offline data: sketches per class")
+    p.add_argument("--max-per-class", type=at_least(1), default=None, help="offline data: sketches per class")
     p.add_argument("--sketch-size", type=int, default=None,
                    help="offline data: side the QuickDraw strokes are rendered at (default 224; the training's "
                         "validation renders at max(112, image size), so 112 reproduces it for a 112 px model)")
@@ -291,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "demo's gallery, other classes' photos as distractors) next to the split's own gallery")
     p.add_argument("--locality", action="store_true",
                    help="report kernel locality on warped pseudo-sketches of the split's photos (always with rn)")
-    p.add_argument("--locality-warps", type=int, default=4, help="warps per photo for kernel locality")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--locality-warps", type=at_least(1), default=4, help="warps per photo for kernel locality")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="results.json")
     args = p.parse_args(argv)
@@ -311,12 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries, gallery = open_dataset(args.data, args.split, **kwargs)
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
     modes = args.mode or ["ret"]
-    ret_weight = model.config.rerank_ret_weight
-    if args.rerank_ret_weight is not None:
-        try:
-            ret_weight = check_rerank_ret_weight(args.rerank_ret_weight)
-        except ValueError as err:
-            p.error(f"--rerank-ret-weight: {err}")
+    ret_weight = model.config.rerank_ret_weight if args.rerank_ret_weight is None else args.rerank_ret_weight
     results = evaluate(model, processor, queries, gallery, modes, rerank_k, args.batch_size, ret_weight=ret_weight)
     extra = {}
     if args.locality or "rn" in modes:

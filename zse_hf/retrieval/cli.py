@@ -18,37 +18,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..configuration_zse import check_rerank_ret_weight
+from ..cli_args import at_least, rerank_ret_weight
 from .faiss_index import FLAT_MAX, IVF_SQ_MAX
 from .index import ZseIndex
 from .manifest import read_manifest
 from .persistence import check_save_target
 from .sharding import parse_shard
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _weight(text: str) -> float:
-    """argparse type: a re-rank [Ret] weight (a finite number >= 0)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    try:
-        return check_rerank_ret_weight(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _load_model(model_dir: str, device: str | None):
@@ -85,8 +60,8 @@ def index_main(argv: list[str] | None = None) -> int:
                    f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
     p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I "
                    "('auto': RANK/WORLD_SIZE; writes OUT/shard-I-of-N); combine with merge-index")
-    p.add_argument("--batch-size", type=_at_least(1), default=32)
-    p.add_argument("--num-workers", type=_at_least(0), default=2, help="image decoding threads")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--num-workers", type=at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
     p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
     p.add_argument("--store-projections", action="store_true",
@@ -158,10 +133,10 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("index_dir")
     p.add_argument("sketches", nargs="+")
     p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
-    p.add_argument("-k", type=_at_least(1), default=10)
-    p.add_argument("--rerank-k", type=_at_least(0), default=None,
+    p.add_argument("-k", type=at_least(1), default=10)
+    p.add_argument("--rerank-k", type=at_least(0), default=None,
                    help="re-rank this many [Ret] candidates with the relation network (0: none)")
-    p.add_argument("--rerank-ret-weight", type=_weight, default=None,
+    p.add_argument("--rerank-ret-weight", type=rerank_ret_weight, default=None,
                    help="order the re-ranked candidates by relation score + W x [Ret] cosine (default: the model "
                         "config's rerank_ret_weight; 0: relation score alone)")
     p.add_argument("--json", action="store_true", help="print JSON")

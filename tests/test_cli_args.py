@@ -1,0 +1,37 @@
+"""The argparse types the commands share: bad values are usage errors before anything loads."""
+
+import argparse
+
+import pytest
+
+from zse_hf.cli_args import at_least, rerank_ret_weight
+
+
+def test_at_least_parses_and_refuses():
+    assert at_least(0)("0") == 0 and at_least(1)("7") == 7
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
+        at_least(1)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '2.5'"):
+        at_least(1)("2.5")
+
+
+def test_rerank_ret_weight_parses_and_refuses():
+    assert rerank_ret_weight("0") == 0.0 and rerank_ret_weight("2.5") == 2.5
+    for bad, message in (("-1", "finite number >= 0, got -1.0"), ("inf", "got inf"), ("x", "expected a number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            rerank_ret_weight(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rerank-ret-weight", "-1"], "argument --rerank-ret-weight: rerank_ret_weight must be a finite number >= 0"),
+    (["--rerank-k", "-1"], "argument --rerank-k: must be >= 0, got -1"),
+    (["--max-per-class", "0"], "argument --max-per-class: must be >= 1, got 0"),
+    (["--locality-warps", "0"], "argument --locality-warps: must be >= 1, got 0"),
+    (["--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+])
+def test_eval_refuses_bad_values_before_loading(argv, message, capsys):
+    from zse_hf.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_info:  # "nowhere" is never opened
+        main(["--model", "nowhere", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
