@@ -35,3 +35,11 @@ def test_eval_refuses_bad_values_before_loading(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:  # "nowhere" is never opened
         main(["--model", "nowhere", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_compare_refuses_zero_bootstrap_draws(capsys):
+    from zse_hf.compare import main
+
+    with pytest.raises(SystemExit) as exit_info:  # before the result files are read
+        main(["nowhere.json", "--n-bootstrap", "0"])
+    assert exit_info.value.code == 2 and "argument --n-bootstrap: must be >= 1, got 0" in capsys.readouterr().err

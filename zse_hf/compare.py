@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .cli_args import at_least
 from .hub.errors import HubError
 from .hub.eval_json import load_eval_results
 from .metrics import bootstrap_ci
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode-a", default="ret", help="result of A (default ret)")
     p.add_argument("--mode-b", default="rn@10", help="result of B (default rn@10)")
     p.add_argument("--gallery", choices=sorted(GALLERIES), default="standard")
-    p.add_argument("--n-bootstrap", type=int, default=10000)
+    p.add_argument("--n-bootstrap", type=at_least(1), default=10000, help="bootstrap draws (default 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
