@@ -15,6 +15,7 @@ from zse_hf.relation_training import (
     concat_features,
     mine_candidates,
     mine_stage_candidates,
+    stage_stamps,
     stamp_lookalike_mask,
     train_relation_head,
 )
@@ -164,7 +165,8 @@ def test_tiny_relation_stage_trains_the_head_and_keeps_the_encoder(tmp_path, dis
     assert any(not torch.equal(before[k], after[k]) for k in head)
     summary = json.loads((best / "training_summary.json").read_text())["relation_stage"]
     assert summary["stopped_at_step"] == 2 and summary["best_val_rn_mAP@all"] is not None
-    assert summary["stamp_queries"] == summary["stamp_photos"] == 176
+    stamps = stage_stamps(cfg)  # the validation classes' look-alikes withheld
+    assert summary["stamp_queries"] == summary["stamp_photos"] == len(stamps) == 176 - len(stamps.withheld)
     assert 0.0 <= summary["stamp_queries_with_their_stamp_from_ret"] <= 1.0
     share = summary["sketch_candidates_that_are_stamps"]
     assert share > 0.0 if distractors else share == 0.0

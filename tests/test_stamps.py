@@ -79,8 +79,33 @@ def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
         assert item["label"] < n or item["positive_id"].startswith("extra:")
         assert item["negative_label"] < n or item["negative_id"].startswith("extra:")
         assert item["sketch"].mode == item["positive"].mode == item["negative"].mode == "RGB"
-    # validation stays on held-out training classes
+    # validation stays on held-out training classes, and zero-shot: their look-alike stamps are withheld
     assert not set(val_q.classes) & banned
+    val_looks = {r.stamp_path for r, look in zip(usable_stamp_records(), _all_lookalikes())
+                 if look & set(val_q.classes)}
+    assert set(triplets.extra_photos.withheld) == val_looks
+    assert not val_looks & set(triplets.extra_photos.ids)
+    assert len(triplets.extra_photos) == 176 - len(val_looks)
+
+
+def _all_lookalikes():
+    from zse_hf.data.stamps import stamp_training_lookalikes
+
+    look = stamp_training_lookalikes()
+    return [look[r.stamp_path] for r in usable_stamp_records()]
+
+
+def test_stamp_dataset_withholds_the_lookalikes_of_validation_classes():
+    from zse_hf.data import train_val_split
+
+    _, val_classes = train_val_split(seed=0, num_val_classes=10)  # the default run's validation classes
+    ds = StampPhotoDataset(withhold_lookalikes_of=val_classes)
+    assert sorted(ds.withheld) == ["household/rubberduck.png", "medical/mercurythermometer.png",
+                                   "space/planets/1_mercury.png", "space/planets/9_pluto.png",
+                                   "sports/tennis_ball.png"]  # duck, syringe, moon, moon, basketball
+    assert len(ds) == 171 == len(ds.lookalikes) and not set(ds.withheld) & set(ds.ids)
+    assert all(not look & set(val_classes) for look in ds.lookalikes)
+    assert StampPhotoDataset().withheld == [] and len(StampPhotoDataset()) == 176
 
 
 @pytest.mark.slow

@@ -229,9 +229,9 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
     s_lab, p_lab = np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
     if cfg.stamp_query_variants > 0:
-        from .data.stamps import StampPhotoDataset, StampPseudoSketchDataset
+        from .data.stamps import StampPseudoSketchDataset
 
-        stamps = StampPhotoDataset()
+        stamps = stage_stamps(cfg)
         queries = StampPseudoSketchDataset(stamps, cfg.stamp_query_variants, size=fit.queries.size, seed=cfg.seed)
         offset = len(fit.gallery.classes)  # stamp labels after every class label
         s = concat_features([s, encode_dataset(model, image_processor, queries, "sketch",
@@ -284,6 +284,16 @@ def stamp_lookalike_mask(sketch_classes: Sequence[str], lookalikes: Sequence[fro
         len(sketch_classes), len(lookalikes))
 
 
+def stage_stamps(cfg: RelationStageConfig):
+    """The usable stamps of a stage, minus the look-alikes of its validation classes
+    (:class:`~zse_hf.data.stamps.StampPhotoDataset`)."""
+    from .data import train_val_split
+    from .data.stamps import StampPhotoDataset
+
+    _, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+    return StampPhotoDataset(withhold_lookalikes_of=val_classes)
+
+
 def _fit_set(cfg: RelationStageConfig, image_processor):
     from .data import evaluation_set
 
@@ -329,10 +339,8 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     n_qd, n_ph = len(fit.queries), len(fit.gallery)
     exclusion = None
     if cfg.stamp_distractors:
-        from .data.stamps import StampPhotoDataset
-
         classes = fit.gallery.classes
-        exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], StampPhotoDataset().lookalikes)
+        exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], stage_stamps(cfg).lookalikes)
     cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k, stamp_exclusion=exclusion)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
     objective = RelationHeadObjective(model, s, p, cand, pos)

@@ -237,14 +237,18 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
 
     triplet_seed = cfg.seed if cfg.triplet_seed is None else cfg.triplet_seed
     length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
-    extra = {}
-    if cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0:
+
+    def stamps(val_classes: Sequence[str]) -> dict:
+        if not (cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0):
+            return {}
         from .data.stamps import StampPhotoDataset
 
-        extra = {"extra_photos": StampPhotoDataset(), "extra_pair_prob": cfg.stamp_pair_prob,
-                 "extra_negative_prob": cfg.stamp_negative_prob}
+        return {"extra_photos": StampPhotoDataset(withhold_lookalikes_of=val_classes),
+                "extra_pair_prob": cfg.stamp_pair_prob, "extra_negative_prob": cfg.stamp_negative_prob}
+
     if cfg.data == "offline":
-        fit, _ = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+        fit, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+        extra = stamps(val_classes)
         triplets = TripletDataset.offline(
             fit, seed=triplet_seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
@@ -261,6 +265,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     queries, gallery = open_dataset(cfg.data, "train")
     rng = np.random.default_rng(cfg.seed)
     val_labels = set(rng.choice(len(queries.classes), size=cfg.val_classes, replace=False).tolist())
+    extra = stamps([queries.classes[i] for i in sorted(val_labels)])
     fit_q = _Subset(queries, [i for i, lab in enumerate(queries.labels) if lab not in val_labels])
     fit_g = _Subset(gallery, [i for i, lab in enumerate(gallery.labels) if lab not in val_labels])
     per_class: dict[int, int] = {}

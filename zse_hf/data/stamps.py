@@ -5,7 +5,8 @@ extra negatives.
 Only rows of kind ``"photo"`` are ever loaded; ``"unseen-concept"`` rows (photos that depict or
 resemble one of the 63 unseen concepts), drawings and non-objects never reach training. A usable
 photo that depicts or closely resembles a training class (a hen for "bird", a kettle for "teapot")
-names it in ``training_lookalike``: it is never a negative for that class's sketches.
+names it in ``training_lookalike``: it is never a negative for that class's sketches, and a run
+withholds the stamps that resemble its validation classes (a rubber duck while "duck" is held out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import functools
 import io
 import os
+from collections.abc import Iterable
 from importlib import resources
 
 import numpy as np
@@ -68,10 +70,13 @@ class StampPhotoDataset(RetrievalDataset):
         max_side: downscale so the longer side is at most this.
         cache: keep loaded cut-outs in memory.
         root: stamps folder (default ``assets.tuxpaint_root()``).
+        withhold_lookalikes_of: class names (a run's validation classes) whose look-alike stamps
+            are left out, so that validation stays zero-shot.
 
     Attributes:
         lookalikes: ``[N]`` frozensets of the training classes each stamp resembles
             (:func:`stamp_training_lookalikes`).
+        withheld: stamp paths left out by ``withhold_lookalikes_of``.
 
     Items: ``{"image": RGB PIL (square, on white), "label", "class_name": "stamp:<path>",
     "id": stamp_path, "instance": stamp_path}``.
@@ -80,9 +85,12 @@ class StampPhotoDataset(RetrievalDataset):
     modality = "photo"
 
     def __init__(self, verify: bool = True, max_side: int | None = 512, cache: bool = True,
-                 root: str | os.PathLike | None = None):
-        self.records = usable_stamp_records()
+                 root: str | os.PathLike | None = None, withhold_lookalikes_of: Iterable[str] = ()):
         look = stamp_training_lookalikes()
+        withhold = frozenset(withhold_lookalikes_of)
+        records = usable_stamp_records()
+        self.withheld = [r.stamp_path for r in records if look[r.stamp_path] & withhold]
+        self.records = [r for r in records if not look[r.stamp_path] & withhold]
         self.lookalikes = [look[r.stamp_path] for r in self.records]
         self.verify, self.max_side, self.root = verify, max_side, root
         self._cache: dict[int, Image.Image] | None = {} if cache else None
