@@ -3,7 +3,7 @@ the best model back in pieces small enough to travel.
 
 A call to that machine sends the working tree (53 MiB, most of it `hub_card/model.safetensors`)
 plus what `carry` names, 64 MiB in all, and returns at most 8 files of 16 MiB. The training
-data (the 57 training classes' QuickDraw files, their 134 photos, the 176 reviewed extra stamps:
+data (the 57 training classes' QuickDraw files, their 134 photos, the 170 reviewed extra stamps:
 16 MiB) does not fit beside the tree in one call, so it travels in parts over consecutive calls
 to the same warm machine, each part checked by sha256 on arrival::
 

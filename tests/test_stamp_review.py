@@ -52,7 +52,7 @@ def test_rows_are_well_formed(review, unseen):
 def test_training_lookalikes_name_training_classes_of_usable_photos(review):
     train = set(json.loads(_package_text("split.json"))["train"])
     marked = {r["stamp_path"]: set(r["training_lookalike"].split(";")) for r in review if r["training_lookalike"]}
-    assert len(marked) == 42
+    assert len(marked) == 39
     for r in review:
         if r["training_lookalike"]:
             assert r["kind"] == "photo", r
@@ -65,10 +65,22 @@ def test_training_lookalikes_name_training_classes_of_usable_photos(review):
     assert "animals/mammals/aquatic/sea_lion.png" not in marked
 
 
+def test_second_review_moved_the_close_lookalikes_of_unseen_concepts(review):
+    """A second look at the contact sheets (stop 29): these photos resemble an unseen concept (three
+    of them a test class) as closely as a bison does a cow, so they never reach training."""
+    kind = {r["stamp_path"]: (r["kind"], r["unseen_concept"]) for r in review}
+    for path, concept in [("animals/mammals/hippopotamus.png", "rhinoceros"),
+                          ("animals/marsupials/koala.png", "teddy-bear"), ("plants/trees/pinecone.png", "pineapple"),
+                          ("vehicles/construction/dumper.png", "tractor"),
+                          ("vehicles/construction/dumper_mirror.png", "tractor"),
+                          ("animals/mammals/badger.png", "raccoon")]:
+        assert kind[path] == ("unseen-concept", concept), path
+
+
 def test_usable_photos_are_not_unseen_concepts_by_name(review, unseen):
     """A safety net under the visual review: no usable stamp's path names an unseen concept."""
     usable = [r for r in review if r["kind"] == "photo"]
-    assert len(usable) == 176
+    assert len(usable) == 170
     for r in usable:
         words = set(re.split(r"[^a-z]+", r["stamp_path"].lower()))
         named = [u for u in unseen if set(re.split(r"[^a-z]+", u)) <= words]

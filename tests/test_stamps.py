@@ -17,11 +17,11 @@ from conftest import asset_root
 def test_usable_stamps_are_the_reviewed_photos_only():
     review = load_stamp_review()
     usable = usable_stamp_records()
-    assert len(usable) == 176
+    assert len(usable) == 170
     kinds = {r["stamp_path"]: r["kind"] for r in review}
     assert all(kinds[r.stamp_path] == "photo" for r in usable)
     banned = {r["stamp_path"] for r in review if r["kind"] != "photo"}
-    assert len([p for p in banned if kinds[p] == "unseen-concept"]) == 26
+    assert len([p for p in banned if kinds[p] == "unseen-concept"]) == 32
     assert not banned & {r.stamp_path for r in usable}
     assert not {r.stamp_path for r in load_photo_table()} & {r.stamp_path for r in usable}
 
@@ -85,7 +85,7 @@ def test_no_training_sample_is_a_test_or_unseen_concept(tmp_path_factory):
                  if look & set(val_q.classes)}
     assert set(triplets.extra_photos.withheld) == val_looks
     assert not val_looks & set(triplets.extra_photos.ids)
-    assert len(triplets.extra_photos) == 176 - len(val_looks)
+    assert len(triplets.extra_photos) == 170 - len(val_looks)
 
 
 def _all_lookalikes():
@@ -103,16 +103,16 @@ def test_stamp_dataset_withholds_the_lookalikes_of_validation_classes():
     assert sorted(ds.withheld) == ["household/rubberduck.png", "medical/mercurythermometer.png",
                                    "space/planets/1_mercury.png", "space/planets/9_pluto.png",
                                    "sports/tennis_ball.png"]  # duck, syringe, moon, moon, basketball
-    assert len(ds) == 171 == len(ds.lookalikes) and not set(ds.withheld) & set(ds.ids)
+    assert len(ds) == 165 == len(ds.lookalikes) and not set(ds.withheld) & set(ds.ids)
     assert all(not look & set(val_classes) for look in ds.lookalikes)
-    assert StampPhotoDataset().withheld == [] and len(StampPhotoDataset()) == 176
+    assert StampPhotoDataset().withheld == [] and len(StampPhotoDataset()) == 170
 
 
 @pytest.mark.slow
 def test_stamp_dataset_loads_and_verifies():
     asset_root(assets.tuxpaint_root)
     ds = StampPhotoDataset(max_side=64)
-    assert len(ds) == 176 and len(set(ds.labels.tolist())) == 176
+    assert len(ds) == 170 and len(set(ds.labels.tolist())) == 170
     im = ds.load(0, rgba=True)
     assert im.mode == "RGBA" and im.width == im.height <= 64
     assert np.asarray(ds.load(0)).shape[-1] == 3
