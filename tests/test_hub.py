@@ -207,6 +207,24 @@ def test_export_refuses_rn_numbers_of_another_rerank_weight(exported, tmp_path):
 # ----------------------------------------------------------------------------- model card
 
 
+def test_card_names_the_extra_stamp_photos_when_training_used_them(exported):
+    from zse_hf.hub.model_card import ExportInfo, _training_data
+    from zse_hf.model_summary import TrainingSummary
+
+    assert "Extra photos" not in (exported.hub / "README.md").read_text()  # the fixture's run used none
+
+    def section(**cfg):
+        info = ExportInfo(repo_id=REPO_ID, storage_dtype="fp16", n_params=1, probe_max_abs_diff=0.0, model_hash="x",
+                          hash_verified=True, training=TrainingSummary(config=cfg, path=Path("x")))
+        return _training_data(info, "offline")[0]
+
+    text = section(stamp_pair_prob=0.25, stamp_negative_prob=0.15)
+    assert "- **Extra photos**" in text and "`stamps_review.csv`" in text
+    assert "pseudo-sketches (25% of triplets) and extra negatives (15% of triplets)." in " ".join(text.split())
+    assert "extra negatives" not in section(stamp_pair_prob=0.5, stamp_negative_prob=0.0)
+    assert "Extra photos" not in section(stamp_pair_prob=0.0)
+
+
 def test_card_metadata_and_model_index_come_from_the_eval_json(exported):
     text = (exported.hub / "README.md").read_text()
     card = ModelCard(text, ignore_metadata_errors=False)

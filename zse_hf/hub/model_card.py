@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -129,8 +130,16 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
         "the bundled training classes"
     held_out = f" ({ds['test_photos']} photos of {ds['test_classes']} test classes held out)" if ds else ""
     concepts = f" ({ds['unseen_all']} concepts)" if ds else ""
+    cfg = info.training.config if info.training else {}
+    pair, neg = cfg.get("stamp_pair_prob") or 0.0, cfg.get("stamp_negative_prob") or 0.0
+    uses = [f"instance-level pairs with their pseudo-sketches ({pair:.0%} of triplets)"] if pair > 0 else []
+    uses += [f"extra negatives ({neg:.0%} of triplets)"] if neg > 0 else []
+    extra = textwrap.fill(
+        "- **Extra photos**: the other Tux Paint stamps reviewed as real photos of objects outside every class "
+        "and every unseen concept (the project's `stamps_review.csv`), as " + " and ".join(uses) + ".",
+        width=105, subsequent_indent="  ", break_on_hyphens=False) + "\n" if uses else ""
     section = Template(_template("training_data_offline.md")).substitute(
-        photos=photos, held_out=held_out, concepts=concepts).rstrip("\n")
+        photos=photos, held_out=held_out, concepts=concepts, extra=extra).rstrip("\n")
     few = (f"- **Few photos.** Training saw {photos}, mostly one per class, so the photo side of "
            "the embedding is under-trained; expect weak results on natural photos with backgrounds.")
     return section, few
