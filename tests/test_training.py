@@ -297,3 +297,22 @@ def test_warm_start_continues_from_a_saved_model_with_a_decaying_rate(tiny_backb
     assert bigger(**_pixels(84)).relation_scores.shape == (1,)
     with pytest.raises(ValueError, match="no saved model"):
         build_model(_cfg(tiny_backbone, init_from=str(tmp_path)))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-steps", "-1", "max_steps must be >= 1, got -1"),
+    ("--batch-size", "0", "batch_size must be >= 1, got 0"),
+    ("--stamp-pair-prob", "1.5", "stamp_pair_prob must be in [0, 1], got 1.5"),
+    ("--correspondence-weight", "nan", "correspondence_weight must be a finite number"),
+    ("--warmup-steps", "-3", "warmup_steps must be >= 0, got -3"),
+    ("--config", "no-such-preset", "unknown preset or missing file"),
+])
+def test_train_cli_refuses_bad_recipe_values_before_loading(flag, value, message, tmp_path, capsys):
+    from zse_hf.training import TrainConfig, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "run"), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=0.0)

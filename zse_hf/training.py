@@ -136,6 +136,28 @@ class TrainConfig:
     warmup_steps: int = 0
     render_cache: bool = False
 
+    def __post_init__(self):
+        def number(name: str):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            return v
+
+        for name in ("image_size", "relation_grid", "batch_size", "max_steps", "eval_steps", "save_steps",
+                     "val_classes", "val_sketches_per_class"):
+            if number(name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("freeze_blocks", "dataloader_workers", "warmup_steps", "weight_decay", "triplet_weight",
+                     "relation_weight", "infonce_weight", "relation_rank_weight", "correspondence_weight"):
+            if number(name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "head_lr", "correspondence_temperature"):
+            if number(name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob"):
+            if not 0 <= number(name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
 
 PRESETS = {
     # 2 CPU cores: small input, frozen early blocks; an InfoNCE term on [Ret] (not in the paper).
@@ -823,17 +845,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export_best:
         print(f"best model: {export_best(args.out)}")
         return 0
-    cfg = load_train_config(args.config, max_steps=args.max_steps, batch_size=args.batch_size,
-                            image_size=args.image_size, backbone=args.backbone, data=args.data,
-                            eval_steps=args.eval_steps, save_steps=args.save_steps,
-                            relation_rank_weight=args.relation_rank_weight,
-                            dataloader_workers=args.dataloader_workers, relation_grid=args.relation_grid,
-                            correspondence_weight=args.correspondence_weight,
-                            correspondence_fraction=args.correspondence_fraction,
-                            stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob,
-                            init_from=args.init_from, lr_schedule=args.lr_schedule,
-                            warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed,
-                            render_cache=args.render_cache)
+    try:
+        cfg = load_train_config(args.config, max_steps=args.max_steps, batch_size=args.batch_size,
+                                image_size=args.image_size, backbone=args.backbone, data=args.data,
+                                eval_steps=args.eval_steps, save_steps=args.save_steps,
+                                relation_rank_weight=args.relation_rank_weight,
+                                dataloader_workers=args.dataloader_workers, relation_grid=args.relation_grid,
+                                correspondence_weight=args.correspondence_weight,
+                                correspondence_fraction=args.correspondence_fraction,
+                                stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob,
+                                init_from=args.init_from, lr_schedule=args.lr_schedule,
+                                warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed,
+                                render_cache=args.render_cache)
+    except ValueError as err:
+        p.error(str(err))  # exit 2 with the usage line, before anything is loaded
     try:
         best = train(cfg, args.out, resume=args.resume, time_limit=args.time_limit)
     except RunFolderError as err:
