@@ -89,6 +89,9 @@ def test_refuses_what_cannot_be_averaged(three, tmp_path):
         check_ingredients([three[0], cut])
     with pytest.raises(SoupError, match="non-negative"):
         make_soup(three[:2], weights=[1.0, -1.0], progress=False)
+    for bad in (float("nan"), float("inf")):  # a NaN weight would save a NaN soup
+        with pytest.raises(SoupError, match="finite"):
+            make_soup(three[:2], weights=[bad, 1.0], progress=False)
 
 
 def test_save_soup_writes_a_loadable_model_and_summary(three, tmp_path, pixels):

@@ -87,11 +87,11 @@ def check_ingredients(folders: Sequence[str | os.PathLike]) -> list[ZseConfig]:
 
 
 def _normalised(weights: Sequence[float] | None, n: int) -> torch.Tensor:
-    """`[n]` float64 weights summing to 1 (uniform for None); SoupError unless n non-negative
-    weights with a positive sum."""
+    """`[n]` float64 weights summing to 1 (uniform for None); SoupError unless n finite
+    non-negative weights with a positive sum."""
     w = torch.ones(n, dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
-    if w.numel() != n or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise SoupError(f"need {n} non-negative weights with a positive sum, got {list(weights or [])}")
+    if w.numel() != n or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise SoupError(f"need {n} finite non-negative weights with a positive sum, got {list(weights or [])}")
     return w / w.sum()
 
 
