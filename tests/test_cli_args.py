@@ -43,3 +43,16 @@ def test_compare_refuses_zero_bootstrap_draws(capsys):
     with pytest.raises(SystemExit) as exit_info:  # before the result files are read
         main(["nowhere.json", "--n-bootstrap", "0"])
     assert exit_info.value.code == 2 and "argument --n-bootstrap: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "nonsense"], "zse-sbir eval: unknown offline split 'nonsense'"),
+    (["--data", "nonsense"], "zse-sbir eval: unknown dataset spec 'nonsense'"),
+    (["--data", "sketchy:/no/such/folder"], "zse-sbir eval: "),
+])
+def test_eval_reports_bad_data_in_one_line_before_loading_the_model(argv, message, capsys):
+    from zse_hf.evaluation import main
+
+    assert main(["--model", "nowhere", *argv]) == 2  # the data is checked first: "nowhere" is never fetched
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err

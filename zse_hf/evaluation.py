@@ -298,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
-    model, processor, _ = load_model(args.model, args.device)
     from .data import open_dataset
 
     kwargs = {}
@@ -308,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--sketch-size applies to --data offline (research layouts are image files)")
     if args.gallery == "all" and args.data != "offline":
         p.error("--gallery all needs --data offline (the reviewed photos of photos.csv)")
-    queries, gallery = open_dataset(args.data, args.split, **kwargs)
+    try:  # the data first: a bad --data/--split fails before the model loads
+        queries, gallery = open_dataset(args.data, args.split, **kwargs)
+        model, processor, _ = load_model(args.model, args.device)
+    except (ValueError, FileNotFoundError) as err:  # ModelLoadError, DatasetNotFoundError included
+        print(f"zse-sbir eval: {err}", file=sys.stderr)
+        return 2
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
     modes = args.mode or ["ret"]
     ret_weight = model.config.rerank_ret_weight if args.rerank_ret_weight is None else args.rerank_ret_weight
