@@ -56,3 +56,12 @@ def test_eval_reports_bad_data_in_one_line_before_loading_the_model(argv, messag
     assert main(["--model", "nowhere", *argv]) == 2  # the data is checked first: "nowhere" is never fetched
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err
+
+
+def test_report_refuses_bad_counts(tmp_path, capsys):
+    from zse_hf.report import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "nowhere", "--max-per-class", "-1", "--out", str(tmp_path / "rep")])
+    assert exit_info.value.code == 2 and "argument --max-per-class: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()

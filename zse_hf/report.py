@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cli_args import at_least
 from .evaluation import baseline_scores, data_hash, evaluate
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics
@@ -104,19 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="trained ZSE model folder")
     p.add_argument("--backbone", default="offline", help="backbone of the untrained/head-only rows")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-per-class", type=int, default=None)
-    p.add_argument("--head-steps", type=int, default=1500)
+    p.add_argument("--max-per-class", type=at_least(1), default=None, help="query sketches per class")
+    p.add_argument("--head-steps", type=at_least(0), default=1500, help="steps of the head-only ablation")
     p.add_argument("--skip-rn-all", action="store_true", help="skip the slow whole-gallery relation re-rank")
     p.add_argument("--out", default="report")
     args = p.parse_args(argv)
     t0 = time.time()
+    from .data import evaluation_set
+
+    try:
+        model, processor, _ = load_model(args.model)
+        size = model.config.image_size
+        queries, gallery = evaluation_set(args.split, max_per_class=args.max_per_class, sketch_size=max(size, 112))
+    except (ValueError, FileNotFoundError) as err:  # ModelLoadError, a bad --split
+        print(f"zse-sbir report: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    from .data import evaluation_set
-    model, processor, _ = load_model(args.model)
-    size = model.config.image_size
-    queries, gallery = evaluation_set(args.split, max_per_class=args.max_per_class, sketch_size=max(size, 112))
     results: dict[str, dict] = {}
     for name, s in baseline_scores(processor, queries, gallery).items():
         results[name] = compute_metrics(s, queries.labels, gallery.labels)
