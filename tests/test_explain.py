@@ -249,6 +249,13 @@ def test_cli_reports_bad_input(tmp_path, capsys):
                   "--out", str(tmp_path / "o")])
     assert rc == 1 and "not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # the images are checked before the model loads ("nowhere" is never fetched)
+    rc = ex.main(["--model", "nowhere", str(tmp_path / "missing.png"), str(tmp_path / "x.png"), "--out", "o"])
+    assert rc == 1 and "image file not found" in capsys.readouterr().err
+    for flag in ("--top-n", "--grid", "--image-size"):
+        with pytest.raises(SystemExit) as exit_info:
+            ex.main(["--model", "nowhere", "a.png", "b.png", "--out", "o", flag, "0"])
+        assert exit_info.value.code == 2 and f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- real data

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .cli_args import at_least
 from .loading import image_processor_of
 from .loading import load_model as load_pretrained
 from .modeling_zse import ZseModel, masked_grid_pool
@@ -800,20 +801,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=SOURCES, default="encoder",
                         help="cell kernel: encoder tokens pooled to cells (default; readable with any "
                              "checkpoint) or the model's own relation kernel")
-    parser.add_argument("--grid", type=int, default=None,
+    parser.add_argument("--grid", type=at_least(1), default=None,
                         help=f"cells per side for --source encoder (default {READABLE_GRID}; relation: the model's)")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=at_least(1), default=None,
                         help=f"prepare the pair at this side in pixels (default for --source encoder: "
                              f"{READABLE_IMAGE_SIZE} or the processor's size if larger; relation: the processor's)")
-    parser.add_argument("--top-n", type=int, default=12, help="correspondence lines to draw (default 12)")
+    parser.add_argument("--top-n", type=at_least(1), default=12, help="correspondence lines to draw (default 12)")
     parser.add_argument("--cell", default=None, help="sketch cell for the heat map: 'row,col' or flat index "
                                                      "(default: the inkiest cell)")
     args = parser.parse_args(argv)
-    if args.top_n < 1:
-        parser.error("--top-n must be >= 1")
-    for flag, value in (("--grid", args.grid), ("--image-size", args.image_size)):
-        if value is not None and value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
+    for image in (args.sketch, args.photo):  # before the model loads
+        if not Path(image).is_file():
+            print(f"zse-sbir explain: image file not found: {image}", file=sys.stderr)
+            return 1
     out = Path(args.out)
     try:  # check the output folder before any work
         existing = out
