@@ -627,12 +627,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_on_signal(signum, frame) -> None:
+    """SIGTERM: exit through the clean-ups; a second signal during them is ignored, not raised
+    inside an atexit callback (SIGKILL still ends the process)."""
+    signal.signal(signum, signal.SIG_IGN)
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build and launch the demo; returns the exit code."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run clean-ups (index work dirs)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # run clean-ups (index work dirs)
     remove_stale_work_dirs()  # left by a demo that was killed
     try:
         demo = build_demo(args.model)

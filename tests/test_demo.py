@@ -354,3 +354,18 @@ if __name__ == "__main__":  # python tests/test_demo.py docs/demo.png [example c
     import sys
 
     print(docs_screenshot(*sys.argv[1:3]))
+
+
+def test_sigterm_exits_through_clean_ups_once(app_module):
+    """SIGTERM exits with 128 + 15 (the clean-ups run); a second SIGTERM while they run is ignored
+    instead of raising inside an atexit callback."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            app_module._exit_on_signal(signal.SIGTERM, None)
+        assert exit_info.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
