@@ -210,10 +210,11 @@ class RelationStageTrainer(MarkedCheckpointsMixin, Trainer):
         return retrieval_validation(self, self.model.model, rerank_k=self.top_k, prefix=metric_key_prefix)
 
 
-def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, fit=None):
+def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, fit=None, stamps=None):
     """Encode the training-fit sketches and photos once; returns `(sketches, photos, labels...)`.
 
     `fit`: the `evaluation_set("train_fit", ...)` pair (built from `cfg` when not given).
+    `stamps`: the stage's stamp set (:func:`stage_stamps`, built from `cfg` when not given).
 
     Returns: `(sketch_features, photo_features, sketch_labels [S], photo_labels [P])`; the
     features carry fp16 local tokens `[N, T, D]` and fp32 [Ret] embeddings. With
@@ -231,7 +232,7 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     if cfg.stamp_query_variants > 0:
         from .data.stamps import StampPseudoSketchDataset
 
-        stamps = stage_stamps(cfg)
+        stamps = stamps if stamps is not None else stage_stamps(cfg)
         queries = StampPseudoSketchDataset(stamps, cfg.stamp_query_variants, size=fit.queries.size, seed=cfg.seed)
         offset = len(fit.gallery.classes)  # stamp labels after every class label
         s = concat_features([s, encode_dataset(model, image_processor, queries, "sketch",
@@ -335,12 +336,13 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         fit = _fit_set(cfg, ip)
         val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
-    s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit)
+    stamps = stage_stamps(cfg) if cfg.stamp_query_variants > 0 else None
+    s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit, stamps)
     n_qd, n_ph = len(fit.queries), len(fit.gallery)
     exclusion = None
-    if cfg.stamp_distractors:
+    if cfg.stamp_distractors:  # the same stamp set as the cached stamp photos
         classes = fit.gallery.classes
-        exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], stage_stamps(cfg).lookalikes)
+        exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], stamps.lookalikes)
     cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k, stamp_exclusion=exclusion)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
     objective = RelationHeadObjective(model, s, p, cand, pos)
