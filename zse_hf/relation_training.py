@@ -45,6 +45,7 @@ from .training import (
     JsonlLogger,
     MarkedCheckpointsMixin,
     TimeLimit,
+    check_recipe_values,
     checkpoint_step,
     device_arguments,
     from_main_process,
@@ -88,17 +89,10 @@ class RelationStageConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("top_k", "batch_size", "max_steps", "eval_steps", "save_steps", "val_classes",
-                     "val_sketches_per_class"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sketches_per_class", "stamp_query_variants"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
+        check_recipe_values(self, at_least_one=("top_k", "batch_size", "max_steps", "eval_steps", "save_steps",
+                                                "val_classes", "val_sketches_per_class"),
+                            at_least_zero=("sketches_per_class", "stamp_query_variants", "weight_decay"),
+                            positive=("lr",))
         if self.stamp_distractors and self.stamp_query_variants == 0:
             raise ValueError("stamp_distractors needs stamp_query_variants >= 1 (the stamps are cached with them)")
 

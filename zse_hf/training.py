@@ -137,26 +137,34 @@ class TrainConfig:
     render_cache: bool = False
 
     def __post_init__(self):
-        def number(name: str):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-            return v
+        check_recipe_values(
+            self,
+            at_least_one=("image_size", "relation_grid", "batch_size", "max_steps", "eval_steps", "save_steps",
+                          "val_classes", "val_sketches_per_class"),
+            at_least_zero=("freeze_blocks", "dataloader_workers", "warmup_steps", "weight_decay", "triplet_weight",
+                           "relation_weight", "infonce_weight", "relation_rank_weight", "correspondence_weight"),
+            positive=("lr", "head_lr", "correspondence_temperature"),
+            unit=("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob"),
+        )
 
-        for name in ("image_size", "relation_grid", "batch_size", "max_steps", "eval_steps", "save_steps",
-                     "val_classes", "val_sketches_per_class"):
-            if number(name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("freeze_blocks", "dataloader_workers", "warmup_steps", "weight_decay", "triplet_weight",
-                     "relation_weight", "infonce_weight", "relation_rank_weight", "correspondence_weight"):
-            if number(name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "head_lr", "correspondence_temperature"):
-            if number(name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob"):
-            if not 0 <= number(name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+def check_recipe_values(recipe, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
+                        positive: Sequence[str] = (), unit: Sequence[str] = ()) -> None:
+    """ValueError naming the first field of `recipe` that is not a finite number in its range:
+    `at_least_one` >= 1, `at_least_zero` >= 0, `positive` > 0, `unit` in [0, 1] (the recipe
+    dataclasses' `__post_init__`)."""
+
+    def number(name: str):
+        v = getattr(recipe, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        return v
+
+    for names, ok, bound in ((at_least_one, lambda v: v >= 1, ">= 1"), (at_least_zero, lambda v: v >= 0, ">= 0"),
+                             (positive, lambda v: v > 0, "> 0"), (unit, lambda v: 0 <= v <= 1, "in [0, 1]")):
+        for name in names:
+            if not ok(number(name)):
+                raise ValueError(f"{name} must be {bound}, got {getattr(recipe, name)}")
 
 
 PRESETS = {
