@@ -144,8 +144,10 @@ def main() -> None:
     model.eval()
     shipped_head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
     extra_heads = {d: head_state(model, d) for d in args.extra_head}
-    reference_set, _ = open_dataset("offline", "train_fit", max_per_class=args.reference_per_class)
-    reference = encode_dataset(model, processor, reference_set, "sketch", 32, keep_local=True)
+    reference_set, reference = None, None
+    if args.betas:  # the photo bias needs the reference sketches; skip encoding them otherwise
+        reference_set, _ = open_dataset("offline", "train_fit", max_per_class=args.reference_per_class)
+        reference = encode_dataset(model, processor, reference_set, "sketch", 32, keep_local=True)
     lines, queries_feat, mirrored_queries = [], None, None
     for gallery_kind in ("split", "all"):
         extra = {"gallery": "all"} if gallery_kind == "all" else {}
@@ -175,8 +177,8 @@ def main() -> None:
                 f"(data_hash {data_hash(queries, gallery)})")
         lines += variant_table(name, ret, top, logits.reshape(-1, k), np.take_along_axis(ret, top, 1), bias,
                                (queries.labels, gallery.labels), args.weights, args.betas, model, flipped, heads)
-    print(f"model {args.model}; photo bias b: mean relation logit against {len(reference_set)} training-fit "
-          f"sketches ({len(reference_set.classes)} classes)")
+    print(f"model {args.model}" + (f"; photo bias b: mean relation logit against {len(reference_set)} training-fit "
+                                   f"sketches ({len(reference_set.classes)} classes)" if reference_set else ""))
     print("\n".join(lines))
     print(f"\n{time.time() - t0:.0f} s")
 
