@@ -15,6 +15,7 @@ from zse_hf.relation_training import (
     concat_features,
     mine_candidates,
     mine_stage_candidates,
+    mirror_token_grid,
     stage_stamps,
     stamp_lookalike_mask,
     train_relation_head,
@@ -90,7 +91,8 @@ def test_concat_features_stacks_one_grid():
 
 
 @pytest.mark.parametrize("bad", [{"top_k": 0}, {"batch_size": 0}, {"stamp_query_variants": -1}, {"lr": 0.0},
-                                 {"lr": float("nan")}, {"weight_decay": -1.0}])
+                                 {"lr": float("nan")}, {"weight_decay": -1.0},
+                                 {"grid_flip_p": 1.5}])
 def test_stage_config_refuses_bad_values(bad, capsys):
     from zse_hf.relation_training import main
 
@@ -137,6 +139,41 @@ def test_objective_is_listwise_cross_entropy_on_the_head_only():
     out["loss"].backward()
     assert model.relation_network.mlp[0].weight.grad.abs().sum() > 0
     assert model.cross_attention.sketch_layer.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_mirror_token_grid_mirrors_the_flagged_rows_only():
+    tokens = torch.arange(12.0).view(2, 6, 1).repeat(1, 1, 3)  # two 2x3 grids, row-major
+    mask = torch.tensor([[True, True, False, True, False, False], [True, False, True, True, True, True]])
+    out, out_mask = mirror_token_grid(tokens, mask, (2, 3), torch.tensor([True, False]))
+    assert out[0, :, 0].tolist() == [2.0, 1.0, 0.0, 5.0, 4.0, 3.0] and torch.equal(out[1], tokens[1])
+    assert out_mask[0].tolist() == [False, True, True, False, False, True] and torch.equal(out_mask[1], mask[1])
+    back, back_mask = mirror_token_grid(out, out_mask, (2, 3), torch.tensor([True, False]))
+    assert torch.equal(back, tokens) and torch.equal(back_mask, mask)
+    with pytest.raises(ValueError, match="grid"):
+        mirror_token_grid(tokens, mask, (2, 2), torch.tensor([True, False]))
+
+
+def test_objective_mirrors_grids_only_while_training():
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    with torch.no_grad():
+        s = model.get_image_features(torch.randn(2, 3, 56, 56))
+        p = model.get_image_features(torch.randn(3, 3, 56, 56))
+    cand, pos = torch.tensor([[0, 1, 2], [2, 1, 0]]), torch.tensor([[True, False, False], [False, True, False]])
+    obj = RelationHeadObjective(model, s, p, cand, pos, grid_flip_p=1.0)  # every grid mirrored
+    index = torch.tensor([0, 1])
+
+    def mirrored(f: ZseImageFeatures, rows) -> ZseImageFeatures:
+        t, m = mirror_token_grid(f.local_tokens[rows], f.token_mask[rows], f.grid_size,
+                                 torch.ones(len(rows), dtype=torch.bool))
+        return ZseImageFeatures(local_tokens=t, token_mask=m, grid_size=f.grid_size)
+
+    with torch.no_grad():
+        plain = model.relation_logits(s.select(index.repeat_interleave(3)), p.select(cand.reshape(-1))).view(2, 3)
+        flipped = model.relation_logits(mirrored(s, index.repeat_interleave(3)), mirrored(p, cand.reshape(-1)))
+        torch.testing.assert_close(obj.eval()(index)["logits"], plain)
+        torch.testing.assert_close(obj.train()(index)["logits"], flipped.view(2, 3))
+    assert not torch.allclose(plain, flipped.view(2, 3))
 
 
 @pytest.mark.slow  # real QuickDraw / Tux Paint data

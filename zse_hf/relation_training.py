@@ -71,6 +71,9 @@ class RelationStageConfig:
         stamp_query_variants: pseudo-sketch queries per usable stamp (0 = no stamps).
         stamp_distractors: the QuickDraw sketches also mine candidates among the stamps, except
             those that resemble their class (`training_lookalike`); needs `stamp_query_variants`.
+        grid_flip_p: per training pair, the probability of mirroring the sketch's token grid
+            left-right, and independently the photo's (the cached features are one view per
+            image, so this is the stage's only augmentation; 0 = off).
         seed: sampling seed (and the stamp warps').
     """
 
@@ -86,13 +89,14 @@ class RelationStageConfig:
     sketches_per_class: int = 0
     stamp_query_variants: int = 0
     stamp_distractors: bool = False
+    grid_flip_p: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
         check_recipe_values(self, at_least_one=("top_k", "batch_size", "max_steps", "eval_steps", "save_steps",
                                                 "val_classes", "val_sketches_per_class"),
                             at_least_zero=("sketches_per_class", "stamp_query_variants", "weight_decay"),
-                            positive=("lr",))
+                            positive=("lr",), unit=("grid_flip_p",))
         if self.stamp_distractors and self.stamp_query_variants == 0:
             raise ValueError("stamp_distractors needs stamp_query_variants >= 1 (the stamps are cached with them)")
 
@@ -149,9 +153,10 @@ class RelationHeadObjective(nn.Module):
     """
 
     def __init__(self, model: ZseModel, sketches: ZseImageFeatures, photos: ZseImageFeatures,
-                 candidates: torch.Tensor, positive: torch.Tensor):
+                 candidates: torch.Tensor, positive: torch.Tensor, grid_flip_p: float = 0.0):
         super().__init__()
         self.model = model
+        self.grid_flip_p = grid_flip_p
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         self.grid_size = sketches.grid_size
@@ -164,7 +169,11 @@ class RelationHeadObjective(nn.Module):
 
     def _features(self, tokens, mask, index) -> ZseImageFeatures:
         dtype = next(self.model.relation_network.parameters()).dtype
-        return ZseImageFeatures(local_tokens=tokens[index].to(dtype), token_mask=mask[index], grid_size=self.grid_size)
+        tokens, mask = tokens[index].to(dtype), mask[index]
+        if self.training and self.grid_flip_p > 0:
+            flip = torch.rand(tokens.shape[0], device=tokens.device) < self.grid_flip_p
+            tokens, mask = mirror_token_grid(tokens, mask, self.grid_size, flip)
+        return ZseImageFeatures(local_tokens=tokens, token_mask=mask, grid_size=self.grid_size)
 
     def forward(self, sketch_index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss for sketches `sketch_index [B]` against their `K` candidates.
@@ -179,6 +188,25 @@ class RelationHeadObjective(nn.Module):
         pos = self.positive[sketch_index]
         loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
         return {"loss": loss, "logits": logits}
+
+
+def mirror_token_grid(tokens: torch.Tensor, mask: torch.Tensor, grid_size: tuple[int, int], flip: torch.Tensor):
+    """Mirror the token grids of the rows where `flip` is True, left to right.
+
+    Args:
+        tokens: `[B, h*w, D]` patch tokens on grid `grid_size = (h, w)`, row-major.
+        mask: `[B, h*w]` bool token mask.
+        flip: `[B]` bool, the rows to mirror.
+
+    Returns: `(tokens [B, h*w, D], mask [B, h*w])`, new tensors.
+    """
+    h, w = grid_size
+    b, n, d = tokens.shape
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not lie on a {h}x{w} grid")
+    mirrored = tokens.view(b, h, w, d).flip(2).reshape(b, n, d)
+    mirrored_mask = mask.view(b, h, w).flip(2).reshape(b, n)
+    return torch.where(flip[:, None, None], mirrored, tokens), torch.where(flip[:, None], mirrored_mask, mask)
 
 
 class _SketchIndices(torch.utils.data.Dataset):
@@ -339,7 +367,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
         exclusion = stamp_lookalike_mask([classes[i] for i in s_lab[:n_qd]], stamps.lookalikes)
     cand, pos = mine_stage_candidates(s, p, s_lab, p_lab, n_qd, n_ph, cfg.top_k, stamp_exclusion=exclusion)
     cand, pos = from_main_process(args, (cand, pos))  # near-ties may break differently on another device
-    objective = RelationHeadObjective(model, s, p, cand, pos)
+    objective = RelationHeadObjective(model, s, p, cand, pos, grid_flip_p=cfg.grid_flip_p)
     callbacks = [JsonlLogger(out / "metrics.jsonl")] + ([TimeLimit(time_limit)] if time_limit is not None else [])
     trainer = RelationStageTrainer(
         model=objective, args=args, train_dataset=_SketchIndices(len(s_lab)), eval_dataset=val.queries,
