@@ -150,6 +150,8 @@ class RelationHeadObjective(nn.Module):
 
     Only `model.cross_attention` and `model.relation_network` are trained; the cached tokens
     and candidate lists are non-persistent buffers (not saved in checkpoints).
+    In training mode each pair's sketch and photo token grids are mirrored left-right,
+    independently, with probability `grid_flip_p` ([`mirror_token_grid`]).
     """
 
     def __init__(self, model: ZseModel, sketches: ZseImageFeatures, photos: ZseImageFeatures,
