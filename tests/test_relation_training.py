@@ -115,12 +115,18 @@ def test_stamp_distractors_need_the_stamps(capsys):
     assert exit_info.value.code == 2 and "stamp_distractors needs" in capsys.readouterr().err
 
 
-def test_objective_is_listwise_cross_entropy_on_the_head_only():
+def _tiny_model_and_features(n_sketches: int, n_photos: int):
+    """A seeded tiny model (eval mode) and its features of random sketches and photos."""
     torch.manual_seed(0)
     model = ZseModel(tiny_config()).eval()
     with torch.no_grad():
-        s = model.get_image_features(torch.randn(3, 3, 56, 56))
-        p = model.get_image_features(torch.randn(4, 3, 56, 56))
+        s = model.get_image_features(torch.randn(n_sketches, 3, 56, 56))
+        p = model.get_image_features(torch.randn(n_photos, 3, 56, 56))
+    return model, s, p
+
+
+def test_objective_is_listwise_cross_entropy_on_the_head_only():
+    model, s, p = _tiny_model_and_features(3, 4)
     cand = torch.tensor([[0, 1, 2], [3, 2, 1], [1, 0, 3]])
     pos = torch.tensor([[True, False, True], [False, True, False], [False, False, True]])
     obj = RelationHeadObjective(model, s, p, cand, pos)
@@ -154,11 +160,7 @@ def test_mirror_token_grid_mirrors_the_flagged_rows_only():
 
 
 def test_objective_mirrors_grids_only_while_training():
-    torch.manual_seed(0)
-    model = ZseModel(tiny_config()).eval()
-    with torch.no_grad():
-        s = model.get_image_features(torch.randn(2, 3, 56, 56))
-        p = model.get_image_features(torch.randn(3, 3, 56, 56))
+    model, s, p = _tiny_model_and_features(2, 3)
     cand, pos = torch.tensor([[0, 1, 2], [2, 1, 0]]), torch.tensor([[True, False, False], [False, True, False]])
     obj = RelationHeadObjective(model, s, p, cand, pos, grid_flip_p=1.0)  # every grid mirrored
     index = torch.tensor([0, 1])
