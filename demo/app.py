@@ -40,7 +40,8 @@ import gradio as gr
 from PIL import Image
 
 from zse_hf import assets, model_summary
-from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE, ink_map
+from zse_hf.configuration_zse import default_rerank_k
+from zse_hf.explain import READABLE_GRID, READABLE_IMAGE_SIZE, default_source, ink_map
 from zse_hf.image_processing_zse import BlankSketchError
 from zse_hf.loading import load_model, weights_fingerprint
 from zse_hf.model_summary import format_metric, mode_description
@@ -76,11 +77,15 @@ class DemoModel:
     trained: bool
     fingerprint: str
     note: str
-    # encoder tokens at 224 px on 7x7 cells: the readable setting (the trained relation kernel
-    # is not spatially meaningful yet; see the README's Explanations section)
+    # the relation head's own kernel when the model's recorded locality beats the same-position
+    # prior (`zse_hf.explain.default_source`), else encoder tokens at 224 px on 7x7 cells
     explain_source: str = "encoder"
-    explain_grid: int = READABLE_GRID
-    explain_image_size: int = READABLE_IMAGE_SIZE
+    explain_grid: int | None = READABLE_GRID
+    explain_image_size: int | None = READABLE_IMAGE_SIZE
+
+    def __post_init__(self):
+        if self.explain_source == "relation":  # the model's own grid and input size
+            self.explain_grid = self.explain_image_size = None
 
 
 def resolve_model_path(cli_value: str | None = None) -> tuple[str | None, str]:
@@ -113,7 +118,8 @@ def load_demo_model(path: str | None = None, origin: str = "--model") -> DemoMod
         else:
             digest = weights_fingerprint(model)
             note = model_summary.model_note(path, digest, not from_backbone, roots=[HERE.parent])
-            return DemoModel(model, processor, str(path), not from_backbone, digest, note)
+            return DemoModel(model, processor, str(path), not from_backbone, digest, note,
+                             explain_source=default_source(path, trained=not from_backbone))
     return fallback_model(reason)
 
 
@@ -362,7 +368,7 @@ class DemoApp:
             if index is None or len(index) == 0:
                 raise UserError("Your photo gallery is empty: upload some photos under **My photos** first "
                                 "(or switch to the bundled gallery).")
-            rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else None
+            rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else 0
             with self.lock:
                 hits = index.search(sketch, k=k, rerank_k=rerank)[0]
             results = self._results(hits, MINE if gallery == MINE else BUNDLED, session)
@@ -509,6 +515,8 @@ class DemoApp:
         dm = self.dm
         n_bundled = len(self.index)
         examples = sorted(str(p) for p in self.examples_dir.glob("*.png")) if self.examples_dir.is_dir() else []
+        default_ranking = dm.model.config.default_ranking if dm.trained else "ret"
+        default_k = default_rerank_k(default_ranking)
         with gr.Blocks(title="ZSE-SBIR: sketch-based image retrieval") as demo:
             session = gr.State(None, time_to_live=6 * 3600)
             input_tab = gr.State("draw")
@@ -543,10 +551,11 @@ class DemoApp:
                         photos_msg = gr.Markdown("Upload photos to search them instead of the bundled gallery.")
                     with gr.Row():
                         top_k = gr.Slider(1, 50, value=10, step=1, label="Results (k)")
-                        rerank_k = gr.Slider(2, 100, value=20, step=1, label="Re-rank top K")
+                        rerank_k = gr.Slider(2, 100, value=default_k or 10, step=1, label="Re-rank top K")
                     mode = gr.Radio([("[Ret] only", RET), ("[Ret] + relation re-rank", RERANK)],
-                                    value=RERANK if dm.trained else RET, label="Ranking",
-                                    info="re-ranking scores the top K [Ret] candidates with the relation network")
+                                    value=RERANK if default_k else RET, label="Ranking",
+                                    info="re-ranking scores the top K [Ret] candidates with the relation network; "
+                                         f"the default follows the model's evaluation ({default_ranking})")
                 with gr.Column(scale=6, min_width=480):
                     status = gr.Markdown("Draw a sketch (or pick an example) and press **Search**.", elem_id="status")
                     results = gr.Gallery(label="Best matches (click one to see why it matched)", columns=5, height=310,

@@ -242,6 +242,41 @@ def test_cli_accepts_a_backbone_folder(tmp_path):
     assert rc == 0 and scores["source"] == "relation" and scores["grid"] == 7  # the default config's G
 
 
+def _locality(exact: float, exact_prior: float, within: float = 0.9, prior: float = 0.67) -> dict:
+    return {"kernel_locality": {"locality": within, "identity_baseline": prior, "exact": exact,
+                                "exact_identity_baseline": exact_prior, "grid": 4}}
+
+
+def test_default_source_follows_the_recorded_locality(tmp_path):
+    """The relation kernel explains by default only when its recorded locality beats the
+    same-position prior, both within one cell and on the exact cell."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert ex.default_source(folder) == "encoder"  # nothing recorded
+    for record, expected in ((_locality(0.57, 0.13), "relation"), (_locality(0.19, 0.34), "encoder"),
+                             (_locality(0.57, 0.13, within=0.6, prior=0.7), "encoder"), ({"results": {}}, "encoder"),
+                             ({"kernel_locality": {"locality": 0.9}}, "encoder")):
+        (folder / "eval_results.json").write_text(json.dumps(record))
+        assert ex.default_source(folder) == expected, record
+    (folder / "eval_results.json").write_text(json.dumps(_locality(0.57, 0.13)))
+    assert ex.default_source(folder, trained=False) == "encoder"  # an untrained head never explains
+    (folder / "eval_results.json").write_text("{not json")
+    assert ex.default_source(folder) == "encoder"
+
+
+def test_cli_explains_with_the_relation_kernel_when_it_localizes(tmp_path):
+    model = _model(image_size=112, relation_grid=4)
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "eval_results.json").write_text(json.dumps(_locality(0.57, 0.13)))
+    sketch, photo = _write_inputs(tmp_path)
+    assert ex.main(["--model", str(tmp_path / "model"), str(sketch), str(photo), "--out", str(tmp_path / "o")]) == 0
+    scores = json.loads((tmp_path / "o" / ex.SCORES_FILE).read_text())
+    assert scores["source"] == "relation" and scores["grid"] == 4 and scores["image_size"] == 112
+    assert ex.main(["--model", str(tmp_path / "model"), str(sketch), str(photo), "--out", str(tmp_path / "e"),
+                    "--source", "encoder"]) == 0
+    assert json.loads((tmp_path / "e" / ex.SCORES_FILE).read_text())["source"] == "encoder"
+
+
 def test_cli_reports_bad_input(tmp_path, capsys):
     model = _model()
     model.save_pretrained(tmp_path / "model")

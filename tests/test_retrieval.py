@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from zse_hf import ZseModel, ZseProcessor, retrieval
+from zse_hf.configuration_zse import default_rerank_k
 from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
 from conftest import tiny_config
@@ -206,6 +207,43 @@ def test_config_rerank_ret_weight_is_checked():
     for bad in (-0.1, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="rerank_ret_weight"):
             tiny_config(rerank_ret_weight=bad)
+
+
+def test_config_default_ranking_is_checked():
+    assert tiny_config().default_ranking == "ret"
+    assert tiny_config(default_ranking="rn@10").default_ranking == "rn@10"
+    assert [default_rerank_k(r) for r in ("ret", "rn@1", "rn@25")] == [0, 1, 25]
+    for bad in ("rn", "rn@0", "rn@-3", "rn@ten", "rn@01", "RET", None, 10, "rn@10 "):
+        with pytest.raises(ValueError, match="default_ranking"):
+            tiny_config(default_ranking=bad)
+
+
+def test_search_without_rerank_k_follows_the_default_ranking(index, model, sketches):
+    """No `rerank_k`: the config's `default_ranking` decides; an explicit value, 0 included, wins."""
+    query = index.encode_sketches(sketches)
+    ann = [[h.id for h in hits] for hits in index.search(query, k=10, rerank_k=0)]
+    rn4 = index.search(query, k=10, rerank_k=4)
+    assert [[h.id for h in hits] for hits in index.search(query, k=10)] == ann  # "ret", the default
+    model.config.default_ranking = "rn@4"
+    try:
+        assert index.default_rerank_k() == 4
+        got = index.search(query, k=10)
+        assert [[h.id for h in hits] for hits in got] == [[h.id for h in hits] for hits in rn4]
+        assert [h.relation_score is None for h in got[0]] == [False] * 4 + [True] * 6
+        assert [[h.id for h in hits] for hits in index.search(query, k=10, rerank_k=0)] == ann
+        assert any(a != [h.id for h in r] for a, r in zip(ann, rn4))  # the default changed the order
+    finally:
+        model.config.default_ranking = "ret"
+
+
+def test_default_ranking_survives_save_and_load(tmp_path):
+    model = ZseModel(tiny_config(default_ranking="rn@7"))
+    model.save_pretrained(tmp_path)
+    assert ZseModel.from_pretrained(tmp_path).config.default_ranking == "rn@7"
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["default_ranking"]  # a folder saved before the field: [Ret]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert ZseModel.from_pretrained(tmp_path).config.default_ranking == "ret"
 
 
 def test_k_larger_than_gallery_returns_all(index, sketches):

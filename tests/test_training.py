@@ -77,6 +77,36 @@ def test_resume_is_exact(tiny_backbone, tmp_path):
     assert summary["global_step"] == int(summary["best_checkpoint"].split("-")[-1])
 
 
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_summary_records_the_stamps_it_trained_on_with_portable_paths(tiny_backbone, tmp_path, monkeypatch):
+    from zse_hf.data.stamps import load_stamp_review
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tiny_backbone, max_steps=2, stamp_pair_prob=0.5, stamp_negative_prob=0.5)
+    train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "best" / "training_summary.json").read_text())
+    assert summary["best_checkpoint"] == "checkpoint-2"
+    assert not [s for s in _strings(summary) if s.startswith("/")]  # no machine's absolute paths
+    review = {r["stamp_path"]: r for r in load_stamp_review()}
+    stamps = summary["stamps"]
+    assert len(stamps) + len(summary["stamps_withheld"]) == sum(r["kind"] == "photo" for r in review.values())
+    for stamp in stamps:
+        row = review[stamp["path"]]
+        assert row["kind"] == "photo" and not row["unseen_concept"] and stamp["sha256"] == row["sha256"]
+    train(_cfg(tiny_backbone, max_steps=2), tmp_path / "plain")
+    assert "stamps" not in json.loads((tmp_path / "plain" / "best" / "training_summary.json").read_text())
+
+
 def test_frozen_blocks_do_not_change(tiny_backbone, tmp_path):
     cfg = _cfg(tiny_backbone, max_steps=2, freeze_blocks=1)
     train(cfg, tmp_path / "run")

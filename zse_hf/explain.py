@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .cli_args import at_least
-from .loading import image_processor_of
-from .loading import load_model as load_pretrained
+from .loading import image_processor_of, load_model
 from .modeling_zse import ZseModel, masked_grid_pool
 
 SOURCES = ("relation", "encoder")
@@ -761,11 +760,29 @@ def explanation_pictures(expl: ZseExplanation, top_n: int = 12, sketch_cell=None
 # ----------------------------------------------------------------------------- command line
 
 
-def load_model(path: str | os.PathLike):
-    """`(model, image processor, built_from_backbone)` for a ZSE model folder or Hub id, or a
-    backbone (wrapped with a fresh, untrained head, the same on every run); the loader of every
-    command, :func:`zse_hf.loading.load_model`."""
-    return load_pretrained(path)
+def recorded_locality(model_path: str | os.PathLike) -> dict | None:
+    """The `kernel_locality` block of the `eval_results.json` beside a model folder (written by
+    `zse-sbir eval --locality` and carried by `zse-sbir export`), or None when there is none."""
+    path = Path(model_path) / "eval_results.json"
+    try:
+        return json.loads(path.read_text()).get("kernel_locality") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def default_source(model_path: str | os.PathLike | None, trained: bool = True) -> str:
+    """`"relation"` for a trained model whose recorded kernel locality beats the content-free
+    same-position prior both within one cell and on the exact cell (the kernel localizes, so the
+    paper's module explains its own score); `"encoder"` otherwise (untrained heads, or no record)."""
+    loc = recorded_locality(model_path) if trained and model_path is not None else None
+    if not loc:
+        return "encoder"
+    try:
+        beats = (loc["locality"] > loc["identity_baseline"]
+                 and loc["exact"] > loc["exact_identity_baseline"])
+    except (KeyError, TypeError):
+        return "encoder"
+    return "relation" if beats else "encoder"
 
 
 def _parse_cell(text: str | None):
@@ -798,9 +815,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("photo", help="photo image file")
     parser.add_argument("--model", required=True, help="ZSE model folder, or a backbone folder (head untrained)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--source", choices=SOURCES, default="encoder",
-                        help="cell kernel: encoder tokens pooled to cells (default; readable with any "
-                             "checkpoint) or the model's own relation kernel")
+    parser.add_argument("--source", choices=SOURCES, default=None,
+                        help="cell kernel: the model's own relation kernel (default when the model's recorded kernel "
+                             "locality beats the same-position prior) or encoder tokens pooled to cells (default "
+                             "otherwise; readable with any checkpoint)")
     parser.add_argument("--grid", type=at_least(1), default=None,
                         help=f"cells per side for --source encoder (default {READABLE_GRID}; relation: the model's)")
     parser.add_argument("--image-size", type=at_least(1), default=None,
@@ -833,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, processor, built = load_model(args.model)
         note = "relation head untrained (model built from a backbone folder)" if built else ""
+        args.source = args.source or default_source(args.model, trained=not built)
         grid, size = args.grid, args.image_size
         if args.source == "encoder":
             grid = grid or READABLE_GRID
@@ -865,10 +884,11 @@ __all__ = [
     "explain_pair",
     "explanation_pictures",
     "ink_map",
+    "default_source",
     "kernel_image",
-    "load_model",
     "main",
     "patch_synthesis",
+    "recorded_locality",
     "synthesize",
 ]
 

@@ -763,14 +763,47 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     best_ckpt = trainer.state.best_model_checkpoint
     return save_best(trainer, out, image_processor, {
-        "best_checkpoint": best_ckpt,
+        "best_checkpoint": portable_path(best_ckpt, out),
         "best_val_mAP@all": trainer.state.best_metric,
         # the step of the saved (best) weights; `stopped_at_step` is where the run ended
         "global_step": checkpoint_step(best_ckpt) if best_ckpt else trainer.state.global_step,
         "stopped_at_step": trainer.state.global_step,
         "processes": args.world_size,
-        "config": dataclasses.asdict(cfg),
+        "config": portable_config(cfg),
+        **trained_stamps(triplets),
     })
+
+
+def portable_path(path: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
+    """`path` as a summary records it: relative to `base` (default: the working directory) when it
+    lies inside it, else its last component, so that no machine's absolute paths are recorded."""
+    if path is None:
+        return None
+    p = Path(path).absolute()
+    root = Path(base if base is not None else os.getcwd()).absolute()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.name
+
+
+def portable_config(cfg: TrainConfig) -> dict:
+    """`dataclasses.asdict(cfg)` with `init_from` and a backbone folder as portable paths."""
+    config = dataclasses.asdict(cfg)
+    for key in ("init_from", "backbone"):
+        if config.get(key) and os.path.isabs(config[key]):
+            config[key] = portable_path(config[key])
+    return config
+
+
+def trained_stamps(triplets) -> dict:
+    """`{"stamps": [{"path", "sha256"}, ...], "stamps_withheld": [path, ...]}`: the reviewed extra
+    stamps a run could draw (paths relative to the stamps folder), or `{}` when it used none."""
+    extra = getattr(triplets, "extra_photos", None)
+    if extra is None or not (triplets.extra_pair_prob or triplets.extra_negative_prob):
+        return {}
+    return {"stamps": [{"path": r.stamp_path, "sha256": r.sha256} for r in extra.records],
+            "stamps_withheld": list(getattr(extra, "withheld", []))}
 
 
 def save_best(trainer: Trainer, out: Path, image_processor, summary: dict, model: ZseModel | None = None) -> Path:
@@ -806,8 +839,10 @@ def export_best(out_dir: str | os.PathLike) -> Path:
         chosen = out / chosen.name
     model = ZseModel.from_pretrained(chosen)
     config = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").exists() else None
+    if config and config.get("init_from"):
+        config["init_from"] = portable_path(config["init_from"])
     return _save_best(out, model, ZseImageProcessor.from_model_config(model.config), {
-        "best_checkpoint": str(chosen),
+        "best_checkpoint": portable_path(chosen, out),
         "best_val_mAP@all": state.get("best_metric"),
         "global_step": checkpoint_step(chosen),
         "stopped_at_step": state.get("global_step"),

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from ..configuration_zse import check_default_ranking
 from ..loading import ModelLoadError, load_model, weights_fingerprint
 from ..model_summary import find_training_summary, human_size, offline_data_stats
 from .errors import HubError, one_line
@@ -86,7 +87,8 @@ def _load_source(model_dir: Path):
 
 
 def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: str | os.PathLike, *,
-           dtype: str = "fp16", repo_id: str = DEFAULT_REPO_ID, allow_hash_mismatch: bool = False) -> Path:
+           dtype: str = "fp16", repo_id: str = DEFAULT_REPO_ID, allow_hash_mismatch: bool = False,
+           default_ranking: str | None = None) -> Path:
     """Write the Hub repo content of a trained model folder to `out_dir`.
 
     Args:
@@ -101,6 +103,8 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
         repo_id: the Hub repo id used in the card's code examples.
         allow_hash_mismatch: export even when the eval JSON's `model_hash` is not that of
             `model_dir` (the card then says the numbers are unverified).
+        default_ranking: the exported config's `default_ranking` (`"ret"` or `"rn@K"`, the
+            ranking search follows when none is asked for); None keeps `model_dir`'s.
 
     Writes `config.json` (`auto_map` for AutoConfig, AutoModel, AutoImageProcessor,
     AutoProcessor), `model.safetensors`, `processor_config.json`, `preprocessor_config.json`,
@@ -121,6 +125,11 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
         raise HubError(f"bad repo id {repo_id!r}: {err}") from None
     if dtype not in (*_DTYPES, "source"):
         raise HubError(f"dtype must be one of {[*_DTYPES, 'source']}, got {dtype!r}")
+    if default_ranking is not None:
+        try:
+            check_default_ranking(default_ranking)
+        except ValueError as err:
+            raise HubError(str(err)) from None
     payload = load_eval_results(eval_json)
     storage = _source_dtype(model_dir) if dtype == "source" else _DTYPES[dtype]
     from transformers.utils import logging as hf_logging
@@ -128,15 +137,18 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no per-step loading/saving bars
     try:
-        return _export(model_dir, payload, eval_json, out_dir, storage, repo_id, allow_hash_mismatch)
+        return _export(model_dir, payload, eval_json, out_dir, storage, repo_id, allow_hash_mismatch,
+                       default_ranking)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
 
 
 def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: torch.dtype, repo_id: str,
-            allow_hash_mismatch: bool) -> Path:
+            allow_hash_mismatch: bool, default_ranking: str | None = None) -> Path:
     model, processor = _load_source(model_dir)
+    if default_ranking is not None:
+        model.config.default_ranking = default_ranking
 
     digest = weights_fingerprint(model, short=True)
     claimed = payload.get("model_hash")
@@ -223,10 +235,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repo", default=DEFAULT_REPO_ID, help=f"repo id shown in the card (default {DEFAULT_REPO_ID})")
     p.add_argument("--allow-hash-mismatch", action="store_true",
                    help="export although the eval JSON was computed for other weights")
+    p.add_argument("--default-ranking", default=None, metavar="RANKING",
+                   help="the ranking search follows by default: 'ret' or 'rn@K' (default: the model config's)")
     args = p.parse_args(argv)
     try:
         out = export(args.model, args.eval_json, args.out, dtype=args.dtype, repo_id=args.repo,
-                     allow_hash_mismatch=args.allow_hash_mismatch)
+                     allow_hash_mismatch=args.allow_hash_mismatch, default_ranking=args.default_ranking)
     except (HubError, OSError, ValueError) as err:
         print(f"zse-sbir export: error: {one_line(err)}", file=sys.stderr)
         return 1

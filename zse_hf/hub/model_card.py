@@ -145,6 +145,13 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
     return section, few
 
 
+def headline_mode(config, modes: list[str]) -> str:
+    """The ranking the card leads with: the model's `default_ranking` when the eval measured it,
+    else the first measured mode."""
+    default = getattr(config, "default_ranking", "ret")
+    return default if default in modes else modes[0]
+
+
 def render_card(config, payload: dict, info: ExportInfo) -> str:
     """The model card (`README.md`): YAML metadata with a `model-index` read from the eval
     payload, then the Markdown of `templates/model_card.md` (use, evaluation, data,
@@ -169,8 +176,8 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
         eval_results=eval_results_from_json(payload),
     )
     _, dataset_name, split = dataset_info(payload)
-    main = results[modes[0]]
-    best_mode = max(modes, key=lambda m: results[m]["mAP@all"])
+    main_mode = headline_mode(config, modes)
+    main = results[main_mode]
     ci = format_interval(main.get("mAP@all_CI"), dash=True)
     n_layers = bb.num_hidden_layers
     n_gallery = payload.get("n_gallery", main.get("n_gallery"))
@@ -188,9 +195,8 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
                       f"{payload.get('image_size', config.image_size)} px)"),
         "main_map": format_metric(main["mAP@all"]),
         "ci_text": f" (95% class-bootstrap interval {ci})" if ci else "",
-        "main_mode": modes[0],
-        "best_text": (f"; the relation-network mode `{best_mode}` reaches "
-                      f"{format_metric(results[best_mode]['mAP@all'])}" if best_mode != modes[0] else ""),
+        "main_mode": main_mode,
+        "best_text": "".join(f"; `{m}` gives {format_metric(results[m]['mAP@all'])}" for m in modes if m != main_mode),
         "encoder_type": bb.model_type,
         "n_layers": n_layers,
         "encoder_width": bb.hidden_size,

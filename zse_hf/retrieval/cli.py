@@ -135,7 +135,8 @@ def search_main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
     p.add_argument("-k", type=at_least(1), default=10)
     p.add_argument("--rerank-k", type=at_least(0), default=None,
-                   help="re-rank this many [Ret] candidates with the relation network (0: none)")
+                   help="re-rank this many [Ret] candidates with the relation network (0: none; default: the model "
+                        "config's default_ranking, 'ret' = none, 'rn@K' = K)")
     p.add_argument("--rerank-ret-weight", type=rerank_ret_weight, default=None,
                    help="order the re-ranked candidates by relation score + W x [Ret] cosine (default: the model "
                         "config's rerank_ret_weight; 0: relation score alone)")

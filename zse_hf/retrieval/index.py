@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..configuration_zse import default_rerank_k
 from ..modeling_zse import ZseImageFeatures
 from .encoding import encode_photos, encode_sketches
 from .faiss_index import (
@@ -626,6 +627,13 @@ class ZseIndex:
             raise ValueError("no model attached: pass model= to ZseIndex.load or call attach_model() first")
         return encode_sketches(self.model, self.processor, sketches, batch_size)
 
+    def default_rerank_k(self) -> int:
+        """The re-rank depth `search` uses when no `rerank_k` is given: K of the attached model's
+        `config.default_ranking` `"rn@K"`, or 0 for `"ret"`, without a model or without stored tokens."""
+        if self.model is None or not self.store_local_tokens:
+            return 0
+        return default_rerank_k(getattr(self.model.config, "default_ranking", "ret"))
+
     def search(self, sketches, k: int = 10, rerank_k: int | None = None, batch_size: int = 32,
                search_params: dict | None = None, autocast_dtype: torch.dtype | None = None,
                int8: bool = False, rerank_ret_weight: float | None = None) -> list[list[Hit]]:
@@ -638,7 +646,8 @@ class ZseIndex:
             rerank_k: re-rank the best `rerank_k` [Ret] candidates with the relation network
                 (needs stored tokens); the hits then come in re-rank order (relation score +
                 `rerank_ret_weight` * [Ret] cosine), followed by any further [Ret] candidates when
-                `k > rerank_k`. None or 0: no re-ranking.
+                `k > rerank_k`. 0: no re-ranking. None: the model's `config.default_ranking`
+                (`"ret"`: none; `"rn@K"`: K, when the index stores tokens; see [`default_rerank_k`]).
             batch_size: sketches encoded per forward pass.
             search_params: overrides of `self.search_params` (`nprobe`, `efSearch`, `refine`).
             autocast_dtype: see [`rerank_rows`].
@@ -657,7 +666,7 @@ class ZseIndex:
         if self._index is None or len(self) == 0:
             raise ValueError("the index is empty: build it or add photos before searching")
         feats = sketches if isinstance(sketches, ZseImageFeatures) else self.encode_sketches(sketches, batch_size)
-        rerank = int(rerank_k) if rerank_k else 0
+        rerank = self.default_rerank_k() if rerank_k is None else int(rerank_k)
         scores, rows = self.ann_search(feats.ret_embeds, max(k, rerank), search_params)
         rel = key = None
         if rerank:
