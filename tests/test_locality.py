@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from zse_hf import ZseModel
+from zse_hf.data import RetrievalDataset
 from zse_hf.data.warps import Warp, cell_targets, inked_cells, sample_warp, warp_sketch, warped_pair
 from zse_hf.metrics import kernel_locality
 
@@ -223,6 +224,69 @@ def test_eval_cli_sketch_size(tmp_path):
         _eval_tiny(tmp_path, "--split", "val", "--mode", "rn", "--rerank-ret-weight", "-1")
     with pytest.raises(SystemExit):  # research layouts are image files: nothing to render
         _eval_tiny(tmp_path, "--data", f"sketchy:{tmp_path}", "--sketch-size", "112")
+
+
+class _NamedCutouts(RetrievalDataset):
+    """`_Cutouts` as a photo set with classes and ids (class c0, c1, ... one photo each)."""
+
+    def __init__(self, n=3, extra_classes=()):
+        self.images = _Cutouts(n).images
+        names = [f"c{i}" for i in range(n)]
+        super().__init__([*names, *extra_classes], names, [f"p{i}" for i in range(n)])
+
+    def load(self, i, rgba=False):
+        return self.images[i].copy() if rgba else self.images[i].convert("RGB")
+
+
+def test_pseudo_sketch_queries_point_at_their_own_photo():
+    from zse_hf.data import PseudoSketchQueries, with_instance_ids
+    from zse_hf.evaluation import fine_grained_targets
+
+    photos = _NamedCutouts(3)
+    queries = PseudoSketchQueries(photos, variants=2, size=64, seed=3, classes=["x", *photos.classes])
+    assert len(queries) == 6 and queries.ids[:2] == ["pseudo:p0#0", "pseudo:p0#1"]
+    assert queries.labels.tolist() == [1, 1, 2, 2, 3, 3]  # indexes the given class list
+    assert fine_grained_targets(queries, photos) is None  # the gallery names no instances
+    assert fine_grained_targets(queries, with_instance_ids(photos)).tolist() == [0, 0, 1, 1, 2, 2]
+    straight, warped = np.asarray(queries.load(2)), np.asarray(queries.load(3))
+    assert straight.shape == (64, 64, 3) and (straight < 128).any() and not np.array_equal(straight, warped)
+    np.testing.assert_array_equal(warped, np.asarray(PseudoSketchQueries(photos, 2, 64, seed=3).load(3)))
+    with pytest.raises(ValueError, match="variants"):
+        PseudoSketchQueries(photos, variants=0)
+
+
+def test_evaluate_instances_scores_each_query_against_its_own_photo():
+    from zse_hf import ZseImageProcessor
+    from zse_hf.data import PseudoSketchQueries, with_instance_ids
+    from zse_hf.evaluation import encode_dataset, evaluate_instances
+
+    torch.manual_seed(0)
+    model = ZseModel(tiny_config()).eval()
+    proc = ZseImageProcessor.from_model_config(model.config)
+    photos, bigger = _NamedCutouts(3), _NamedCutouts(4)
+    res = evaluate_instances(model, proc, photos, {"split": photos, "all": bigger}, ("ret",), variants=2)
+    assert res["n_queries"] == 6 and set(res) >= {"split", "all"}
+    queries = PseudoSketchQueries(photos, 2, size=112)
+    q = encode_dataset(model, proc, queries, "sketch")
+    for name, gallery in (("split", photos), ("all", bigger)):
+        g = encode_dataset(model, proc, with_instance_ids(gallery), "photo")
+        best = (q.ret_embeds @ g.ret_embeds.T).argmax(dim=1).numpy()
+        assert res[name]["ret"]["acc@1"] == pytest.approx(np.mean(best == np.repeat(np.arange(3), 2)))
+        assert res[name]["ret"]["acc@5"] == 1.0  # at most 4 photos
+    with pytest.raises(ValueError, match="lacks"):
+        evaluate_instances(model, proc, bigger, {"split": photos})
+
+
+@pytest.mark.slow
+def test_eval_cli_instance_level(tmp_path):
+    payload = _eval_tiny(tmp_path, "--split", "test", "--mode", "ret", "--max-per-class", "1", "--gallery", "all",
+                         "--instance", "--instance-variants", "1")
+    inst = payload["instance_level"]
+    assert inst["n_queries"] == 32 and inst["variants"] == 1
+    assert inst["split"]["ret"]["n_gallery"] == 32 and inst["all"]["ret"]["n_gallery"] == 166
+    for name in ("split", "all"):
+        assert 0 <= inst[name]["ret"]["acc@1"] <= inst[name]["ret"]["acc@5"] <= 1
+    assert inst["all"]["ret"]["acc@5"] <= inst["split"]["ret"]["acc@5"]  # more photos: never easier
 
 
 # --------------------------------------------------------------------------- correspondence training term

@@ -235,6 +235,41 @@ def evaluate_locality(model: ZseModel, processor, photos, n_warps: int = 4, seed
     return res
 
 
+def evaluate_instances(model: ZseModel, processor, photos, galleries: dict, modes: Sequence[str] = ("ret",),
+                       rerank_k: int | None = 10, variants: int = 4, seed: int = 0, batch_size: int = 32,
+                       ret_weight: float | None = None) -> dict:
+    """The instance-level (fine-grained) proxy: `variants` pseudo-sketches of each held-out photo
+    (the first straight, the others warped; :class:`~zse_hf.data.PseudoSketchQueries`) are searched
+    against each gallery, where their own photo is the one true match.
+
+    Args:
+        photos: the held-out photos the queries are drawn from (the split's gallery).
+        galleries: `{name: photo set}` to search (each must hold `photos`' items, same ids).
+        modes, rerank_k, ret_weight: as in :func:`evaluate`.
+
+    Returns:
+        `{name: {mode: metrics}}` (acc@1, acc@5, acc@10 beside the category-level keys), plus
+        `"n_queries"`, `"variants"`, `"seed"` and `"queries"` (how they are drawn).
+    """
+    from .data import PseudoSketchQueries, with_instance_ids
+
+    side = getattr(getattr(processor, "image_processor", processor), "side", model.config.image_size)
+    out, features = {}, None
+    for name, gallery in galleries.items():
+        missing = set(photos.ids) - set(gallery.ids)
+        if missing:
+            raise ValueError(f"gallery {name!r} lacks {len(missing)} of the query photos")
+        queries = PseudoSketchQueries(photos, variants, size=max(side, 112), seed=seed, classes=gallery.classes)
+        res = evaluate(model, processor, queries, with_instance_ids(gallery), modes, rerank_k, batch_size,
+                       query_features=features, ret_weight=ret_weight)
+        features = res["_query_features"]
+        out[name] = {k: v for k, v in res.items() if not k.startswith("_")}
+    out.update(n_queries=len(photos) * variants, variants=variants, seed=seed,
+               queries="pseudo-sketches of each held-out photo (first straight, the others through a seeded "
+                       "crop/scale, shift and flip warp); a hit = the query's own photo")
+    return out
+
+
 def baseline_scores(processor, queries, gallery, seed: int = 0) -> dict[str, np.ndarray]:
     """`[Q, G]` scores of the two reference baselines: chance (uniform random, fixed seed)
     and the cosine of inverted 32x32 raw pixels."""
@@ -292,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--locality", action="store_true",
                    help="report kernel locality on warped pseudo-sketches of the split's photos (always with rn)")
     p.add_argument("--locality-warps", type=at_least(1), default=4, help="warps per photo for kernel locality")
+    p.add_argument("--instance", action="store_true",
+                   help="also the instance-level proxy: pseudo-sketches of each held-out photo searched against the "
+                        "gallery (and --gallery all), acc@1/acc@5 (offline data)")
+    p.add_argument("--instance-variants", type=at_least(1), default=4,
+                   help="pseudo-sketches per photo for --instance (the first straight, the others warped)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="results.json")
@@ -338,6 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "note": "queries against every reviewed photo of photos.csv (test split: all 166; "
                                     "other splits: without the test-class photos); other classes are distractors"},
         })
+    if args.instance:
+        if not hasattr(gallery, "load"):
+            p.error("--instance needs a gallery that can load RGBA cut-outs (e.g. --data offline)")
+        galleries = {"split": gallery}
+        if args.gallery == "all":
+            galleries["all"] = gallery_all
+        extra["instance_level"] = evaluate_instances(model, processor, gallery, galleries, modes, rerank_k,
+                                                     args.instance_variants, batch_size=args.batch_size,
+                                                     ret_weight=ret_weight)
     if args.baselines:
         for name, s in baseline_scores(processor, queries, gallery).items():
             results[name] = compute_metrics(s, queries.labels, gallery.labels)
@@ -369,6 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "results_gallery_all" in payload:
         print(f"\ngallery all ({payload['gallery_all']['n_gallery']} photos):")
         print(results_table(payload["results_gallery_all"]))
+    if "instance_level" in payload:
+        inst = payload["instance_level"]
+        for name in ("split", "all"):
+            if name in inst:
+                print(f"\ninstance level ({inst['n_queries']} pseudo-sketches of the held-out photos, gallery {name}):")
+                print(results_table(inst[name]))
     if "kernel_locality" in payload:
         kl = payload["kernel_locality"]
         ci = format_interval(kl.get("locality_CI"))

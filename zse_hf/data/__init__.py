@@ -34,11 +34,13 @@ from .augment import (
 from .datasets import (
     OfflinePhotoDataset,
     OfflineSketchDataset,
+    PseudoSketchQueries,
     RetrievalDataset,
     RetrievalPair,
     collate_retrieval,
     distractor_classes,
     evaluation_set,
+    with_instance_ids,
 )
 from .images import composite_on_white, crop_to_alpha, open_image_on_white, pad_to_square
 from .layouts import (
@@ -80,7 +82,8 @@ from .triplets import TripletDataset, TripletSampler, collate_triplets
 
 __all__ = [
     # split, quickdraw, photos, images, pseudo_sketch, datasets, triplets
-    "OfflinePhotoDataset", "OfflineSketchDataset", "PhotoRecord", "PhotoVerificationError", "RetrievalDataset",
+    "OfflinePhotoDataset", "OfflineSketchDataset", "PhotoRecord", "PhotoVerificationError", "PseudoSketchQueries",
+    "RetrievalDataset", "with_instance_ids",
     "RetrievalPair", "TripletDataset", "TripletSampler", "canonical_class", "check_classes_allowed", "check_split",
     "collate_retrieval", "collate_triplets", "distractor_classes",
     "composite_on_white", "crop_to_alpha", "evaluation_set", "load_photo",

@@ -159,6 +159,68 @@ class OfflinePhotoDataset(RetrievalDataset):
             root=self.root))
 
 
+class PseudoSketchQueries(RetrievalDataset):
+    """Pseudo-sketches of a photo set's cut-outs as instance-level queries: ``variants`` per photo,
+    the first drawn straight (:func:`~zse_hf.data.pseudo_sketch.photo_to_pseudo_sketch`), the
+    others through a seeded random warp (:func:`~zse_hf.data.warps.sample_warp`: crop/scale,
+    shift, flip). Each query's ``instance`` is its photo's id, so a gallery whose ``instances``
+    are its ids (:func:`with_instance_ids`) gives every query one true photo (acc@k).
+
+    Args:
+        photos: a photo set whose ``load(i, rgba=True)`` gives cut-outs (offline photos, stamps).
+        variants: sketches per photo (>= 1).
+        size: sketch side in pixels.
+        seed: warp seed (item ``(photo, v)`` draws from ``default_rng([seed, photo, v])``).
+        classes: the class list labels index (default ``photos.classes``; a larger gallery's list
+            to search that gallery).
+
+    Items: ``{"image": RGB PIL size x size, "label", "class_name", "id": "pseudo:<photo id>#<v>",
+    "instance": photo id}``; item ``i`` is variant ``i % variants`` of photo ``i // variants``.
+    """
+
+    modality = "sketch"
+
+    def __init__(self, photos: RetrievalDataset, variants: int = 1, size: int = 224, seed: int = 0,
+                 classes: Sequence[str] | None = None):
+        if int(variants) < 1:
+            raise ValueError(f"variants must be >= 1, got {variants}")
+        self.photos, self.variants, self.size, self.seed = photos, int(variants), int(size), int(seed)
+        n = len(photos) * self.variants
+        names = [photos.class_names[i // self.variants] for i in range(n)]
+        ids = [f"pseudo:{photos.ids[i // self.variants]}#{i % self.variants}" for i in range(n)]
+        inst = [photos.ids[i // self.variants] for i in range(n)]
+        super().__init__(photos.classes if classes is None else classes, names, ids, instances=inst)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """Variant ``index % variants`` of photo ``index // variants`` (RGB; ``rgba=True``: opaque RGBA)."""
+        from .pseudo_sketch import photo_to_pseudo_sketch
+        from .warps import sample_warp, warp_sketch
+
+        photo, v = divmod(int(index), self.variants)
+        im = photo_to_pseudo_sketch(self.photos.load(photo, rgba=True), size=self.size)
+        if v:
+            im = warp_sketch(im, sample_warp(np.random.default_rng([self.seed, photo, v])), self.size)
+        return im.convert("RGBA") if rgba else im.convert("RGB")
+
+
+class _InstanceIds(RetrievalDataset):
+    """A photo set whose ``instances`` are its ids (see :func:`with_instance_ids`)."""
+
+    def __init__(self, base: RetrievalDataset):
+        self.base = base
+        super().__init__(base.classes, base.class_names, base.ids, instances=base.ids, transform=base.transform)
+        self.modality = base.modality
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        return self.base.load(index, rgba=rgba)
+
+
+def with_instance_ids(photos: RetrievalDataset) -> RetrievalDataset:
+    """`photos` with each item's id as its instance id (same items, labels and loading), the
+    gallery side of :class:`PseudoSketchQueries`."""
+    return _InstanceIds(photos)
+
+
 def cached_cutout(photos: RetrievalDataset, index: int, rgba: bool, load: Callable[[], Image.Image]) -> Image.Image:
     """A photo set's cut-out ``index``: from its render cache, else its in-memory cache (``_cache``:
     a dict, or ``None`` for none), else ``load()`` (then kept in ``_cache``); RGBA copy with
@@ -251,5 +313,5 @@ def collate_retrieval(batch: list[dict]) -> dict:
             "instance": [b["instance"] for b in batch]}
 
 
-__all__ = ["OfflinePhotoDataset", "OfflineSketchDataset", "RetrievalDataset", "RetrievalPair", "collate_retrieval",
-           "distractor_classes", "evaluation_set"]
+__all__ = ["OfflinePhotoDataset", "OfflineSketchDataset", "PseudoSketchQueries", "RetrievalDataset", "RetrievalPair",
+           "collate_retrieval", "distractor_classes", "evaluation_set", "with_instance_ids"]

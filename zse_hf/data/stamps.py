@@ -18,13 +18,10 @@ import os
 from collections.abc import Iterable
 from importlib import resources
 
-import numpy as np
 from PIL import Image
 
-from .datasets import RetrievalDataset, cached_cutout
+from .datasets import PseudoSketchQueries, RetrievalDataset, cached_cutout
 from .photos import PhotoRecord, load_photo_rgba
-from .pseudo_sketch import photo_to_pseudo_sketch
-from .warps import sample_warp, warp_sketch
 
 USABLE_KIND = "photo"
 
@@ -104,42 +101,19 @@ class StampPhotoDataset(RetrievalDataset):
             self.records[index], verify=self.verify, max_side=self.max_side, root=self.root))
 
 
-class StampPseudoSketchDataset(RetrievalDataset):
-    """Pseudo-sketches of the usable stamps as instance-level queries: ``variants`` per stamp,
-    the first drawn straight (:func:`photo_to_pseudo_sketch`), the others through a seeded
-    random warp (:func:`~zse_hf.data.warps.sample_warp`: crop/scale, shift, flip).
-
-    Args:
-        stamps: the :class:`StampPhotoDataset` they are drawn from (classes are shared, so a
-            query's label is its own stamp's).
-        variants: sketches per stamp (>= 1).
-        size: sketch side in pixels.
-        seed: warp seed (item ``(stamp, v)`` draws from ``default_rng([seed, stamp, v])``).
+class StampPseudoSketchDataset(PseudoSketchQueries):
+    """Pseudo-sketches of the usable stamps as instance-level queries (:class:`PseudoSketchQueries`
+    of a :class:`StampPhotoDataset`): ``variants`` per stamp, the first drawn straight, the others
+    through a seeded random warp.
 
     Items: ``{"image": RGB PIL size x size, "label", "class_name": "stamp:<path>",
     "id": "pseudo:<path>#<v>", "instance": stamp_path}``; item ``i`` is variant ``i % variants``
     of stamp ``i // variants``.
     """
 
-    modality = "sketch"
-
     def __init__(self, stamps: StampPhotoDataset, variants: int = 1, size: int = 224, seed: int = 0):
-        if int(variants) < 1:
-            raise ValueError(f"variants must be >= 1, got {variants}")
-        self.stamps, self.variants, self.size, self.seed = stamps, int(variants), int(size), int(seed)
-        n = len(stamps)
-        names = [stamps.class_names[i // self.variants] for i in range(n * self.variants)]
-        ids = [f"pseudo:{stamps.ids[i // self.variants]}#{i % self.variants}" for i in range(n * self.variants)]
-        inst = [stamps.ids[i // self.variants] for i in range(n * self.variants)]
-        super().__init__(stamps.classes, names, ids, instances=inst)
-
-    def load(self, index: int, rgba: bool = False) -> Image.Image:
-        """Variant ``index % variants`` of stamp ``index // variants`` (RGB; ``rgba=True``: opaque RGBA)."""
-        stamp, v = divmod(int(index), self.variants)
-        im = photo_to_pseudo_sketch(self.stamps.load(stamp, rgba=True), size=self.size)
-        if v:
-            im = warp_sketch(im, sample_warp(np.random.default_rng([self.seed, stamp, v])), self.size)
-        return im.convert("RGBA") if rgba else im.convert("RGB")
+        super().__init__(stamps, variants, size=size, seed=seed)
+        self.stamps = stamps
 
 
 __all__ = ["StampPhotoDataset", "StampPseudoSketchDataset", "load_stamp_review", "stamp_training_lookalikes",
