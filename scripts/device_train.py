@@ -1,26 +1,27 @@
-"""Train on a lent GPU machine (the `device` tool) from offline assets carried in parts, and bring
-the best model back in pieces small enough to travel.
+"""Train on a remote GPU machine that is reached only by copying files within size limits: the
+offline assets go there in parts, and the best model comes back in pieces small enough to travel.
 
 A call to that machine sends the working tree (53 MiB, most of it `hub_card/model.safetensors`)
-plus what `carry` names, 64 MiB in all, and returns at most 8 files of 16 MiB. The training
-data (the 57 training classes' QuickDraw files, their 134 photos, the 170 reviewed extra stamps:
-16 MiB) does not fit beside the tree in one call, so it travels in parts over consecutive calls
-to the same warm machine, each part checked by sha256 on arrival::
+plus extra files copied along with it, 64 MiB in all, and returns at most 8 files of 16 MiB
+(what the command writes under `$OUT` there). The training data (the 57 training classes'
+QuickDraw files, their 134 photos, the 170 reviewed extra stamps: 16 MiB) does not fit beside
+the tree in one call, so it travels in parts over consecutive calls to the same machine while it
+stays up, each part checked by sha256 on arrival::
 
     # here
     python scripts/device_train.py stage                   # -> .device/part1 .. partN (ignored by git)
-    # device call 1 (carry [".device/part1"]): receive, and whatever else the GPU should run
+    # remote call 1 (copy .device/part1 along): receive, and whatever else the GPU should run
     python3 scripts/device_train.py receive .device/part1
-    # device call 2, at once (a warm machine keeps /tmp; carry [".device/part2"])
+    # remote call 2, at once (the machine still up keeps /tmp; copy .device/part2 along)
     python3 scripts/device_train.py receive .device/part2 && python3 scripts/device_train.py train --minutes 8
-    # here, with the call's files_at folder
-    python scripts/device_train.py collect /work/.device/<files_at> --out runs/gpu224
+    # here, with the folder the call's returned files were copied to
+    python scripts/device_train.py collect RETURNED_FILES_DIR --out runs/gpu224
 
 `train` runs `zse_hf.training` with the `offline-gpu` preset (224 px, 7x7 cells, render cache,
-12 loader workers), warm-started from `hub_card` (its encoder, tokenizer and cross-attention;
-the grid-shaped relation weights start fresh) unless told otherwise, stops after `--minutes`,
-and writes the run's best model to `$OUT` as <= 15 MiB pieces with a sha256 manifest;
-`collect` joins and checks them into a model folder. Extra arguments after `--` go to
+12 loader workers), warm-started from `hub_card` unless told otherwise (it is 224 px, 7x7 too, so
+every weight carries over; from a 112 px, 4x4 model the relation MLP's first layer would start
+fresh), stops after `--minutes`, and writes the run's best model to `$OUT` as <= 15 MiB pieces
+with a sha256 manifest; `collect` joins and checks them into a model folder. Extra arguments after `--` go to
 `zse_hf.training` (e.g. `-- --max-steps 4000 --batch-size 24`).
 """
 
@@ -42,14 +43,14 @@ sys.path.insert(0, str(ROOT))
 
 from zse_hf.assets import sha256_file  # noqa: E402
 
-CARRY_LIMIT = 64 * 2**20  # what one call may send: tree + carried paths
+CARRY_LIMIT = 64 * 2**20  # what one call may send: tree + files copied along
 PIECE = 15 * 2**20  # a returned file's size (the limit is 16 MiB)
-DEVICE_CACHE = "/tmp/zse_sbir_cache"  # ZSE_SBIR_CACHE on the device machine
+DEVICE_CACHE = "/tmp/zse_sbir_cache"  # ZSE_SBIR_CACHE on the remote machine
 MANIFEST = "part.json"
 
 
 def tree_bytes(root: Path = ROOT) -> int:
-    """Bytes of the working tree a device call sends (tracked + untracked, not ignored, files)."""
+    """Bytes of the working tree a remote call sends (tracked + untracked, not ignored, files)."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                          capture_output=True, check=True).stdout
     return sum((root / p).stat().st_size for p in out.decode().split("\0") if p and (root / p).is_file())
@@ -160,12 +161,13 @@ def pack(model_dir: Path, run_dir: Path, out: Path) -> list[Path]:
     (out / "manifest.json").write_text(json.dumps({"model_sha256": sha256_file(weights), "pieces": pieces}, indent=1))
     files = sorted(out.iterdir())
     if len(files) > 8:
-        raise SystemExit(f"{len(files)} files to return; the device tool brings back 8")
+        raise SystemExit(f"{len(files)} files to return; a remote call brings back 8")
     return files
 
 
 def collect(files: Path, out: Path) -> Path:
-    """Join and check what `pack` wrote (a files_at folder) into `out/best` (model) and `out` (log)."""
+    """Join and check what `pack` wrote (the folder its returned files were copied to) into `out/best`
+    (model) and `out` (log)."""
     manifest = json.loads((files / "manifest.json").read_text())
     best = out / "best"
     best.mkdir(parents=True, exist_ok=True)
@@ -218,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stage", help="here: the training assets in parts under .device/")
     s.add_argument("--out", default=str(ROOT / ".device"))
     s.add_argument("--budget-mib", type=float, default=None,
-                   help="bytes per part (default: 64 MiB minus the working tree, less 0.5 MiB)")
-    r = sub.add_parser("receive", help="device: check a carried part and merge it into the asset cache")
+                   help="MiB per part (default: 64 MiB minus the working tree, less 0.5 MiB)")
+    r = sub.add_parser("receive", help="remote: check a copied part and merge it into the asset cache")
     r.add_argument("part")
     r.add_argument("--cache", default=DEVICE_CACHE)
-    t = sub.add_parser("train", help="device: train, then pack the best model into $OUT")
+    t = sub.add_parser("train", help="remote: train, then pack the best model into $OUT")
     t.add_argument("--minutes", type=float, default=8.0)
     t.add_argument("--out", default=os.environ.get("OUT", "device_out"))
     t.add_argument("--run", default="/tmp/zse_run")
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = int(args.budget_mib * 2**20) if args.budget_mib else CARRY_LIMIT - tree_bytes() - 2**19
         for folder in stage(Path(args.out), budget):
             n = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            print(f"{folder}: {n / 2**20:.2f} MiB (carry [{str(folder.relative_to(ROOT))!r}] if under the repo)")
+            print(f"{folder}: {n / 2**20:.2f} MiB (copy {str(folder.relative_to(ROOT))!r} along with the call)")
     elif args.cmd == "receive":
         m = receive(Path(args.part), Path(args.cache))
         print(f"part {m['part']} of {m['parts']}: {len(m['files'])} files in {args.cache}; "

@@ -1,10 +1,6 @@
-"""Issue 17's demo cases, checked on the demo's functions (no server): a malformed cached
-bundled index is rebuilt, an EXIF-rotated photo embeds the same through the API and the demo,
-and the sketch inputs get the library's pixel limit and friendly messages.
-
-Tests marked `xfail(strict=True)` need the demo changes listed in the index-integrity report
-(demo/app.py belongs to another helper; the change is /work/helper-notes/index-integrity-demo.patch):
-the integrator removes the marks when merging it.
+"""The demo's index-integrity and input cases, checked on the demo's functions (no server): a
+malformed cached bundled index is rebuilt, an EXIF-rotated photo embeds the same through the API
+and the demo, and the sketch inputs get the library's pixel limit and friendly messages.
 """
 
 from __future__ import annotations

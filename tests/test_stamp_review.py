@@ -66,7 +66,7 @@ def test_training_lookalikes_name_training_classes_of_usable_photos(review):
 
 
 def test_second_review_moved_the_close_lookalikes_of_unseen_concepts(review):
-    """A second look at the contact sheets (stop 29): these photos resemble an unseen concept (three
+    """A second review of the contact sheets: these photos resemble an unseen concept (three
     of them a test class) as closely as a bison does a cow, so they never reach training."""
     kind = {r["stamp_path"]: (r["kind"], r["unseen_concept"]) for r in review}
     for path, concept in [("animals/mammals/hippopotamus.png", "rhinoceros"),
