@@ -83,7 +83,10 @@ def _decoded(value):
 
 def _datasets_module():
     """The `datasets` module when it is imported (an input can only be one of its objects then)."""
-    return sys.modules.get("datasets")
+    module = sys.modules.get("datasets")
+    if module is None or not all(hasattr(module, n) for n in ("Dataset", "DatasetDict", "IterableDataset")):
+        return None  # not imported, or some other top-level module of that name
+    return module
 
 
 def _image_column(dataset) -> str:
