@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zse_hf.retrieval import Skipped, ZseIndex, search_main
+from zse_hf.retrieval import Skipped, ZseIndex, load_token_codec, search_main
 from zse_hf.retrieval.faiss_index import faiss
 
 N, DIM, TOK = 12, 8, (4, 8)
@@ -197,3 +197,89 @@ def test_cli_search_prints_one_line(saved, tmp_path, capsys):
     assert search_main([str(folder), "sketch.png", "--model", "unused"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a file name inside the index directory" in err
+
+
+# ----------------------------------------------------------------------------- token codec file
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory) -> Path:
+    """An index whose tokens are stored as SQ8 codes (token_codec.faiss + uint8 token codes)."""
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((N, DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    root = tmp_path_factory.mktemp("coded")
+    index = ZseIndex.from_features(emb, rng.standard_normal((N, *TOK)).astype(np.float32), grid_size=(2, 2),
+                                   ids=[f"p{i}" for i in range(N)], work_dir=root, token_codec="sq8")
+    return index.save(root / "idx")
+
+
+def _codec_bytes(factory: str, dim: int, vectors: int = 0) -> bytes:
+    codec = faiss.index_factory(dim, factory)
+    x = np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32)
+    if not codec.is_trained or factory == "SQ8":
+        codec.train(x)
+    if vectors:
+        codec.add(x[:vectors])
+    return faiss.serialize_index(codec).tobytes()
+
+
+def test_untampered_codec_index_loads(coded, tmp_path):
+    index = ZseIndex.load(_copy(coded, tmp_path))
+    assert len(index) == N and index.token_codec.name == "sq8"
+    assert index.local_tokens(["p0"]).local_tokens.shape == (1, *TOK)
+
+
+def test_codec_file_changed_truncated_missing_or_linked(coded, tmp_path):
+    folder = _copy(coded, tmp_path)
+    data = bytearray((folder / "token_codec.faiss").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "token_codec.faiss").write_bytes(bytes(data))
+    _one_line_error(folder, "token_codec.faiss is corrupt: its sha256 does not match")
+    with pytest.raises(ValueError, match="token_codec.faiss is corrupt"):
+        load_token_codec(folder)  # reusing a tampered index's codec is refused the same way
+    (folder / "token_codec.faiss").write_bytes(bytes(data[:-5]))
+    _one_line_error(folder, "token_codec.faiss is truncated or changed", verify=False)
+    (folder / "token_codec.faiss").unlink()
+    _one_line_error(folder, "token_codec.faiss is missing", verify=False)
+    outside = tmp_path / "outside.faiss"
+    shutil.copy(coded / "token_codec.faiss", outside)
+    (folder / "token_codec.faiss").symlink_to(outside)
+    _one_line_error(folder, "token_codec.faiss is a symbolic link", verify=False)
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"IxSQ" + bytes(range(200)), "token_codec.faiss is not a faiss index this faiss can read"),
+    (_codec_bytes("SQ4", TOK[1]), r"does not match its manifest: a codec of 4 bytes per token"),
+    (_codec_bytes("SQ4", 2 * TOK[1]), "does not match its manifest: a codec for width 16, the tokens are 8 wide"),
+    (_codec_bytes("HNSW8", TOK[1]), "not a token codec: its faiss index has no standalone codec"),
+    (_codec_bytes("Flat", TOK[1], vectors=3), r"not a token codec: a trained, empty faiss index is expected"),
+    (faiss.serialize_index(faiss.index_factory(TOK[1], "SQ8")).tobytes(), "not a token codec"),  # untrained
+])
+def test_codec_file_with_a_matching_checksum_but_wrong_content(coded, tmp_path, data, match):
+    folder = _copy(coded, tmp_path)
+    _replace_file(folder, "token_codec.faiss", data)
+    assert "token_codec.faiss" in _one_line_error(folder, match)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.update(codec="yes"), "tokens.codec must be null or"),
+    (lambda t: t["codec"].update(code_size=0), "tokens.codec.code_size must be an integer >= 1"),
+    (lambda t: t["codec"].update(lossy="no"), "tokens.codec must be null or"),
+    (lambda t: t["codec"].update(file="../../etc/passwd"), "not a file name inside the index directory"),
+    (lambda t: t["codec"].update(file="other.faiss"), "other.faiss not listed in files"),
+    (lambda t: t.update(projections=True), "tokens.codec needs stored tokens and no stored projections"),
+    (lambda t: t.pop("codec"), "files lists token_codec.faiss, which no part of the index uses"),
+])
+def test_codec_manifest_fields_are_checked(coded, tmp_path, edit, match):
+    folder = _copy(coded, tmp_path)
+    _edit_manifest(folder, lambda m: edit(m["tokens"]))
+    _one_line_error(folder, match, verify=False)
+
+
+def test_codec_index_tokens_must_be_codes(coded, tmp_path):
+    folder = _copy(coded, tmp_path)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((N, *TOK), np.float16))  # float16 tokens under a codec manifest
+    _replace_file(folder, "tokens-0000.npy", buf.getvalue())
+    _one_line_error(folder, r"tokens-0000.npy holds float16 \[12, 4, 8\], expected uint8 \[12, 4, 8\]")

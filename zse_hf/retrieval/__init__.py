@@ -12,15 +12,17 @@ relation-network re-rank of the top K from a memory-mapped token store.
 >>> hits = index.search("sketch.png", k=10, rerank_k=50)[0]  # list[Hit], best first
 ```
 
-A saved index is a directory (format version 1):
+A saved index is a directory (format version 1; 2 with stored projections, 3 with a token codec):
 
     manifest.json            format version, model name and weight hash, sizes, counts, factory,
                              search parameters, size + sha256 of every other file
     index.faiss              the faiss index (inner product); its ids are row numbers
     rows.json                per row: id (null once removed), path, position; skipped items
     embeddings-NNNN.npy      [n, D] float32 [Ret] embeddings (merge, rebuild, exact re-scoring)
-    tokens-NNNN.npy          [n, N, D] float16 encoder local tokens (re-ranking), memory-mapped
+    tokens-NNNN.npy          [n, N, D] float16 encoder local tokens (re-ranking), memory-mapped;
+                             with a token codec [n, N, C] uint8 codes, decoded row by row
     mask-NNNN.npy            [n, N] bool token-selection masks
+    token_codec.faiss        the trained faiss token codec (faiss.serialize_index), when one is used
 
 Rows are appended in segments (one per `build`/`add` call); segment files are never modified
 after they are written, so saving hard-links them instead of copying when it can. The manifest
@@ -36,6 +38,7 @@ Modules (each one concern):
     index.py          ZseIndex: build, add, remove, search, re-rank
     encoding.py       photos (batched, threaded decoding, unreadable ones reported) and sketches to features
     token_store.py    the segment files (.npy writers, memory-mapped readers)
+    token_codec.py    compressed tokens: faiss standalone codecs (sq8, sq4, pqM, rqM, ...; LOSSY)
     faiss_index.py    faiss factory choice, construction, search parameters
     manifest.py       the manifest format: read, validate, build
     persistence.py    save (atomic swap) and load (checksummed), stale-directory clean-up
@@ -55,8 +58,10 @@ from .inputs import IMAGE_EXTENSIONS, list_images
 from .manifest import FORMAT_NAME, FORMAT_VERSION, read_manifest
 from .model_binding import model_fingerprint
 from .records import Hit, Skipped
+from .token_codec import TokenCodec, load_token_codec
 from .token_store import remove_stale_work_dirs
 
 __all__ = ["DEFAULT_TRAIN_SIZE", "FLAT_MAX", "FORMAT_NAME", "FORMAT_VERSION", "Hit", "IMAGE_EXTENSIONS", "IVF_SQ_MAX",
-           "Skipped", "ZseImageFeatures", "ZseIndex", "auto_factory", "index_main", "list_images", "merge_main",
-           "model_fingerprint", "read_manifest", "remove_stale_work_dirs", "search_main"]
+           "Skipped", "TokenCodec", "ZseImageFeatures", "ZseIndex", "auto_factory", "index_main", "list_images",
+           "load_token_codec", "merge_main", "model_fingerprint", "read_manifest", "remove_stale_work_dirs",
+           "search_main"]

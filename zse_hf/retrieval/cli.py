@@ -24,6 +24,7 @@ from .index import ZseIndex
 from .manifest import read_manifest
 from .persistence import check_save_target
 from .sharding import parse_shard
+from .token_codec import CODEC_HELP, TokenCodec, resolve_token_codec
 
 
 def _load_model(model_dir: str, device: str | None):
@@ -51,7 +52,7 @@ def _fail(command: str, err: Exception) -> int:
 
 def index_main(argv: list[str] | None = None) -> int:
     """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR [--factory F] [--shard I/N] [--batch-size B]
-    [--store-projections]`."""
+    [--store-projections] [--token-codec NAME | --token-codec-from DIR_OR_FILE]`."""
     p = argparse.ArgumentParser(prog="zse-sbir index", description="Build a faiss index of all images under PHOTO_DIR.")
     p.add_argument("photo_dir")
     p.add_argument("--model", required=True, help="ZSE model folder or Hub id")
@@ -65,7 +66,15 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
     p.add_argument("--store-projections", action="store_true",
-                   help="also store each photo's pair-head projections (3x the token store; faster exact re-rank)")
+                   help="also store each photo's pair-head projections (3x the token store; faster exact re-rank; "
+                        "fp16 tokens only)")
+    codec = p.add_mutually_exclusive_group()
+    codec.add_argument("--token-codec", default="fp16", metavar="NAME",
+                       help=f"how local tokens are stored for re-ranking: {CODEC_HELP}. LOSSY codecs change "
+                            "re-rank scores slightly")
+    codec.add_argument("--token-codec-from", default=None, metavar="DIR_OR_FILE",
+                       help="reuse the trained token codec of an index directory (or its token_codec.faiss): "
+                            "shards that will be merged must share one codec")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
@@ -76,6 +85,12 @@ def index_main(argv: list[str] | None = None) -> int:
         if not Path(args.photo_dir).is_dir():
             raise ValueError(f"photo folder {args.photo_dir} is not a directory")
         check_save_target(out)  # before any work
+        # a trained codec is loaded (and checked) now, before any photo is encoded
+        token_codec = resolve_token_codec(Path(args.token_codec_from) if args.token_codec_from else args.token_codec)
+        if token_codec is not None and args.no_tokens:
+            raise ValueError("--no-tokens stores no tokens: drop --token-codec / --token-codec-from")
+        if token_codec is not None and args.store_projections:
+            raise ValueError("--store-projections needs fp16 tokens (projections are not stored with a token codec)")
         model, processor = _load_model(args.model, args.device)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -86,6 +101,7 @@ def index_main(argv: list[str] | None = None) -> int:
             out.absolute().parent.mkdir(parents=True, exist_ok=True)
             index = ZseIndex.build(model, processor, args.photo_dir, index_factory=args.factory,
                                    store_local_tokens=not args.no_tokens, store_projections=args.store_projections,
+                                   token_codec=token_codec if isinstance(token_codec, TokenCodec) else args.token_codec,
                                    batch_size=args.batch_size, shard=shard,
                                    num_workers=args.num_workers, progress=not args.quiet,
                                    work_dir=out.absolute().parent)
@@ -96,10 +112,12 @@ def index_main(argv: list[str] | None = None) -> int:
                 print(f"zse-sbir index: no readable images under {args.photo_dir}", file=sys.stderr)
                 return 1
             index.save(out)
-            n, n_skipped, factory = len(index), len(index.skipped), index.factory
+            n, n_skipped, factory, codec = len(index), len(index.skipped), index.factory, index.token_codec
     except (ValueError, OSError) as err:
         return _fail("index", err)
-    print(f"indexed {n} photos ({n_skipped} skipped) with {factory} into {out} in {time.perf_counter() - t0:.1f} s")
+    tokens = "" if codec is None else f"; tokens: {codec.name} ({codec.description()})"
+    print(f"indexed {n} photos ({n_skipped} skipped) with {factory} into {out} in {time.perf_counter() - t0:.1f} s"
+          f"{tokens}")
     return 0
 
 

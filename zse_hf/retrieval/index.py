@@ -36,7 +36,8 @@ from .persistence import load_index, save_index
 from .quantization import int8_pair_model
 from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
-from .token_store import DTYPES, NpyWriter, Segment, SegmentWriter, new_work_dir, open_file, row_shapes
+from .token_codec import FP16, TokenCodec, new_codec, resolve_token_codec, training_sample
+from .token_store import CODE_DTYPE, NpyWriter, Segment, SegmentWriter, new_work_dir, open_file, row_dtypes, row_shapes
 
 
 class ZseIndex:
@@ -54,14 +55,24 @@ class ZseIndex:
         search_params: `{"nprobe", "efSearch", "refine"}` defaults used by `search`.
         skipped: list of [`Skipped`] items that could not be read.
         dim: embedding width D; `token_shape`: `(N, D)`; `grid_size`: `(h, w)` of the tokens.
+        token_codec: the trained [`TokenCodec`] the tokens are stored with (None: float16 tokens,
+            or a codec still to be trained on the first photos); `token_codec_name`: its name.
     """
 
     def __init__(self, model=None, processor=None, *, index_factory: str | None = None, store_local_tokens: bool = True,
                  use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-                 train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False):
+                 train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False, token_codec=None):
         """An empty index; usually made by `build`, `from_features`, `load` or `merge`."""
         if store_projections and not store_local_tokens:
             raise ValueError("store_projections needs store_local_tokens=True")
+        codec = resolve_token_codec(token_codec)
+        if codec is not None and not store_local_tokens:
+            raise ValueError(f"token_codec={token_codec!r} needs store_local_tokens=True")
+        if codec is not None and store_projections:
+            raise ValueError("store_projections is not supported with a token codec: projections are float16 "
+                             "(3x the float16 tokens); use token_codec='fp16' to store them")
+        self.token_codec: TokenCodec | None = codec if isinstance(codec, TokenCodec) else None
+        self._codec_request = codec if isinstance(codec, tuple) else None  # (name, factory) trained on first rows
         self.model = model
         self.processor = processor if processor is not None or model is None else default_processor(model)
         self.index_factory = index_factory
@@ -99,7 +110,14 @@ class ZseIndex:
 
     def __repr__(self) -> str:
         return (f"ZseIndex({len(self)} photos, factory={self.factory!r}, dim={self.dim}, "
-                f"tokens={'yes' if self.store_local_tokens else 'no'}, skipped={len(self.skipped)})")
+                f"tokens={self.token_codec_name if self.store_local_tokens else 'no'}, skipped={len(self.skipped)})")
+
+    @property
+    def token_codec_name(self) -> str:
+        """`"fp16"` (exact float16 tokens), or the name of the token codec (trained or to be trained)."""
+        if self.token_codec is not None:
+            return self.token_codec.name
+        return self._codec_request[0] if self._codec_request is not None else FP16
 
     @property
     def ids(self) -> list[str | int]:
@@ -135,7 +153,8 @@ class ZseIndex:
         return self._gather("embeddings", rows)
 
     def local_tokens(self, ids: Iterable[str | int]) -> ZseImageFeatures:
-        """Stored features of `ids`: `local_tokens [M, N, D]` float16, `token_mask [M, N]`, `grid_size`."""
+        """Stored features of `ids`: `local_tokens [M, N, D]` float16 (float32 decoded from the codes
+        with a token codec), `token_mask [M, N]`, `grid_size`."""
         rows = self.rows_of(ids)
         return ZseImageFeatures(local_tokens=torch.from_numpy(self._gather("tokens", rows)),
                                 token_mask=torch.from_numpy(self._gather("mask", rows)), grid_size=self.grid_size)
@@ -143,24 +162,30 @@ class ZseIndex:
     def _live_rows(self) -> np.ndarray:
         return np.fromiter((r for r, i in enumerate(self._ids) if i is not None), dtype=np.int64)
 
-    def _gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
-        """Rows `[M]` of one stored array, reading only those rows from the memory maps."""
+    def _row_specs(self) -> tuple[dict[str, tuple[int, ...]], dict[str, np.dtype]]:
+        """Stored row shape and dtype of each kind (tokens: codes `(N, C)` uint8 with a token codec)."""
+        code_size = self.token_codec.code_size if self.token_codec is not None else None
+        return row_shapes(self.dim, self.token_shape, code_size), row_dtypes(code_size)
+
+    def _gather(self, kind: str, rows: np.ndarray, decode: bool = True) -> np.ndarray:
+        """Rows `[M]` of one stored array, reading only those rows from the memory maps. With a
+        token codec, `"tokens"` are decoded to `[M, N, D]` float32 (`decode=False`: the codes)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim is None:
             raise ValueError("the index is empty")
         if kind != "embeddings" and not self.store_local_tokens:
             raise ValueError("this index stores no local tokens (built with store_local_tokens=False); "
                              "re-ranking needs them")
-        shape = row_shapes(self.dim, self.token_shape)[kind]
-        out = np.empty((len(rows), *shape), dtype=DTYPES[kind])
-        if len(rows) == 0:
-            return out
+        shapes, dtypes = self._row_specs()
+        out = np.empty((len(rows), *shapes[kind]), dtype=dtypes[kind])
         seg_of = np.searchsorted(self._starts, rows, side="right") - 1
         for s in np.unique(seg_of):
             sel = np.flatnonzero(seg_of == s)
             local = rows[sel] - self._starts[s]
             order = np.argsort(local, kind="stable")
             out[sel[order]] = self._segments[s].array(kind)[local[order]]
+        if kind == "tokens" and decode and self.token_codec is not None:
+            return self.token_codec.decode(out)
         return out
 
     # ------------------------------------------------------------------ building
@@ -170,7 +195,7 @@ class ZseIndex:
               store_local_tokens: bool = True, batch_size: int = 32, device: str | torch.device | None = None,
               shard: tuple[int, int] | None = None, num_workers: int = 0, progress: bool = True,
               use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-              train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False) -> ZseIndex:
+              train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False, token_codec=None) -> ZseIndex:
         """Encode a gallery and index it.
 
         Args:
@@ -193,12 +218,19 @@ class ZseIndex:
             use_gpu: search on a GPU when faiss has one (None: when available).
             work_dir: where unsaved segment files go (default: a new temporary directory).
             store_projections: also store each photo's pair-head projections, so re-ranking skips
-                them (see [`precompute_projections`]).
+                them (see [`precompute_projections`]; float16 tokens only).
+            token_codec: how local tokens are stored: `"fp16"` / None (exact float16, the default),
+                a LOSSY faiss codec name (`"sq8"`, `"sq6"`, `"sq4"`, `"pqM"`, `"opqM"`, `"rqM"`) or
+                faiss factory string, trained on a seeded sample of this build's tokens (see
+                `zse_hf.retrieval.token_codec`); or a trained codec to reuse: a [`TokenCodec`], or
+                a `Path` to an index directory or a codec file (shards that will be merged must
+                share one codec).
 
         Unreadable items are skipped with a warning and listed in `index.skipped`.
         """
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=store_local_tokens,
-                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, store_projections=store_projections)
+                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, store_projections=store_projections,
+                    token_codec=token_codec)
         index.add(images_or_paths, ids=ids, batch_size=batch_size, device=device, shard=shard,
                   num_workers=num_workers, progress=progress)
         return index
@@ -207,7 +239,7 @@ class ZseIndex:
     def from_features(cls, ret_embeds, local_tokens=None, token_mask=None, grid_size=None, ids: Sequence | None = None,
                       paths: Sequence | None = None, model=None, processor=None, index_factory: str | None = None,
                       use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
-                      train_size: int = DEFAULT_TRAIN_SIZE) -> ZseIndex:
+                      train_size: int = DEFAULT_TRAIN_SIZE, token_codec=None) -> ZseIndex:
         """An index over precomputed features.
 
         Args:
@@ -216,9 +248,10 @@ class ZseIndex:
             token_mask: `[M, N]` bool (default all True); grid_size: `(h, w)` with `h * w = N`.
             ids, paths: per row (default ids `0..M-1`).
             model, processor: attached for `search` (sketch encoding and re-ranking).
+            token_codec: how the tokens are stored (see [`build`]).
         """
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=local_tokens is not None,
-                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size)
+                    use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, token_codec=token_codec)
         if isinstance(ret_embeds, torch.Tensor):
             ret_embeds = ret_embeds.detach().cpu()
         emb = np.asarray(ret_embeds, dtype=np.float32)
@@ -240,7 +273,7 @@ class ZseIndex:
                     else:
                         part = token_mask[s:s + 4096]
                         mask = np.asarray(part.cpu() if isinstance(part, torch.Tensor) else part)
-                writer.append(emb[s:s + 4096], tok, mask)
+                writer.append(emb[s:s + 4096], index._stored_tokens(writer, tok), mask)
         except BaseException:
             writer.abort()
             raise
@@ -301,8 +334,8 @@ class ZseIndex:
                         mask = feats.token_mask.cpu().numpy()
                     if self.store_projections:
                         proj = self._project(tok, mask, feats.grid_size)
-                    writer.append(feats.ret_embeds.float().cpu().numpy(), tok, mask, grid_size=feats.grid_size,
-                                  proj=proj)
+                    writer.append(feats.ret_embeds.float().cpu().numpy(), self._stored_tokens(writer, tok), mask,
+                                  grid_size=feats.grid_size, proj=proj)
                     ok_ids += [item_ids[p] for p in kept]
                     ok_paths += [item_paths[p] for p in kept]
                     ok_pos += [base + p for p in kept]
@@ -311,7 +344,7 @@ class ZseIndex:
                 writer.abort()
             raise
         if writer is not None:
-            self._commit_segment(writer, ok_ids, ok_paths, ok_pos)
+            self._commit_segment(writer, ok_ids, ok_paths, ok_pos, progress)
         return skipped
 
     def _work_dir(self) -> Path:
@@ -336,18 +369,74 @@ class ZseIndex:
         self.close()
 
     def _open_segment(self, dim: int, token_shape, grid_size) -> SegmentWriter:
+        """A writer for one new segment. With a trained token codec it takes codes (see
+        [`_stored_tokens`]); with one still to train, float16 tokens that `_commit_segment` encodes."""
         if self.dim is not None and dim != self.dim:
             raise ValueError(f"embedding width {dim} does not match the index ({self.dim})")
+        code_size = None
+        if self.store_local_tokens and token_shape is not None:
+            if self.token_codec is not None:
+                if self.token_codec.dim != token_shape[-1]:
+                    raise ValueError(f"the token codec {self.token_codec.name!r} is for tokens of width "
+                                     f"{self.token_codec.dim}, these are {token_shape[-1]} wide")
+                code_size = self.token_codec.code_size
+            elif self._codec_request is not None:
+                new_codec(self._codec_request[1], token_shape[-1])  # an invalid codec fails before any encoding
         return SegmentWriter(self._work_dir(), dim, token_shape if self.store_local_tokens else None, grid_size,
-                             self.token_shape, self.grid_size, projections=self.store_projections)
+                             self.token_shape, self.grid_size, projections=self.store_projections, code_size=code_size)
 
-    def _commit_segment(self, writer: SegmentWriter, ids, paths, positions) -> None:
-        """Register a finished segment and add its rows to faiss (training it first if needed)."""
+    def _stored_tokens(self, writer: SegmentWriter, tokens):
+        """What `writer` stores for tokens `[m, N, D]`: codes `[m, N, C]` uint8 when it takes codes."""
+        if tokens is None or not writer.code_size:
+            return tokens
+        return self.token_codec.encode(tokens)
+
+    def _encode_segment(self, seg: Segment, progress: bool) -> Segment:
+        """`seg` with its float16 tokens replaced by codes of the token codec, trained first (on a
+        seeded sample of these tokens, see `token_codec.training_sample`) when there is none yet."""
+        stored = seg.arrays["tokens"]
+        if self.token_codec is None:
+            name, factory = self._codec_request
+            sample = training_sample(stored.array, seg.array("mask"))
+            with tqdm(total=1, desc=f"training token codec {factory} on {len(sample)} tokens", disable=not progress,
+                      leave=False) as bar:
+                self.token_codec = TokenCodec.train(name, factory, sample)
+                bar.update(1)
+        codec = self.token_codec
+        n_tok = stored.array.shape[1]
+        writer = NpyWriter(self._work_dir() / f"tokens-{uuid.uuid4().hex[:12]}.npy", CODE_DTYPE,
+                           (n_tok, codec.code_size))
+        step = max(1, (1 << 22) // max(1, n_tok * codec.dim))  # ~16 MB of float32 per chunk
+        try:
+            for s in tqdm(range(0, seg.n, step), desc=f"encoding tokens ({codec.name})", unit="chunk",
+                          disable=not progress or seg.n <= step, leave=False):
+                writer.append(codec.encode(stored.array[s:s + step]))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        stored.path.unlink(missing_ok=True)  # the float16 spill
+        return seg.with_array("tokens", open_file(writer.path, "tokens", (seg.n, n_tok, codec.code_size), CODE_DTYPE))
+
+    def _commit_segment(self, writer: SegmentWriter, ids, paths, positions, progress: bool = False) -> None:
+        """Register a finished segment and add its rows to faiss (training it first if needed); float16
+        tokens of an index with a token codec are encoded first (`progress`: show bars for that)."""
         seg = writer.close()
         if seg is None:
             return
-        if len(ids) != seg.n or len(set(ids)) != len(ids) or any(i in self._row_of for i in ids):
-            raise ValueError("ids must be unique (within the batch and against the index)")
+        had_codec = self.token_codec is not None
+        try:
+            if len(ids) != seg.n or len(set(ids)) != len(ids) or any(i in self._row_of for i in ids):
+                raise ValueError("ids must be unique (within the batch and against the index)")
+            if self._codec_request is not None and seg.arrays["tokens"] is not None and not writer.code_size:
+                seg = self._encode_segment(seg, progress)
+        except BaseException:
+            for stored in seg.arrays.values():
+                if stored is not None:
+                    stored.path.unlink(missing_ok=True)
+            if not had_codec:
+                self.token_codec = None
+            raise
         if self.dim is None:
             self.dim, self.grid_size = writer.dim, writer.grid_size
             self.token_shape = writer.token_shape
@@ -368,6 +457,8 @@ class ZseIndex:
                 self._row_of.pop(i, None)
             if not had_index:
                 self._index, self.factory, self.search_params = None, None, {}
+            if not had_codec:
+                self.token_codec = None
             raise
 
     def _add_rows_to_faiss(self, rows: np.ndarray) -> None:
@@ -523,6 +614,9 @@ class ZseIndex:
             raise ValueError("precomputing projections needs the model: pass model= or call attach_model()")
         if not self.store_local_tokens:
             raise ValueError("this index stores no local tokens; there is nothing to project")
+        if self.token_codec is not None or self._codec_request is not None:
+            raise ValueError(f"projections are not stored with a token codec ({self.token_codec_name}); they are "
+                             "float16, 3x the float16 tokens: use token_codec='fp16' to store them")
         missing = [i for i, seg in enumerate(self._segments) if seg.arrays["projections"] is None]
         bar = tqdm(total=sum(self._segments[i].n for i in missing), desc="projections", unit="photo",
                    disable=not progress, leave=False)
@@ -585,8 +679,9 @@ class ZseIndex:
             int8: LOSSY. Run the pair head's linear layers dynamically quantised to int8 (CPU,
                 fp32 model; see `zse_hf.retrieval.quantization`): faster, scores approximate.
 
-        Candidate tokens are read from the memory-mapped store (only the needed rows), with
-        their projections when the index stores them ([`precompute_projections`]). Each query's projections
+        Candidate tokens are read from the memory-mapped store (only the needed rows; decoded to
+        float32 when the index has a token codec), with their projections when the index stores
+        them ([`precompute_projections`]). Each query's projections
         are made once for all its candidates.
         """
         if self.model is None:
@@ -725,7 +820,8 @@ class ZseIndex:
 
         Shards of one run are put back in input order (so the result equals an unsharded build)
         after checking that all `n` shards of the same item list are there; other indexes are
-        concatenated. All inputs must come from the same model and store the same features.
+        concatenated. All inputs must come from the same model and store the same features, with
+        the same token codec (by sha256; its codes are copied unchanged).
         `index_factory="same"` reuses the inputs' requested factory (automatic ones are
         re-chosen for the merged size); the faiss index is rebuilt (and retrained) from the
         stored embeddings.

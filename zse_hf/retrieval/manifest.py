@@ -3,7 +3,8 @@ of its `rows.json`: building them, and checking every field of a file read back.
 
 A manifest is confined to its directory: every file it names is a plain file name (no
 path separators, no leading dot), and the files it lists are exactly the ones the index
-uses (`index.faiss`, `rows.json` and every segment file), each with its size and checksum.
+uses (`index.faiss`, `rows.json`, every segment file and, with a token codec,
+`token_codec.faiss`), each with its size and checksum.
 Anything else is a `ValueError` naming the file.
 """
 
@@ -19,7 +20,7 @@ from .faiss_index import SEARCH_PARAM_NAMES, faiss
 from .token_store import KINDS
 
 FORMAT_NAME = "zse-sbir-index"
-FORMAT_VERSION = 2  # 2: optional stored projections; an index without them is still written as 1
+FORMAT_VERSION = 3  # 2: stored projections; 3: a token codec; an index with neither is still written as 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.json"
@@ -98,6 +99,9 @@ def check_manifest(m: dict, where) -> None:
     projections = tokens.get("projections", False)
     if not isinstance(projections, bool) or (projections and not tokens["stored"]):
         raise _bad(where, "tokens.projections must be a boolean, true only when tokens are stored")
+    codec = tokens.get("codec")
+    if codec is not None:
+        _check_codec(codec, tokens, where)
     shard = m["shard"]
     if shard is not None:
         if not isinstance(shard, dict) or not isinstance(shard.get("items_sha256"), str):
@@ -118,7 +122,7 @@ def check_manifest(m: dict, where) -> None:
     segments = m["segments"]
     if not isinstance(segments, list):
         raise _bad(where, "segments must be a list")
-    used = [INDEX_FILE, ROWS_FILE]
+    used = [INDEX_FILE, ROWS_FILE] + ([check_file_name(codec["file"], where)] if codec is not None else [])
     for n, seg in enumerate(segments):
         if not isinstance(seg, dict):
             raise _bad(where, f"segments[{n}] must be an object")
@@ -140,6 +144,17 @@ def check_manifest(m: dict, where) -> None:
     unused = sorted(set(files) - set(used))
     if unused:
         raise _bad(where, f"files lists {', '.join(unused)}, which no part of the index uses")
+
+
+def _check_codec(codec, tokens: dict, where) -> None:
+    """`tokens.codec`: `{name, factory, lossy, code_size, description, file}`, only with stored
+    tokens and without projections."""
+    fields = {"name": str, "factory": (str, type(None)), "lossy": bool, "description": str, "file": str}
+    if not isinstance(codec, dict) or any(not isinstance(codec.get(k), t) for k, t in fields.items()):
+        raise _bad(where, "tokens.codec must be null or {name, factory, lossy, code_size, description, file}")
+    _int(codec.get("code_size"), where, "tokens.codec.code_size", 1)
+    if not tokens["stored"] or tokens.get("projections", False):
+        raise _bad(where, "tokens.codec needs stored tokens and no stored projections")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -190,9 +205,15 @@ def build_manifest(index, segments: list[dict], files: dict) -> dict:
     """The manifest of `index` whose segment entries and file checksums are given."""
     from .. import __version__
 
+    codec = index.token_codec
+    tokens = {"stored": index.store_local_tokens, "shape": list(index.token_shape) if index.token_shape else None,
+              "grid_size": list(index.grid_size) if index.grid_size else None,
+              "dtype": "float16" if codec is None else "uint8", "projections": index.store_projections}
+    if codec is not None:
+        tokens["codec"] = codec.record()
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION if index.store_projections else 1,
+        "format_version": 3 if codec is not None else 2 if index.store_projections else 1,
         "zse_hf_version": __version__,
         "faiss_version": getattr(faiss, "__version__", None),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -202,9 +223,7 @@ def build_manifest(index, segments: list[dict], files: dict) -> dict:
         "index_factory": index.index_factory,
         "factory": index.factory,
         "search_params": index.search_params,
-        "tokens": {"stored": index.store_local_tokens, "shape": list(index.token_shape) if index.token_shape else None,
-                   "grid_size": list(index.grid_size) if index.grid_size else None, "dtype": "float16",
-                   "projections": index.store_projections},
+        "tokens": tokens,
         "train_size": index.train_size,
         "counts": {"rows": index.num_rows, "photos": len(index), "removed": index.num_rows - len(index),
                    "skipped": len(index.skipped)},

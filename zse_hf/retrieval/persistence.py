@@ -44,7 +44,8 @@ from .faiss_index import DEFAULT_TRAIN_SIZE, faiss, read_index_bytes
 from .manifest import INDEX_FILE, MANIFEST, ROWS_FILE, build_manifest, parse_manifest, parse_rows
 from .model_binding import check_model, default_processor
 from .records import Skipped
-from .token_store import DTYPES, KINDS, Segment, open_npy, pid_alive, row_shapes
+from .token_codec import CODEC_FILE, TokenCodec
+from .token_store import KINDS, Segment, open_npy, pid_alive, row_dtypes, row_shapes
 
 # Test seam: called with each file name once it is written during a save, and with "swap" at
 # the moment the new directory replaces the old one (tests pause or kill the process there).
@@ -90,6 +91,9 @@ def save_index(index, directory: str | os.PathLike) -> Path:
                 "skipped": [asdict(s) for s in index.skipped]}
         (tmp / ROWS_FILE).write_text(json.dumps(rows))
         files.append(_written(tmp, ROWS_FILE))
+        if index.token_codec is not None:  # the bytes it was trained or loaded as: its sha256 stays the same
+            (tmp / CODEC_FILE).write_bytes(index.token_codec.data)
+            files.append(_written(tmp, CODEC_FILE))
         segments = []
         for n, seg in enumerate(index._segments):
             entry = {"rows": seg.n}
@@ -376,6 +380,17 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
     dim = manifest["embedding_dim"]
     tokens = manifest["tokens"]
     token_shape = tuple(tokens["shape"]) if tokens["stored"] else None
+    record = tokens.get("codec")
+    codec = None
+    if record is not None:  # read and checked first: the token files hold its codes
+        data = _read_member(dir_fd, where, record["file"])
+        _check_bytes(record["file"], files[record["file"]], len(data),
+                     (lambda: _sha256_bytes(data)) if verify else None, where)
+        codec = TokenCodec.from_bytes(data, where / record["file"], record["name"], record["factory"], record)
+        if codec.dim != token_shape[1]:
+            raise ValueError(f"index file {where / record['file']} does not match its manifest: a codec for "
+                             f"width {codec.dim}, the tokens are {token_shape[1]} wide")
+    code_size = codec.code_size if codec is not None else None
 
     # rows.json, then the segments (each file verified, then mapped from the same handle)
     rows_bytes = _read_member(dir_fd, where, ROWS_FILE)
@@ -386,7 +401,8 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
     segments = []
     for seg in manifest["segments"]:
         n = seg["rows"]
-        shapes = {kind: (n, *shape) for kind, shape in row_shapes(dim, token_shape).items()}
+        shapes = {kind: (n, *shape) for kind, shape in row_shapes(dim, token_shape, code_size).items()}
+        dtypes = row_dtypes(code_size)
         arrays = {}
         for kind in KINDS:
             name = seg.get(kind)
@@ -399,7 +415,7 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
             except BaseException:
                 os.close(fd)
                 raise
-            arrays[kind] = open_npy(fd, where / name, DTYPES[kind], shapes[kind], f"index file {where / name}")
+            arrays[kind] = open_npy(fd, where / name, dtypes[kind], shapes[kind], f"index file {where / name}")
         segments.append(Segment(n, arrays))
 
     # the faiss index, parsed from the very bytes that were checked
@@ -410,7 +426,7 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
 
     index = cls(None, None, index_factory=manifest["index_factory"], store_local_tokens=tokens["stored"],
                 use_gpu=use_gpu, train_size=manifest.get("train_size", DEFAULT_TRAIN_SIZE),
-                store_projections=tokens.get("projections", False))
+                store_projections=tokens.get("projections", False), token_codec=codec)
     index.model, index.model_info = model, manifest["model"]
     index.processor = processor if processor is not None or model is None else default_processor(model)
     index.factory, index.search_params, index.dim = manifest["factory"], manifest["search_params"], dim

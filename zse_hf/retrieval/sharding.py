@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .model_binding import default_processor
-from .token_store import DTYPES, KINDS, row_shapes
+from .token_store import KINDS
 
 
 def check_shard(shard) -> tuple[int, int]:
@@ -60,6 +60,10 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
         shape = (p.dim, p.token_shape, p.grid_size, p.store_local_tokens)
         if shape != (first.dim, first.token_shape, first.grid_size, first.store_local_tokens):
             raise ValueError(f"{d} stores features of another shape than {directories[0]}")
+        if _codec_sha256(p) != _codec_sha256(first):
+            raise ValueError(f"{d} stores its tokens with another token codec ({_codec_id(p)}) than {directories[0]} "
+                             f"({_codec_id(first)}); build every shard with one codec (token_codec=<the first "
+                             "shard's directory>, zse-sbir index --token-codec-from)")
     factories = {p.index_factory for p in parts}
     if index_factory == "same":
         if len(factories) > 1:
@@ -74,7 +78,8 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
         raise ValueError("cannot merge shards with non-sharded indexes")
     merged = cls(None, None, index_factory=index_factory, store_local_tokens=first.store_local_tokens,
                  work_dir=work_dir, train_size=first.train_size,
-                 store_projections=all(p.store_projections for p in parts))  # kept when every input has them
+                 store_projections=all(p.store_projections for p in parts),  # kept when every input has them
+                 token_codec=first.token_codec)  # codes are copied as they are
     merged.model, merged.model_info = model, first.model_info
     merged.processor = default_processor(model) if model is not None else None
     for p in parts:
@@ -87,17 +92,17 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
     stored = {"embeddings": True, "tokens": first.store_local_tokens, "mask": first.store_local_tokens,
               "projections": merged.store_projections}
     kinds = [k for k in KINDS if stored[k]]
-    shapes = row_shapes(first.dim, first.token_shape)
+    shapes, dtypes = first._row_specs()
     writer = merged._open_segment(first.dim, first.token_shape, first.grid_size)
     try:
         for s in range(0, len(entries), 1024):
             chunk = entries[s:s + 1024]
-            out = {k: np.empty((len(chunk), *shapes[k]), DTYPES[k]) for k in kinds}
+            out = {k: np.empty((len(chunk), *shapes[k]), dtypes[k]) for k in kinds}
             for pi in {e[0] for e in chunk}:
                 sel = [j for j, e in enumerate(chunk) if e[0] == pi]
                 rows = np.asarray([chunk[j][1] for j in sel], dtype=np.int64)
                 for k in kinds:
-                    out[k][sel] = parts[pi]._gather(k, rows)
+                    out[k][sel] = parts[pi]._gather(k, rows, decode=False)
             writer.append(out["embeddings"], out.get("tokens"), out.get("mask"), proj=out.get("projections"))
     except BaseException:
         writer.abort()
@@ -105,3 +110,13 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
     merged._commit_segment(writer, ids, [parts[pi]._paths[r] for pi, r in entries],
                            [parts[pi]._positions[r] for pi, r in entries])
     return merged
+
+
+def _codec_sha256(index) -> str | None:
+    return None if index.token_codec is None else index.token_codec.sha256
+
+
+def _codec_id(index) -> str:
+    """`fp16`, or the token codec's name and the first digits of its sha256."""
+    codec = index.token_codec
+    return "fp16" if codec is None else f"{codec.name}, sha256 {codec.sha256[:12]}"

@@ -1,7 +1,8 @@
 """The row store behind an index: per segment (one `build`/`add` call), `[n, D]` float32
-[Ret] embeddings, `[n, N, D]` float16 local tokens, `[n, N]` bool masks and, when the index
-stores them, `[n, 3, N, D]` float16 cross-attention projections of the photos (the pair
-head's photo-side q, k, v), each a `.npy` file streamed once and then memory-mapped read-only.
+[Ret] embeddings, `[n, N, D]` float16 local tokens (or, with a token codec, their codes
+`[n, N, C]` uint8, see `token_codec`), `[n, N]` bool masks and, when the index stores them,
+`[n, 3, N, D]` float16 cross-attention projections of the photos (the pair head's photo-side
+q, k, v), each a `.npy` file streamed once and then memory-mapped read-only.
 
 A segment file is never modified once written. Every file is mapped when its segment is
 opened, so a loaded index keeps reading the bytes it verified even when its directory is
@@ -27,6 +28,7 @@ _NPY_HEADER = 128  # fixed .npy header length of streamed segment files
 KINDS = ("embeddings", "tokens", "mask", "projections")
 DTYPES = {"embeddings": np.dtype(np.float32), "tokens": np.dtype(np.float16), "mask": np.dtype(np.bool_),
           "projections": np.dtype(np.float16)}
+CODE_DTYPE = np.dtype(np.uint8)  # token codes, when the index has a token codec
 WORK_PREFIX = "zse-index-"
 
 
@@ -128,13 +130,20 @@ def open_npy(fd: int, path: Path, dtype: np.dtype, shape: tuple[int, ...], label
     return StoredArray(array, Path(path), _identity(st), header)
 
 
-def row_shapes(dim: int, token_shape) -> dict[str, tuple[int, ...]]:
+def row_shapes(dim: int, token_shape, code_size: int | None = None) -> dict[str, tuple[int, ...]]:
     """The shape of one row of each kind: embeddings `(D,)` and, when tokens are stored
-    (`token_shape = (N, D)`, else None), tokens `(N, D)`, mask `(N,)`, projections `(3, N, D)`."""
+    (`token_shape = (N, D)`, else None), tokens `(N, D)` (`(N, code_size)` codes with a token
+    codec), mask `(N,)`, projections `(3, N, D)`."""
     shapes = {"embeddings": (dim,)}
     if token_shape is not None:
-        shapes.update(tokens=tuple(token_shape), mask=(token_shape[0],), projections=(3, *token_shape))
+        tokens = (token_shape[0], code_size) if code_size else tuple(token_shape)
+        shapes.update(tokens=tokens, mask=(token_shape[0],), projections=(3, *token_shape))
     return shapes
+
+
+def row_dtypes(code_size: int | None = None) -> dict[str, np.dtype]:
+    """The stored dtype of each kind (tokens are uint8 codes when `code_size` is given)."""
+    return {**DTYPES, "tokens": CODE_DTYPE} if code_size else dict(DTYPES)
 
 
 class Segment:
@@ -148,13 +157,15 @@ class Segment:
         self.n, self.arrays = int(n), {k: arrays.get(k) for k in KINDS}
 
     @classmethod
-    def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape) -> Segment:
-        """Open and map the files of a segment written in a work directory."""
-        shapes = row_shapes(dim, token_shape)
+    def open_files(cls, n: int, paths: dict[str, Path | None], dim: int, token_shape,
+                   code_size: int | None = None) -> Segment:
+        """Open and map the files of a segment written in a work directory (`code_size`: the
+        tokens are codes of that many bytes per token)."""
+        shapes, dtypes = row_shapes(dim, token_shape, code_size), row_dtypes(code_size)
         arrays = {}
         for kind, path in paths.items():
             if path is not None:
-                arrays[kind] = open_file(path, kind, (n, *shapes[kind]))
+                arrays[kind] = open_file(path, kind, (n, *shapes[kind]), dtypes[kind])
         return cls(n, arrays)
 
     def with_array(self, kind: str, stored: StoredArray) -> Segment:
@@ -173,21 +184,24 @@ class Segment:
         return stored.array
 
 
-def open_file(path: Path, kind: str, shape: tuple[int, ...]) -> StoredArray:
-    """Map the work-directory file `path` holding `shape` rows of `kind`."""
+def open_file(path: Path, kind: str, shape: tuple[int, ...], dtype=None) -> StoredArray:
+    """Map the work-directory file `path` holding `shape` rows of `kind` (of `dtype`, default
+    the kind's)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    return open_npy(fd, path, DTYPES[kind], shape, path.name)
+    return open_npy(fd, path, DTYPES[kind] if dtype is None else np.dtype(dtype), shape, path.name)
 
 
 class SegmentWriter:
     """Writes one segment's embedding / token / mask (and projection) files side by side."""
 
     def __init__(self, folder: Path, dim: int, token_shape, grid_size, index_token_shape=None, index_grid_size=None,
-                 projections: bool = False):
+                 projections: bool = False, code_size: int | None = None):
         """Files in `folder` for rows of width `dim` (and tokens `token_shape = (N, D)` unless None);
         `index_*`: what the index already holds (None for a new one), which must match;
-        `projections`: also a `[n, 3, N, D]` projections file (needs tokens)."""
+        `projections`: also a `[n, 3, N, D]` projections file (needs tokens); `code_size`: tokens
+        are appended as codes `[m, N, code_size]` uint8 (encoded by the caller)."""
         self.dim, self.token_shape, self.grid_size = dim, index_token_shape or token_shape, index_grid_size or grid_size
+        self.code_size = code_size if token_shape is not None else None
         if index_token_shape is not None and token_shape is not None and tuple(token_shape) != tuple(index_token_shape):
             raise ValueError(f"local tokens of shape {tuple(token_shape)} do not match the index "
                              f"({tuple(index_token_shape)})")
@@ -195,7 +209,8 @@ class SegmentWriter:
         self.emb = NpyWriter(folder / f"embeddings-{tag}.npy", np.float32, (dim,))
         self.tok = self.mask = self.proj = None
         if token_shape is not None:
-            self.tok = NpyWriter(folder / f"tokens-{tag}.npy", np.float16, tuple(token_shape))
+            tok_shape = (token_shape[0], code_size) if code_size else tuple(token_shape)
+            self.tok = NpyWriter(folder / f"tokens-{tag}.npy", CODE_DTYPE if code_size else np.float16, tok_shape)
             self.mask = NpyWriter(folder / f"mask-{tag}.npy", np.bool_, (token_shape[0],))
             if projections:
                 self.proj = NpyWriter(folder / f"projections-{tag}.npy", np.float16, (3, *token_shape))
@@ -207,8 +222,8 @@ class SegmentWriter:
         return [w for w in (self.emb, self.tok, self.mask, self.proj) if w is not None]
 
     def append(self, emb, tok=None, mask=None, grid_size=None, proj=None) -> None:
-        """Write rows: `emb [m, D]`, and `tok [m, N, D]`, `mask [m, N]` when tokens are stored,
-        and `proj [m, 3, N, D]` when projections are."""
+        """Write rows: `emb [m, D]`, and `tok [m, N, D]` (codes `[m, N, code_size]` uint8 with
+        `code_size`), `mask [m, N]` when tokens are stored, and `proj [m, 3, N, D]` when projections are."""
         if grid_size is not None and self.grid_size is not None and tuple(grid_size) != tuple(self.grid_size):
             raise ValueError(f"token grid {tuple(grid_size)} does not match the index ({tuple(self.grid_size)}); "
                              "use the processor (image size) the index was built with")
@@ -230,7 +245,7 @@ class SegmentWriter:
             w.close()
         paths = {kind: w.path if w is not None else None
                  for kind, w in zip(KINDS, (self.emb, self.tok, self.mask, self.proj))}
-        return Segment.open_files(self.emb.n, paths, self.dim, self.tok.row_shape if self.tok else None)
+        return Segment.open_files(self.emb.n, paths, self.dim, self.token_shape if self.tok else None, self.code_size)
 
     def abort(self) -> None:
         """Delete the partial files."""
