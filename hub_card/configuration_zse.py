@@ -31,6 +31,23 @@ def check_rerank_ret_weight(value) -> float:
     return float(value)
 
 
+def check_default_ranking(value) -> str:
+    """`value` if it names a ranking, else ValueError: `"ret"` ([Ret] cosine alone) or `"rn@K"`
+    (the best K [Ret] candidates re-ranked by the relation network, K >= 1)."""
+    if value == "ret":
+        return value
+    k = value[3:] if isinstance(value, str) and value.startswith("rn@") else ""
+    if not (k.isascii() and k.isdigit() and int(k) >= 1 and str(int(k)) == k):
+        raise ValueError(f"default_ranking must be 'ret' or 'rn@K' with an integer K >= 1, got {value!r}")
+    return value
+
+
+def default_rerank_k(ranking: str) -> int:
+    """How many [Ret] candidates a ranking re-ranks: 0 for `"ret"`, K for `"rn@K"`."""
+    ranking = check_default_ranking(ranking)
+    return 0 if ranking == "ret" else int(ranking[3:])
+
+
 class ZseConfig(PretrainedConfig):
     r"""Configuration of a [`ZseModel`]: a shared ViT encoder with a learnable tokenizer, a
     bidirectional cross-attention module and a kernel-based relation network.
@@ -83,6 +100,11 @@ class ZseConfig(PretrainedConfig):
             How the re-rank orders a query's top-K [Ret] candidates: by `relation score +
             rerank_ret_weight * [Ret] cosine` (see [`ZseModel.rerank_score`]). 0 is the paper's
             ordering by the relation score alone; larger values lean on [Ret]. Not used in training.
+        default_ranking (`str`, *optional*, defaults to `"ret"`):
+            The ranking that search follows when none is asked for (`ZseIndex.search` without
+            `rerank_k`, `zse-sbir search`, the demo, the model card's headline): `"ret"` ([Ret]
+            cosine alone) or `"rn@K"` (the best K [Ret] candidates re-ranked by the relation
+            network). It records what the evaluation evidence supports for these weights.
         initializer_range (`float`, *optional*, defaults to 0.02): std of new weights.
         image_mean, image_std (`list[float]`, *optional*):
             Normalisation; defaults follow the backbone (ImageNet for DINOv2, 0.5 for ViT,
@@ -113,6 +135,7 @@ class ZseConfig(PretrainedConfig):
         correspondence_weight: float = 0.0,
         correspondence_temperature: float = 0.1,
         rerank_ret_weight: float = 0.0,
+        default_ranking: str = "ret",
         initializer_range: float = 0.02,
         image_mean=None,
         image_std=None,
@@ -162,6 +185,7 @@ class ZseConfig(PretrainedConfig):
         self.correspondence_weight = correspondence_weight
         self.correspondence_temperature = correspondence_temperature
         self.rerank_ret_weight = check_rerank_ret_weight(rerank_ret_weight)
+        self.default_ranking = check_default_ranking(default_ranking)
         self.initializer_range = initializer_range
         default_mean, default_std = _backbone_normalisation(backbone_config)
         self.image_mean = list(image_mean) if image_mean is not None else default_mean
@@ -189,4 +213,4 @@ def _backbone_normalisation(backbone_config) -> tuple[list[float], list[float]]:
     return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
-__all__ = ["ZseConfig", "check_rerank_ret_weight"]
+__all__ = ["ZseConfig", "check_default_ranking", "check_rerank_ret_weight", "default_rerank_k"]

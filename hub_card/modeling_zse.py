@@ -15,6 +15,9 @@ against every candidate (`[Q, K]`).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -810,7 +813,10 @@ class ZsePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, but keys are saved exactly as `state_dict()` names
         them (transformers would otherwise rename the DINOv2 backbone's keys to their legacy
         form, which raw `load_state_dict` users such as `Trainer` checkpoints do not map back)."""
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        out = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        if kwargs.get("is_main_process", True):
+            _save_custom_pipelines(self.config, save_directory)
+        return out
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -841,6 +847,8 @@ class ZseModel(ZsePreTrainedModel):
     >>> inputs = processor(sketches=sketch_image, photos=photo_image, return_tensors="pt")
     >>> out = model(**inputs)
     >>> out.cosine, out.relation_scores
+    >>> feats = model(pixel_values=inputs["photo_pixel_values"])  # one batch of images: get_image_features
+    >>> feats.last_hidden_state, feats.pooler_output  # [B, 1 + N, D] tokens, [B, D] [Ret] embeddings
     ```
     """
 
@@ -1121,8 +1129,8 @@ class ZseModel(ZsePreTrainedModel):
 
     def forward(
         self,
-        sketch_pixel_values: torch.Tensor,
-        photo_pixel_values: torch.Tensor,
+        sketch_pixel_values: torch.Tensor | None = None,
+        photo_pixel_values: torch.Tensor | None = None,
         negative_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
@@ -1131,8 +1139,15 @@ class ZseModel(ZsePreTrainedModel):
         correspondence_sketch_pixel_values: torch.Tensor | None = None,
         correspondence_photo_pixel_values: torch.Tensor | None = None,
         correspondence_targets: torch.Tensor | None = None,
-    ) -> ZseModelOutput | tuple:
-        """Score `B` (sketch, photo) pairs and, with `labels`, compute the training loss.
+        pixel_values: torch.Tensor | None = None,
+    ) -> ZseModelOutput | ZseImageFeatures | tuple:
+        """Score `B` (sketch, photo) pairs and, with `labels`, compute the training loss; or, with
+        `pixel_values` alone, encode one batch of images.
+
+        `model(pixel_values=x)` (`x [B, 3, H, W]`, sketches or photos) is
+        `model.get_image_features(x)`: [`ZseImageFeatures`] with transformers' vision-model fields
+        `last_hidden_state [B, 1 + N, D]` ([Ret] token first) and `pooler_output [B, D]` (the
+        L2-normalised [Ret] embedding), as `pipeline("image-feature-extraction")` reads them.
 
         Args:
             sketch_pixel_values: `[B, 3, H, W]` anchor sketches.
@@ -1152,7 +1167,29 @@ class ZseModel(ZsePreTrainedModel):
             correspondence_targets: `[Bc, G*G]` true photo cell per sketch cell (-1: not counted).
                 With the three given, `correspondence_loss` is returned and, with `labels`, added
                 to `loss` times the config's `correspondence_weight` (default 0).
+            pixel_values: `[B, 3, H, W]` images to encode alone (no pair inputs then); returns
+                [`ZseImageFeatures`] (see [`get_image_features`]).
+
+        Returns: [`ZseModelOutput`] for pairs, [`ZseImageFeatures`] for `pixel_values`
+        (`to_tuple()` of either with `return_dict=False`).
         """
+        if pixel_values is not None:
+            pair_inputs = {
+                "sketch_pixel_values": sketch_pixel_values, "photo_pixel_values": photo_pixel_values,
+                "negative_pixel_values": negative_pixel_values, "labels": labels,
+                "correspondence_sketch_pixel_values": correspondence_sketch_pixel_values,
+                "correspondence_photo_pixel_values": correspondence_photo_pixel_values,
+                "correspondence_targets": correspondence_targets,
+            }
+            given = [name for name, value in pair_inputs.items() if value is not None]
+            if given:
+                raise ValueError(f"pass either pixel_values (one batch of images to encode) or the pair inputs, "
+                                 f"not both; got pixel_values and {', '.join(given)}")
+            return self.get_image_features(pixel_values, output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states, return_dict=return_dict)
+        if sketch_pixel_values is None or photo_pixel_values is None:
+            raise ValueError("pass sketch_pixel_values and photo_pixel_values (a batch of pairs), or pixel_values "
+                             "alone (one batch of images to encode)")
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -1225,6 +1262,41 @@ class ZseModel(ZsePreTrainedModel):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _save_custom_pipelines(config, save_directory) -> None:
+    """Keep a saved folder's `custom_pipelines` (from a Hub repo's `config.json`) loadable: copy each
+    pipeline's code file (and the files it imports relatively) beside the model code when they sit
+    beside this file, else drop the entry from the saved `config.json` (a folder must not name a
+    pipeline file it lacks)."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    tasks = getattr(config, "custom_pipelines", None)
+    config_file = os.path.join(save_directory, "config.json")
+    if not tasks or not os.path.isfile(config_file):
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    kept = {}
+    for task, info in tasks.items():
+        impl = info.get("impl", "") if isinstance(info, dict) else ""
+        name = impl.rsplit(".", 1)[0] + ".py" if "." in impl else ""
+        source = os.path.join(here, name)
+        if name and not os.path.isfile(os.path.join(save_directory, name)) and os.path.isfile(source):
+            for path in (source, *get_relative_import_files(source)):
+                target = os.path.join(save_directory, os.path.basename(path))
+                if not os.path.isfile(target):
+                    shutil.copyfile(path, target)
+        if name and os.path.isfile(os.path.join(save_directory, name)):
+            kept[task] = info
+    if kept != tasks:
+        with open(config_file, encoding="utf-8") as f:
+            saved = json.load(f)
+        if kept:
+            saved["custom_pipelines"] = kept
+        else:
+            saved.pop("custom_pipelines", None)
+        with open(config_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _check_pair(a: ZseImageFeatures, b: ZseImageFeatures) -> None:

@@ -1,10 +1,13 @@
 """zse-sbir: zero-shot everything sketch-based image retrieval (ZSE-SBIR) for transformers.
 
 Importing this package registers the model with the `Auto*` classes, so a saved folder or
-Hub repo loads with `AutoModel.from_pretrained(...)` and `AutoProcessor.from_pretrained(...)`.
+Hub repo loads with `AutoModel.from_pretrained(...)` and `AutoProcessor.from_pretrained(...)`, and
+registers the `"sketch-based-image-retrieval"` pipeline task ([`ZseSketchRetrievalPipeline`]) with
+transformers' `pipeline()`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_zse import ZseConfig
 from .image_processing_zse import ZseImageProcessor
@@ -21,6 +24,8 @@ from .modeling_zse import (
     ZseRelationOutput,
     ZseTokenizer,
 )
+from .pipeline_zse import TASK as SBIR_TASK
+from .pipeline_zse import ZseSketchRetrievalPipeline
 from .processing_zse import ZseProcessor
 
 __version__ = "0.1.0"
@@ -37,6 +42,12 @@ ZseModel.register_for_auto_class("AutoModel")
 ZseImageProcessor.register_for_auto_class("AutoImageProcessor")
 ZseProcessor.register_for_auto_class("AutoProcessor")
 
+# pipeline("sketch-based-image-retrieval", model=...) with the package's class; a Hub repo also names
+# the class in its config's `custom_pipelines` (written by `zse-sbir export`), for trust_remote_code=True.
+if PIPELINE_REGISTRY.supported_tasks.get(SBIR_TASK, {}).get("impl") is not ZseSketchRetrievalPipeline:
+    PIPELINE_REGISTRY.register_pipeline(SBIR_TASK, pipeline_class=ZseSketchRetrievalPipeline, pt_model=AutoModel,
+                                        type="image")
+
 __all__ = [
     "ZseConfig",
     "ZseCrossAttention",
@@ -51,5 +62,6 @@ __all__ = [
     "ZseProcessor",
     "ZseRelationNetwork",
     "ZseRelationOutput",
+    "ZseSketchRetrievalPipeline",
     "ZseTokenizer",
 ]

@@ -4,7 +4,8 @@ configs, remote code, model card, licence), after checking the eval JSON belongs
     zse-sbir export --model runs/offline-cpu/best --eval results.json --out hub_card/
 
 The exported folder loads with `AutoModel.from_pretrained(...)` with this package installed,
-and with `trust_remote_code=True` without it.
+and with `trust_remote_code=True` without it; so do its pipelines (`"image-feature-extraction"`,
+`"sketch-based-image-retrieval"`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .eval_json import load_eval_results
 from .model_card import ExportInfo, render_card, render_license, validate_card
 from .repo_files import (
     AUTO_MAP,
+    CUSTOM_PIPELINES,
     DEFAULT_REPO_ID,
     EXPORTED_FILES,
     OPTIONAL_FILES,
@@ -107,8 +109,9 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
             ranking search follows when none is asked for); None keeps `model_dir`'s.
 
     Writes `config.json` (`auto_map` for AutoConfig, AutoModel, AutoImageProcessor,
-    AutoProcessor), `model.safetensors`, `processor_config.json`, `preprocessor_config.json`,
-    the four remote-code files, `LICENSE.md` and `README.md` (the model card).
+    AutoProcessor; `custom_pipelines` for the `"sketch-based-image-retrieval"` pipeline),
+    `model.safetensors`, `processor_config.json`, `preprocessor_config.json`, the remote-code files
+    (`REMOTE_CODE_FILES`: model, processors and pipeline), `LICENSE.md` and `README.md` (the model card).
 
     Returns:
         `out_dir` as a `Path`.
@@ -175,6 +178,7 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
         config = json.loads((tmp / "config.json").read_text())
         config["dtype"] = "float32"  # compute dtype: fp16 files are upcast on load
         config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
+        config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **CUSTOM_PIPELINES}
         backbone = config.get("backbone_config") or {}
         if os.path.isabs(backbone.get("_name_or_path") or ""):  # a folder of the exporting machine
             backbone["_name_or_path"] = Path(backbone["_name_or_path"]).name

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # zse_hf/
-REMOTE_CODE_FILES = ("configuration_zse.py", "modeling_zse.py", "image_processing_zse.py", "processing_zse.py")
+REMOTE_CODE_FILES = ("configuration_zse.py", "modeling_zse.py", "image_processing_zse.py", "processing_zse.py",
+                     "pipeline_zse.py")
 DEFAULT_REPO_ID = "zse-sbir/zse-sbir-dinov2-small"
 EXPORTED_FILES = (
     "config.json",
@@ -25,6 +26,15 @@ AUTO_MAP = {
     "AutoModel": "modeling_zse.ZseModel",
     "AutoImageProcessor": "image_processing_zse.ZseImageProcessor",
     "AutoProcessor": "processing_zse.ZseProcessor",
+}
+# `config.json`'s `custom_pipelines`: `pipeline("sketch-based-image-retrieval", model=repo, trust_remote_code=True)`
+# loads the pipeline class from the repo (the entry `Pipeline.save_pretrained` writes for a registered pipeline)
+CUSTOM_PIPELINES = {
+    "sketch-based-image-retrieval": {
+        "impl": "pipeline_zse.ZseSketchRetrievalPipeline",
+        "pt": ["AutoModel"],
+        "type": "image",
+    },
 }
 # never uploaded
 UPLOAD_IGNORE = ["*.pyc", "__pycache__/*", "*/__pycache__/*", ".git/*", ".cache/*", "*.tmp", ".DS_Store"]
@@ -74,5 +84,5 @@ def check_folder(folder: str | os.PathLike) -> list[str]:
     return problems
 
 
-__all__ = ["AUTO_MAP", "DEFAULT_REPO_ID", "EXPORTED_FILES", "OPTIONAL_FILES", "PACKAGE_DIR", "REMOTE_CODE_FILES",
-           "UPLOAD_IGNORE", "check_folder", "check_in_sync", "list_upload_files"]
+__all__ = ["AUTO_MAP", "CUSTOM_PIPELINES", "DEFAULT_REPO_ID", "EXPORTED_FILES", "OPTIONAL_FILES", "PACKAGE_DIR",
+           "REMOTE_CODE_FILES", "UPLOAD_IGNORE", "check_folder", "check_in_sync", "list_upload_files"]
