@@ -7,7 +7,7 @@ import pytest
 
 from zse_hf import metrics as M
 from zse_hf.cli import main as cli_main
-from zse_hf.compare import CompareError, compare_results, main
+from zse_hf.compare import CompareError, compare_results, main, pool_comparisons
 
 
 def _payload(rankings: dict, ql, gl, data_hash="d1", gallery_all=None):
@@ -92,3 +92,49 @@ def test_cli(case, tmp_path, capsys):
     assert "broken.json is not a JSON file" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.json")]) == 2
     assert "evaluation file not found" in capsys.readouterr().err
+
+
+def _fold(rankings, ql, gl, classes, data_hash):
+    """The case's payload restricted to `classes` (one fold's validation classes)."""
+    q, g = np.isin(ql, classes), np.isin(gl, classes)
+    return _payload({k: v[q][:, g] for k, v in rankings.items()}, ql[q], gl[g], data_hash=data_hash)
+
+
+def test_pooling_folds_equals_one_comparison_over_all_classes(case, tmp_path, capsys):
+    """Folds on disjoint classes pool into one comparison over all their classes (each class's AP from
+    its own fold's gallery)."""
+    ql, gl, rankings = case
+    folds = [_fold(rankings, ql, gl, c, f"f{i}") for i, c in enumerate((range(0, 5), range(5, 9), range(9, 12)))]
+    pooled = pool_comparisons([(f, f) for f in folds], "ret", "rn@10", n_bootstrap=2000)
+    assert pooled["n_classes"] == 12 and pooled["n_folds"] == 3 and pooled["weights"] == "queries"
+
+    def weighted(mode):  # query-weighted mean of every fold's per-class APs
+        pairs = [(f["results"][mode]["per_class_AP"][c], f["results"][mode]["per_class_queries"][c])
+                 for f in folds for c in f["results"][mode]["per_class_AP"]]
+        return sum(ap * n for ap, n in pairs) / sum(n for _, n in pairs)
+
+    whole = {"a": weighted("ret"), "b": weighted("rn@10")}
+    whole["difference"] = whole["b"] - whole["a"]
+    for key in ("a", "b", "difference"):
+        assert pooled[key] == pytest.approx(whole[key], abs=1e-12)
+    assert [f["n_classes"] for f in pooled["folds"]] == [5, 4, 3]
+    lo, hi = pooled["difference_CI"]
+    assert lo <= pooled["difference"] <= hi
+    with pytest.raises(CompareError, match="disjoint"):
+        pool_comparisons([(folds[0], folds[0]), (folds[0], folds[0])], "ret", "rn@10")
+    with pytest.raises(CompareError, match="nothing to pool"):
+        pool_comparisons([], "ret", "rn@10")
+    files = []
+    for i, f in enumerate(folds):
+        files.append(tmp_path / f"fold{i}.json")
+        files[-1].write_text(json.dumps(f))
+    assert main([str(files[0]), "--pool", *map(str, files[1:]), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["difference"] == pytest.approx(whole["difference"], abs=1e-12) and got["n_folds"] == 3
+    # --paired: A/B files per fold (here the same file twice, mode ret vs rn@10)
+    assert main([str(files[0]), str(files[0]), "--pool", str(files[1]), str(files[1]), "--paired"]) == 0
+    assert "pooled" not in capsys.readouterr().out
+    assert main([str(files[0]), "--pool", str(files[1]), str(files[2]), "--paired"]) == 2
+    assert "A/B pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(files[0]), "--paired"])

@@ -136,6 +136,24 @@ def test_zero_shot_lists_match_unseen_all(qd_root):
         [25, 21, 30, 25]
 
 
+def test_k_fold_validation_partitions_the_candidates():
+    """`fold="I/K"`: K runs validate on disjoint classes that together cover every candidate."""
+    folds = [D.train_val_split(seed=0, fold=f"{i}/5") for i in range(5)]
+    vals = [set(v) for _, v in folds]
+    union = set().union(*vals)
+    assert sum(len(v) for v in vals) == len(union) == 51  # the training classes with 1-3 photos
+    assert all(10 <= len(v) <= 11 for v in vals)
+    for fit, val in folds:
+        assert not set(fit) & set(val) and len(fit) + len(val) == 57
+    assert D.train_val_split(seed=0, fold=(2, 5)) == folds[2]  # "I/K" or a pair
+    assert D.train_val_split(seed=1, fold="2/5") != folds[2]  # the seed shuffles the partition
+    for bad in ("5/5", "-1/5", "0/1", "a/b", "3", (1, 2, 3)):
+        with pytest.raises(ValueError, match="fold"):
+            D.train_val_split(fold=bad)
+    with pytest.raises(ValueError, match="folds"):
+        D.train_val_split(fold="0/52")
+
+
 def test_train_val_split_deterministic_and_disjoint():
     fit, val = D.train_val_split(seed=0, num_val_classes=10)
     assert D.train_val_split(seed=0, num_val_classes=10) == (fit, val)

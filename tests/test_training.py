@@ -107,6 +107,16 @@ def test_summary_records_the_stamps_it_trained_on_with_portable_paths(tiny_backb
     assert "stamps" not in json.loads((tmp_path / "plain" / "best" / "training_summary.json").read_text())
 
 
+def test_val_fold_validates_on_that_fold(tiny_backbone):
+    from zse_hf.data import train_val_split
+
+    fit, val = train_val_split(seed=0, fold="3/5")
+    _, val_q, val_g = build_datasets(_cfg(tiny_backbone, val_fold="3/5", val_classes=10))
+    assert val_q.classes == val and set(val_g.class_names) <= set(val)
+    with pytest.raises(ValueError, match="fold"):
+        _cfg(tiny_backbone, val_fold="5/5")
+
+
 def test_frozen_blocks_do_not_change(tiny_backbone, tmp_path):
     cfg = _cfg(tiny_backbone, max_steps=2, freeze_blocks=1)
     train(cfg, tmp_path / "run")

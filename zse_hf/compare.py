@@ -70,15 +70,64 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
         np.ones(len(classes))
     va = np.array([ap_a[c] for c in classes], dtype=np.float64)
     vb = np.array([ap_b[c] for c in classes], dtype=np.float64)
+    return _paired(va, vb, weights, isinstance(counts, dict), n_bootstrap, seed, alpha)
+
+
+def _paired(va: np.ndarray, vb: np.ndarray, weights: np.ndarray, by_queries: bool, n_bootstrap: int, seed: int,
+            alpha: float) -> dict:
+    """The comparison dict of per-class APs `va`, `vb` `[C]` with class weights `[C]`."""
     diff = vb - va
     lo, hi = bootstrap_ci(diff, n=n_bootstrap, seed=seed, alpha=alpha, weights=weights)
+
     def mean(v: np.ndarray) -> float:
         return float((v * weights).sum() / weights.sum())
 
     return {"a": mean(va), "b": mean(vb), "difference": mean(diff), "difference_CI": [lo, hi],
-            "n_classes": len(classes), "classes_b_better": int((diff > 0).sum()),
-            "classes_a_better": int((diff < 0).sum()), "weights": "queries" if isinstance(counts, dict) else "equal",
+            "n_classes": len(diff), "classes_b_better": int((diff > 0).sum()),
+            "classes_a_better": int((diff < 0).sum()), "weights": "queries" if by_queries else "equal",
             "level": 1 - alpha, "n_bootstrap": n_bootstrap}
+
+
+def pool_comparisons(pairs: Sequence[tuple[dict, dict]], mode_a: str, mode_b: str, gallery: str = "standard",
+                     n_bootstrap: int = 10000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Ranking B minus ranking A pooled over several evaluations on disjoint classes (the K folds
+    of the ranking protocol: each fold's model validated on classes its encoder never saw), with
+    one paired class bootstrap over all their classes.
+
+    Args:
+        pairs: `[(a, b), ...]`, one pair of eval payloads per fold (a pair may be one payload twice,
+            for two modes of one run); within a pair the data must be the same (`data_hash`).
+        mode_a, mode_b, gallery, n_bootstrap, seed, alpha: as in :func:`compare_results`.
+
+    Returns:
+        :func:`compare_results`' keys over the pooled classes, plus `"n_folds"` and `"folds"`
+        (each fold's own comparison, without a bootstrap).
+
+    Raises:
+        CompareError: a class in two folds (not a partition), or a pair :func:`compare_results` refuses.
+    """
+    if not pairs:
+        raise CompareError("nothing to pool: give one or more evaluations")
+    va, vb, weights, folds, seen = [], [], [], [], {}
+    equal_weights = False
+    for n, (a, b) in enumerate(pairs):
+        c = compare_results(a, b, mode_a, mode_b, gallery, n_bootstrap=1, seed=seed, alpha=alpha)
+        folds.append({k: c[k] for k in ("a", "b", "difference", "n_classes", "classes_b_better", "classes_a_better")})
+        ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
+        counts = ra.get("per_class_queries")
+        equal_weights |= not isinstance(counts, dict)
+        for cls in sorted(ra["per_class_AP"], key=str):
+            if cls in seen:
+                raise CompareError(f"class {cls!r} is in evaluations {seen[cls] + 1} and {n + 1}: pooling needs "
+                                   "disjoint classes (one evaluation per fold)")
+            seen[cls] = n
+            va.append(ra["per_class_AP"][cls])
+            vb.append(rb["per_class_AP"][cls])
+            weights.append(counts[cls] if isinstance(counts, dict) else 1.0)
+    w = np.ones(len(va)) if equal_weights else np.array(weights, dtype=np.float64)
+    pooled = _paired(np.array(va, dtype=np.float64), np.array(vb, dtype=np.float64), w, not equal_weights,
+                     n_bootstrap, seed, alpha)
+    return {**pooled, "n_folds": len(pairs), "folds": folds}
 
 
 def format_comparison(c: dict, name_a: str, name_b: str) -> str:
@@ -97,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="zse-sbir compare", description=main.__doc__)
     p.add_argument("a", help="`zse-sbir eval --out` JSON of ranking A")
     p.add_argument("b", nargs="?", help="JSON of ranking B (default: A's file, for two modes of one run)")
+    p.add_argument("--pool", nargs="+", metavar="JSON", default=None,
+                   help="pool more evaluations on disjoint classes (the K folds of the ranking protocol) into one "
+                        "paired class bootstrap: A, B and these are one eval JSON per fold, each compared "
+                        "mode-a vs mode-b; with --paired, the files are A/B pairs, fold by fold")
+    p.add_argument("--paired", action="store_true",
+                   help="with --pool: the files (A B and the --pool ones) are A1 B1 A2 B2 ... (two models per fold)")
     p.add_argument("--mode-a", default="ret", help="result of A (default ret)")
     p.add_argument("--mode-b", default="rn@10", help="result of B (default rn@10)")
     p.add_argument("--gallery", choices=sorted(GALLERIES), default="standard")
@@ -104,17 +159,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
+    if args.paired and args.pool is None:
+        p.error("--paired needs --pool")
     try:
-        a = load_eval_results(args.a)
-        b = load_eval_results(args.b) if args.b else a
-        c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+        if args.pool is not None:
+            files = [args.a, *([args.b] if args.b else []), *args.pool]
+            payloads = [load_eval_results(f) for f in files]
+            if args.paired and len(payloads) % 2:
+                raise CompareError(f"--paired needs A/B pairs: got {len(payloads)} files")
+            pairs = (list(zip(payloads[::2], payloads[1::2])) if args.paired else [(x, x) for x in payloads])
+            c = pool_comparisons(pairs, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+            names = (f"{args.mode_a} of {' '.join(files[::2])}", f"{args.mode_b} of {' '.join(files[1::2])}") \
+                if args.paired else (f"{args.mode_a}, pooled over {len(files)} evaluations",
+                                     f"{args.mode_b}, pooled over {len(files)} evaluations")
+        else:
+            a = load_eval_results(args.a)
+            b = load_eval_results(args.b) if args.b else a
+            c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+            names = (f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}")
     except (CompareError, HubError, ValueError) as e:
         print(f"zse-sbir compare: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(c, indent=1))
     else:
-        print(format_comparison(c, f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}"))
+        print(format_comparison(c, *names))
     return 0
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cli_args import at_least, rerank_ret_weight
+from .data.split import parse_fold
 from .loading import load_model, weights_fingerprint
 from .metrics import compute_metrics, kernel_locality, rank_gallery
 from .model_summary import format_interval, results_table
@@ -311,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default="offline",
                    help="offline | sketchy:ROOT | sketchy21:ROOT | tuberlin:ROOT | quickdraw:ROOT")
     p.add_argument("--split", default="test")
+    p.add_argument("--val-fold", metavar="I/K", default=None,
+                   help="with --split val/train_fit: fold I of a K-fold partition of the validation candidates "
+                        "(as `zse-sbir train --val-fold`)")
     p.add_argument("--mode", action="append", choices=["ret", "rn"], help="ranking mode (repeatable; default ret)")
     p.add_argument("--rerank-k", type=at_least(0), default=10, help="K for rn mode (0 = whole gallery)")
     p.add_argument("--rerank-ret-weight", type=rerank_ret_weight, default=None,
@@ -342,9 +346,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     kwargs = {}
     if args.data == "offline":
-        kwargs = {k: v for k, v in (("max_per_class", args.max_per_class), ("sketch_size", args.sketch_size)) if v}
+        kwargs = {k: v for k, v in (("max_per_class", args.max_per_class), ("sketch_size", args.sketch_size),
+                                    ("val_fold", args.val_fold)) if v}
     elif args.sketch_size:
         p.error("--sketch-size applies to --data offline (research layouts are image files)")
+    if args.val_fold is not None:
+        try:
+            parse_fold(args.val_fold)
+        except ValueError as err:
+            p.error(str(err))
+        if args.data != "offline" or args.split not in ("val", "train_fit"):
+            p.error("--val-fold applies to --data offline with --split val or train_fit")
     if args.gallery == "all" and args.data != "offline":
         p.error("--gallery all needs --data offline (the reviewed photos of photos.csv)")
     try:  # the data first: a bad --data/--split fails before the model loads
@@ -400,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model_hash": weights_fingerprint(model, short=True),
         "data": args.data,
         "split": args.split,
+        **({"val_fold": args.val_fold} if args.val_fold else {}),
         "data_hash": data_hash(queries, gallery),
         "n_queries": len(queries),
         "n_gallery": len(gallery),

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from .data.split import parse_fold
 from .modeling_zse import ZseImageFeatures, ZseModel
 from .training import (
     JsonlLogger,
@@ -66,7 +67,8 @@ class RelationStageConfig:
         max_steps: optimiser steps.
         lr, weight_decay: AdamW settings for the cross-attention and relation network.
         eval_steps, save_steps: validation / checkpoint interval.
-        val_classes, val_sketches_per_class: the validation split (as in `zse-sbir train`).
+        val_classes, val_sketches_per_class, val_fold: the validation split (as in `zse-sbir train`;
+            `val_fold` "I/K" holds out fold I of a K-fold partition instead of `val_classes` classes).
         sketches_per_class: training sketches cached per class (0 = all 100).
         stamp_query_variants: pseudo-sketch queries per usable stamp (0 = no stamps).
         stamp_distractors: the QuickDraw sketches also mine candidates among the stamps, except
@@ -91,12 +93,14 @@ class RelationStageConfig:
     stamp_distractors: bool = False
     grid_flip_p: float = 0.0
     seed: int = 0
+    val_fold: str | None = None
 
     def __post_init__(self):
         check_recipe_values(self, at_least_one=("top_k", "batch_size", "max_steps", "eval_steps", "save_steps",
                                                 "val_classes", "val_sketches_per_class"),
                             at_least_zero=("sketches_per_class", "stamp_query_variants", "weight_decay"),
                             positive=("lr",), unit=("grid_flip_p",))
+        parse_fold(self.val_fold)
         if self.stamp_distractors and self.stamp_query_variants == 0:
             raise ValueError("stamp_distractors needs stamp_query_variants >= 1 (the stamps are cached with them)")
 
@@ -315,14 +319,14 @@ def stage_stamps(cfg: RelationStageConfig):
     from .data import train_val_split
     from .data.stamps import StampPhotoDataset
 
-    _, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+    _, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes, fold=cfg.val_fold)
     return StampPhotoDataset(withhold_lookalikes_of=val_classes)
 
 
 def _fit_set(cfg: RelationStageConfig, image_processor):
     from .data import evaluation_set
 
-    return evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+    return evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes, val_fold=cfg.val_fold,
                           max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.side, 112))
 
 
@@ -358,7 +362,7 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
     base_hash = weights_fingerprint(model, short=True)
     with args.main_process_first(local=True, desc="loading the data"):  # one asset fetch per machine
         fit = _fit_set(cfg, ip)
-        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes, val_fold=cfg.val_fold,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(ip.side, 112))
     stamps = stage_stamps(cfg) if cfg.stamp_query_variants > 0 else None
     s, p, s_lab, p_lab = cache_features(model, ip, cfg, fit, stamps)
@@ -409,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(f.default, bool):
             p.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
         else:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=str if f.default is None else type(f.default),
+                           default=f.default)
     args = p.parse_args(argv)
     try:
         cfg = RelationStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RelationStageConfig)})

@@ -41,6 +41,7 @@ from PIL import Image
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import RetrievalDataset
+from .data.split import parse_fold
 from .image_processing_zse import ZseImageProcessor
 from .modeling_zse import ZseModel, backbone_blocks, backbone_embeddings
 
@@ -84,6 +85,9 @@ class TrainConfig:
         stamp_negative_prob: share of triplets whose negative is a reviewed extra stamp.
         eval_steps, save_steps: validation / checkpoint interval.
         val_classes: how many training classes to hold out for validation.
+        val_fold: `"I/K"`: hold out fold I of a K-fold partition of the validation candidates
+            instead (`train_val_split(fold=...)`); K runs, one per fold, validate on disjoint
+            classes that together cover every candidate (the ranking protocol). None: `val_classes`.
         val_sketches_per_class: validation queries per class.
         gradient_checkpointing: trade compute for memory.
         seed: data and init seed (also picks the validation classes).
@@ -135,6 +139,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     render_cache: bool = False
+    val_fold: str | None = None
 
     def __post_init__(self):
         check_recipe_values(
@@ -146,6 +151,7 @@ class TrainConfig:
             positive=("lr", "head_lr", "correspondence_temperature"),
             unit=("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob"),
         )
+        parse_fold(self.val_fold)
 
 
 def check_recipe_values(recipe, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
@@ -277,7 +283,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
                 "extra_pair_prob": cfg.stamp_pair_prob, "extra_negative_prob": cfg.stamp_negative_prob}
 
     if cfg.data == "offline":
-        fit, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes)
+        fit, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes, fold=cfg.val_fold)
         extra = stamps(val_classes)
         triplets = TripletDataset.offline(
             fit, seed=triplet_seed, length=length, sketch_size=max(cfg.image_size, 112),
@@ -289,7 +295,7 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
             from .data.render_cache import attach_triplet_caches
 
             attach_triplet_caches(triplets)
-        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes,
+        val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes, val_fold=cfg.val_fold,
                              max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112))
         return triplets, val.queries, val.gallery
     queries, gallery = open_dataset(cfg.data, "train")
@@ -880,6 +886,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr-schedule", help="constant (default), linear, cosine, ... over --max-steps")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--triplet-seed", type=int, help="seed of the triplet stream alone (default: --seed's)")
+    p.add_argument("--val-fold", metavar="I/K",
+                   help="validate on fold I of a K-fold partition of the validation candidates (the ranking "
+                        "protocol: one run per fold)")
     p.add_argument("--render-cache", action="store_true", default=None,
                    help="pre-render the photos' inputs once into a file the loader workers share")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
@@ -899,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 stamp_pair_prob=args.stamp_pair_prob, stamp_negative_prob=args.stamp_negative_prob,
                                 init_from=args.init_from, lr_schedule=args.lr_schedule,
                                 warmup_steps=args.warmup_steps, triplet_seed=args.triplet_seed,
-                                render_cache=args.render_cache)
+                                render_cache=args.render_cache, val_fold=args.val_fold)
     except ValueError as err:
         p.error(str(err))  # exit 2 with the usage line, before anything is loaded
     try:

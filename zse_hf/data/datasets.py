@@ -237,13 +237,13 @@ def cached_cutout(photos: RetrievalDataset, index: int, rgba: bool, load: Callab
     return im.copy() if rgba else composite_on_white(im)
 
 
-def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int = 10) -> list[str]:
+def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int = 10, val_fold=None) -> list[str]:
     s = load_split()
     if split == "test":
         return list(s["test"])
     if split == "train":
         return list(s["train"])
-    fit, val = train_val_split(seed=val_seed, num_val_classes=num_val_classes)
+    fit, val = train_val_split(seed=val_seed, num_val_classes=num_val_classes, fold=val_fold)
     if split == "val":
         return val
     if split == "train_fit":
@@ -254,7 +254,8 @@ def _offline_split_classes(split: str, val_seed: int = 0, num_val_classes: int =
 def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class: int | None = None,
                    photo_max_side: int | None = 512, verify: bool = True, val_seed: int = 0,
                    num_val_classes: int = 10, quickdraw_root: str | os.PathLike | None = None,
-                   photo_root: str | os.PathLike | None = None, gallery: str = "split") -> RetrievalPair:
+                   photo_root: str | os.PathLike | None = None, gallery: str = "split",
+                   val_fold=None) -> RetrievalPair:
     """Deterministic category-level retrieval set from the offline data.
 
     Args:
@@ -266,7 +267,8 @@ def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class
         max_per_class: first k sketches per class (default all 100).
         photo_max_side: cap on the photos' longer side.
         verify: sha256-check photos.
-        val_seed, num_val_classes: passed to :func:`train_val_split`.
+        val_seed, num_val_classes, val_fold: passed to :func:`train_val_split` (``val_fold``
+            ``"I/K"``: fold I of a K-fold partition of the validation candidates).
         quickdraw_root, photo_root: data folders (default: the asset cache).
         gallery: ``"split"`` (the split's own photos: the standard protocol) or ``"all"`` (the
             demo's setting: every reviewed photo of ``photos.csv`` as gallery, the other classes'
@@ -280,7 +282,7 @@ def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class
     """
     if gallery not in ("split", "all"):
         raise ValueError(f"gallery must be 'split' or 'all', got {gallery!r}")
-    classes = _offline_split_classes(split, val_seed, num_val_classes)
+    classes = _offline_split_classes(split, val_seed, num_val_classes, val_fold)
     queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root)
     if gallery == "all":
         classes = classes + distractor_classes(classes, include_test=split == "test")

@@ -95,8 +95,25 @@ def check_classes_allowed(classes: Iterable[str], unseen: Iterable[str] | None =
         )
 
 
+def parse_fold(value) -> tuple[int, int] | None:
+    """`"I/K"` (or an `(I, K)` pair) as `(I, K)` with `0 <= I < K` and `K >= 2`; None stays None.
+
+    Fold `I` of `K` is one part of a K-fold partition of the validation candidates (see
+    :func:`train_val_split`)."""
+    if value is None:
+        return None
+    try:
+        i, k = (value.split("/") if isinstance(value, str) else value)
+        i, k = int(i), int(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"a validation fold is 'I/K' with integers 0 <= I < K and K >= 2, got {value!r}") from None
+    if not (k >= 2 and 0 <= i < k):
+        raise ValueError(f"a validation fold is 'I/K' with integers 0 <= I < K and K >= 2, got {value!r}")
+    return i, k
+
+
 def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: int | None = 3,
-                    classes: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+                    classes: Sequence[str] | None = None, fold=None) -> tuple[list[str], list[str]]:
     """Hold out validation classes from the *training* classes, for model selection.
 
     The candidates for validation are training classes with at most ``max_val_photos``
@@ -105,9 +122,12 @@ def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: in
 
     Args:
         seed: choice seed; the result depends only on it and the arguments.
-        num_val_classes: how many classes to hold out.
+        num_val_classes: how many classes to hold out (ignored with ``fold``).
         max_val_photos: cap on a candidate's photo count (``None``: no cap).
         classes: the pool (default ``load_split()["train"]``); must hold no unseen class.
+        fold: ``"I/K"`` or ``(I, K)``: K-fold validation, the candidates shuffled by ``seed`` and
+            cut into K near-equal parts; part I is held out. The K folds' validation classes are
+            disjoint and together cover every candidate, so K runs give evidence on all of them.
 
     Returns:
         ``(fit_classes, val_classes)``: disjoint, each sorted.
@@ -118,12 +138,20 @@ def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: in
     check_classes_allowed(pool)
     counts = {c: len(v) for c, v in photos_by_class(pool).items()}
     cand = [c for c in pool if counts.get(c, 0) >= 1 and (max_val_photos is None or counts[c] <= max_val_photos)]
-    if num_val_classes > len(cand):
-        raise ValueError(f"asked for {num_val_classes} validation classes, only {len(cand)} candidates")
     rng = np.random.default_rng(seed)
-    val = sorted(cand[i] for i in rng.choice(len(cand), size=num_val_classes, replace=False))
+    folded = parse_fold(fold)
+    if folded is not None:
+        i, k = folded
+        if k > len(cand):
+            raise ValueError(f"asked for {k} folds, only {len(cand)} candidate classes")
+        parts = np.array_split(rng.permutation(len(cand)), k)
+        val = sorted(cand[j] for j in parts[i])
+    else:
+        if num_val_classes > len(cand):
+            raise ValueError(f"asked for {num_val_classes} validation classes, only {len(cand)} candidates")
+        val = sorted(cand[i] for i in rng.choice(len(cand), size=num_val_classes, replace=False))
     fit = sorted(c for c in pool if c not in set(val))
     return fit, val
 
 
-__all__ = ["canonical_class", "check_classes_allowed", "check_split", "load_split", "train_val_split"]
+__all__ = ["canonical_class", "check_classes_allowed", "check_split", "load_split", "parse_fold", "train_val_split"]
