@@ -103,3 +103,35 @@ def test_covers_every_stamp_of_the_package_with_its_hash(review):
     assert on_disk == table | {r["stamp_path"] for r in review}
     for r in review:
         assert hashlib.sha256((root / r["stamp_path"]).read_bytes()).hexdigest() == r["sha256"], r["stamp_path"]
+
+
+def test_the_shipped_model_trained_on_no_unseen_concept_stamp(review):
+    """`hub_card/training_summary.json` records the exact stamps its run could draw (path and
+    sha256, relative paths only): every one is a usable photo of the current review, none an
+    unseen-concept look-alike, and no absolute path of the training machine is recorded."""
+    from pathlib import Path
+
+    summary_path = Path(__file__).resolve().parents[1] / "hub_card" / "training_summary.json"
+    summary = json.loads(summary_path.read_text())
+    by_path = {r["stamp_path"]: r for r in review}
+    stage = summary
+    while stage is not None:  # the run, then the run it was warm-started from, and so on
+        config = stage["config"]
+        if config.get("stamp_pair_prob") or config.get("stamp_negative_prob"):
+            assert stage.get("stamps"), "a run with stamps must record which ones it drew from"
+        for stamp in stage.get("stamps", []):
+            row = by_path[stamp["path"]]
+            assert row["kind"] == "photo" and not row["unseen_concept"], stamp["path"]
+            assert stamp["sha256"] == row["sha256"], stamp["path"]
+        if config.get("init_from"):
+            assert stage.get("init_from_summary"), "a warm start must record the summary of what it started from"
+        stage = stage.get("init_from_summary") if config.get("init_from") else None
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert not [s for s in strings(summary) if s.startswith("/")]

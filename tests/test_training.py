@@ -323,6 +323,8 @@ def test_warm_start_continues_from_a_saved_model_with_a_decaying_rate(tiny_backb
     assert [old[i]["sketch_id"] for i in range(6)] != [new[i]["sketch_id"] for i in range(6)]
     assert list(old_val.ids) == list(new_val.ids)
     train(cfg, tmp_path / "warm")
+    summary = json.loads((tmp_path / "warm" / "best" / "training_summary.json").read_text())
+    assert summary["init_from_summary"] == json.loads((first / "training_summary.json").read_text())
     log = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["step"] for r in log if "eval_mAP@all" in r]
     assert evals[0] == 0 and evals[1:] == [2, 4]

@@ -777,6 +777,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         "processes": args.world_size,
         "config": portable_config(cfg),
         **trained_stamps(triplets),
+        **warm_start_record(cfg),
     })
 
 
@@ -800,6 +801,18 @@ def portable_config(cfg: TrainConfig) -> dict:
         if config.get(key) and os.path.isabs(config[key]):
             config[key] = portable_path(config[key])
     return config
+
+
+def warm_start_record(cfg: TrainConfig) -> dict:
+    """`{"init_from_summary": ...}`: the `training_summary.json` of the folder a warm start began
+    from (so a chain of runs records every stamp any of its stages drew from), or `{}`."""
+    if not cfg.init_from:
+        return {}
+    path = Path(cfg.init_from) / "training_summary.json"
+    try:
+        return {"init_from_summary": json.loads(path.read_text())}
+    except (OSError, ValueError):
+        return {"init_from_summary": None}
 
 
 def trained_stamps(triplets) -> dict:
