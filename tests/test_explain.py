@@ -16,6 +16,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from zse_hf import ZseImageProcessor, ZseModel, ZseProcessor
 from zse_hf import explain as ex
+from zse_hf.loading import load_model
 
 from conftest import tiny_config
 
@@ -372,7 +373,7 @@ def shipped_bus():
         photo = _real_photo("vehicles/masstransit/green_korean_bus.png")
     except (OSError, Exception) as err:  # noqa: BLE001
         pytest.skip(f"Tux Paint photos not available: {err}")
-    model, proc, _ = ex.load_model(root / "hub_card")
+    model, proc, _ = load_model(root / "hub_card")
     return model, proc, root / "docs" / "explain_input_sketch.png", photo
 
 
