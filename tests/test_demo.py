@@ -89,12 +89,13 @@ def _search(client, sketch=None, upload=None, gallery="bundled", k=4, mode="ret"
 # ----------------------------------------------------------------------------- index cache
 
 
-def test_bundled_index_is_cached_by_model_hash(served):
-    first, demo = served["first"], served["demo"]
+def test_bundled_index_is_cached_by_model_and_gallery_hash(served):
+    app, first, demo = served["app"], served["first"], served["demo"]
     assert not first.index_from_cache and demo.zse.index_from_cache
     assert len(demo.zse.index) == len(GALLERY_CLASSES)
     folders = [p.name for p in (served["tmp"] / "cache").iterdir()]
-    assert folders == [demo.zse.dm.fingerprint[:16]]
+    gallery_hash = app.gallery_fingerprint(app.gallery_files(served["tmp"] / "gallery"))
+    assert folders == [app.cache_key(demo.zse.dm.fingerprint, gallery_hash)]
 
 
 # ----------------------------------------------------------------------------- API
@@ -305,6 +306,60 @@ def test_browser_draw_search_and_explain(served, tmp_path):
             assert im.width >= 1000 and im.height >= 600
     finally:
         driver.quit()
+
+
+def test_browser_shows_indexing_progress_and_enables_search_when_done(app_module, served, monkeypatch):
+    """A first start: the page is up while the bundled photos are indexed in the background; it
+    shows the progress and a disabled Search button, then enables it (a 1 s timer) when done."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium binary at {CHROMIUM} (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    import threading
+
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    real, first_in, go_on = app_module.build_gallery_index, threading.Event(), threading.Event()
+
+    def held_after_first_photo(dm, files, progress=None, lock=None):
+        def report(done, total):
+            progress(done, total)
+            if done == 1:
+                first_in.set()
+                go_on.wait(120)
+
+        return real(dm, files, progress=report, lock=lock)
+
+    monkeypatch.setattr(app_module, "INDEX_CHUNK", 1)
+    monkeypatch.setattr(app_module, "build_gallery_index", held_after_first_photo)
+    tmp = served["tmp"]
+    demo = app_module.build_demo(str(served["model_dir"]), gallery_dir=tmp / "gallery", cache_root=tmp / "cache-bg",
+                                 background=True)
+    port = _free_port()
+    app_module.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    driver = _chrome()
+    try:
+        assert first_in.wait(60)
+        driver.get(f"http://127.0.0.1:{port}/")
+        def shown(element_id: str):  # the element's text and enabled state (None while it is not there)
+            found = driver.find_elements(By.ID, element_id)
+            try:
+                return (found[0].text, found[0].is_enabled()) if found and found[0].is_displayed() else None
+            except StaleElementReferenceException:  # re-rendered meanwhile
+                return None
+
+        _wait(lambda: "Indexing the bundled photos: 1/6" in (shown("index-status") or ("",))[0], 30, "the progress")
+        _wait(lambda: shown("search-btn") == ("Search", False), 30, "a disabled Search button")
+        time.sleep(2)  # the timer ticks: still disabled while indexing
+        assert shown("search-btn") == ("Search", False)
+        go_on.set()
+        _wait(lambda: shown("search-btn") == ("Search", True), 120, "Search to be enabled")
+        _wait(lambda: shown("index-status") is None, 30, "the note to go")
+        assert demo.zse.bundled_ready() and len(demo.zse.index) == 6
+    finally:
+        go_on.set()
+        driver.quit()
+        demo.close()
 
 
 # ----------------------------------------------------------------------------- docs/demo.png

@@ -53,7 +53,9 @@ def upload_area(demo, monkeypatch):
 
 
 def _cached_index_dir(zse, tmp) -> Path:
-    return tmp / "cache" / zse.dm.fingerprint[:16] / "index"
+    app = demo_launcher.load_app()
+    key = app.cache_key(zse.dm.fingerprint, app.gallery_fingerprint(app.gallery_files(zse.gallery_dir)))
+    return tmp / "cache" / key / "index"
 
 
 @pytest.mark.parametrize("damage", ["no files key", "garbage rows with checksum", "not json", "traversal"])

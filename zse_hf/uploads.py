@@ -2,12 +2,18 @@
 framework's upload folder and size-limited; decoding goes through the image processor's loader
 (its pixel limit, reduced JPEG decoding and EXIF orientation, as for the CLI and the API), then
 downscaled with transparency on white. Problems raise :class:`UserInputError` worded for the user.
+
+A user's whole gallery is capped too (:class:`UploadLimits`: photos, total pixels, total bytes,
+checked from file sizes and image headers before anything is decoded), and uploads are deleted
+again with :func:`remove_uploads` (only ever inside the upload folder).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -105,5 +111,84 @@ def fit_on_white(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     return image
 
 
-__all__ = ["MAX_SIDE", "MAX_UPLOAD_BYTES", "UserInputError", "fit_on_white", "in_upload_area", "load_user_image",
-           "read_upload", "upload_roots"]
+def image_pixels(path: str | os.PathLike) -> int | None:
+    """Width x height read from the file's header (nothing is decoded); None when PIL cannot open it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: the size is what is asked
+            with Image.open(path) as probe:
+                return int(probe.width) * int(probe.height)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Caps on one user's uploaded gallery.
+
+    Attributes:
+        max_photos: number of files.
+        max_megapixels: total width x height over the files (from their headers), in millions.
+        max_megabytes: total file size, in MiB.
+    """
+
+    max_photos: int = 300
+    max_megapixels: float = 1000.0
+    max_megabytes: float = 200.0
+
+    def select(self, paths: list[str]) -> tuple[list[str], list[str], str]:
+        """`(used, dropped, note)`: the longest prefix of `paths` within all three caps, the rest,
+        and a message naming the cap that was reached ("" when all fit). Files that cannot be
+        measured (gone, not an image) count as 0 pixels / 0 bytes; reading them reports them."""
+        why = f"at most {self.max_photos} photos per session" if len(paths) > self.max_photos else ""
+        candidates = paths[:self.max_photos]
+        total_bytes = total_pixels = 0
+        for i, path in enumerate(candidates):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            pixels = image_pixels(path) or 0
+            if total_bytes + size > self.max_megabytes * 2**20:
+                why = f"your photos may total at most {self.max_megabytes:g} MB per session"
+            elif total_pixels + pixels > self.max_megapixels * 1e6:
+                why = f"your photos may total at most {self.max_megapixels:g} megapixels per session"
+            else:
+                total_bytes, total_pixels = total_bytes + size, total_pixels + pixels
+                continue
+            candidates = candidates[:i]
+            break
+        used = list(candidates)
+        dropped = list(paths[len(used):])
+        note = f"only the first {len(used)} of {len(paths)} photos were used: {why}" if dropped else ""
+        return used, dropped, note
+
+
+def remove_uploads(paths, keep=()) -> tuple[int, int]:
+    """Delete uploaded files, and the folders Gradio made for them once empty; files outside the
+    upload folder (:func:`upload_roots`) and those in `keep` are never touched. Returns
+    `(files removed, bytes removed)`."""
+    roots = upload_roots()
+    keep = {os.path.realpath(k) for k in keep}
+    n = freed = 0
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in keep or not in_upload_area(real):
+            continue
+        try:
+            size = os.stat(real).st_size
+            os.remove(real)
+        except OSError:
+            continue
+        n, freed = n + 1, freed + size
+        parent = Path(real).parent
+        if parent not in roots:
+            try:
+                parent.rmdir()  # Gradio's per-upload folder, when nothing else is in it
+            except OSError:
+                pass
+    return n, freed
+
+
+__all__ = ["MAX_SIDE", "MAX_UPLOAD_BYTES", "UploadLimits", "UserInputError", "fit_on_white", "image_pixels",
+           "in_upload_area", "load_user_image", "read_upload", "remove_uploads", "upload_roots"]
