@@ -62,6 +62,25 @@ def save_tiny_model(folder, seed: int = 0, open_gate: bool = False) -> ZseModel:
     return model
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: torch (and faiss) on one thread, which avoids OpenMP overhead on a shared
+    machine; a module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    try:
+        import faiss
+    except ImportError:  # faiss is an optional extra
+        faiss = None
+    before = torch.get_num_threads()
+    faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    if faiss is not None:
+        faiss.omp_set_num_threads(faiss_before)
+
+
 @pytest.fixture
 def tiny_model() -> ZseModel:
     torch.manual_seed(0)

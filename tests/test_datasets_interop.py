@@ -17,15 +17,7 @@ from conftest import tiny_config
 datasets = pytest.importorskip("datasets", reason="the datasets interop needs `pip install datasets` (dev extra)")
 
 N_PHOTOS = 10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _photo(rng) -> Image.Image:

@@ -23,7 +23,7 @@ from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
 from conftest import tiny_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:skipped .* unreadable")
+pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 N_PHOTOS = 24
 
 
@@ -44,15 +44,6 @@ def _sketch(rng) -> Image.Image:
     draw = ImageDraw.Draw(img)
     draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
     return img
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

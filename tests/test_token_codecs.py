@@ -24,20 +24,8 @@ from zse_hf.retrieval.token_codec import (
 
 from conftest import tiny_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:skipped .* unreadable")
+pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 N_PHOTOS, N_SKETCHES = 24, 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (torch and faiss) avoids OpenMP overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss_before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(faiss_before)
 
 
 @pytest.fixture(scope="module")
