@@ -103,6 +103,11 @@ def test_summary_records_the_stamps_it_trained_on_with_portable_paths(tiny_backb
     for stamp in stamps:
         row = review[stamp["path"]]
         assert row["kind"] == "photo" and not row["unseen_concept"] and stamp["sha256"] == row["sha256"]
+    from zse_hf.training import export_best
+
+    exported = json.loads((export_best(tmp_path / "run") / "training_summary.json").read_text())
+    assert exported["stamps"] == stamps and exported["stamps_withheld"] == summary["stamps_withheld"]
+    assert exported["config"] == summary["config"]  # a stopped run's export records the same recipe
     train(_cfg(tiny_backbone, max_steps=2), tmp_path / "plain")
     assert "stamps" not in json.loads((tmp_path / "plain" / "best" / "training_summary.json").read_text())
 

@@ -821,8 +821,25 @@ def trained_stamps(triplets) -> dict:
     extra = getattr(triplets, "extra_photos", None)
     if extra is None or not (triplets.extra_pair_prob or triplets.extra_negative_prob):
         return {}
-    return {"stamps": [{"path": r.stamp_path, "sha256": r.sha256} for r in extra.records],
-            "stamps_withheld": list(getattr(extra, "withheld", []))}
+    return _stamp_record(extra)
+
+
+def recipe_stamps(cfg: TrainConfig) -> dict:
+    """:func:`trained_stamps` of an offline recipe, rebuilt from the recipe alone (the stamps
+    `build_datasets` gives it: the usable ones minus the look-alikes of its validation classes);
+    `{}` without stamps or for research layouts (whose validation classes come from the data)."""
+    if not (cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0) or cfg.data != "offline":
+        return {}
+    from .data import train_val_split
+    from .data.stamps import StampPhotoDataset
+
+    _, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes, fold=cfg.val_fold)
+    return _stamp_record(StampPhotoDataset(verify=False, withhold_lookalikes_of=val_classes))
+
+
+def _stamp_record(stamps) -> dict:
+    return {"stamps": [{"path": r.stamp_path, "sha256": r.sha256} for r in stamps.records],
+            "stamps_withheld": list(getattr(stamps, "withheld", []))}
 
 
 def save_best(trainer: Trainer, out: Path, image_processor, summary: dict, model: ZseModel | None = None) -> Path:
@@ -858,14 +875,16 @@ def export_best(out_dir: str | os.PathLike) -> Path:
         chosen = out / chosen.name
     model = ZseModel.from_pretrained(chosen)
     config = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").exists() else None
-    if config and config.get("init_from"):
-        config["init_from"] = portable_path(config["init_from"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in fields}) if config else None
+    recipe = {"config": portable_config(cfg), **recipe_stamps(cfg), **warm_start_record(cfg)} if cfg else \
+        {"config": None}
     return _save_best(out, model, ZseImageProcessor.from_model_config(model.config), {
         "best_checkpoint": portable_path(chosen, out),
         "best_val_mAP@all": state.get("best_metric"),
         "global_step": checkpoint_step(chosen),
         "stopped_at_step": state.get("global_step"),
-        "config": config,
+        **recipe,
     })
 
 
