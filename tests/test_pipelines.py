@@ -126,7 +126,7 @@ def test_feature_extraction_tokens_by_default_ret_embedding_with_pool(package, i
         ref = fe.model.get_image_features(fe.image_processor(photo, return_tensors="pt")["pixel_values"])
         ref_sketch = fe.model.get_image_features(
             fe.image_processor(images.sketch, modality="sketch", return_tensors="pt")["pixel_values"])
-    n = (224 // 14) ** 2
+    n = (fe.model.config.image_size // 14) ** 2
     assert torch.tensor(tokens).shape == (1, 1 + n, 384)
     assert torch.equal(torch.tensor(tokens), ref.last_hidden_state)
     assert pooled.shape == (1, 384) and torch.equal(pooled, ref.pooler_output) and torch.equal(pooled, ref.ret_embeds)
@@ -283,7 +283,8 @@ def test_both_pipelines_from_a_hub_id_offline_without_the_package(reference, ima
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
     # the repo's code alone: tokens by default, the [Ret] embedding with pool=True
-    assert got["tokens"].shape == (1, 1 + (224 // 14) ** 2, 384) and torch.equal(got["tokens"], got["ref_tokens"])
+    side = json.loads((HUB / "config.json").read_text())["image_size"]
+    assert got["tokens"].shape == (1, 1 + (side // 14) ** 2, 384) and torch.equal(got["tokens"], got["ref_tokens"])
     assert torch.equal(got["pooled"], got["ref_pooled"]) and torch.equal(got["sketch"], got["ref_sketch"])
     _check_ranked(got["ret"], 2, reranked=0)
     _check_ranked(got["rn"], 2, reranked=2)
