@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--model", default=str(REPO / "hub_card"))
     p.add_argument("--gallery", default=str(REPO / "demo" / "gallery"))
     p.add_argument("--examples", default=str(REPO / "demo" / "examples"))
-    p.add_argument("--rerank-k", type=int, default=10, help="re-rank depth of the re-rank column (the demo's slider default)")
+    p.add_argument("--rerank-k", type=int, default=10, help="re-rank depth of the re-rank column (demo default)")
     args = p.parse_args()
 
     class_of = load_app().photo_class  # the demo's own `<class>__<name>` file-name rule
