@@ -373,7 +373,8 @@ def _upload_folder() -> str:
 
 
 def _trim_memory() -> None:
-    """Give freed heap memory back to the system (glibc `malloc_trim`; nothing elsewhere)."""
+    """Give freed heap memory back to the system (glibc `malloc_trim`; nothing elsewhere). Each
+    worker thread allocates in its own heap arena, which otherwise keeps its high-water mark."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -475,13 +476,16 @@ class DemoApp:
         cache_root: where bundled indexes are cached (None: no cache).
         background: build a bundled index that is not cached in a background thread (the page
             shows the progress; `index_ready` is set when it is done) instead of before returning.
+        index_when_launched: with `background`, start that thread only when [`launch`] has the
+            page up (`start_indexing`), so encoding does not slow the server's start.
         limits: caps on each user's uploaded gallery (default: `MAX_USER_*`).
         seed_roots: read-only folders of prebuilt cache entries, tried after `cache_root`.
     """
 
     def __init__(self, model: str | None = None, *, gallery_dir: str | os.PathLike = GALLERY_DIR,
                  examples_dir: str | os.PathLike = EXAMPLES_DIR, cache_root: str | os.PathLike | None = "default",
-                 background: bool = False, limits: UploadLimits | None = None, seed_roots=(SEED_INDEX_DIR,)):
+                 background: bool = False, index_when_launched: bool = False, limits: UploadLimits | None = None,
+                 seed_roots=(SEED_INDEX_DIR,)):
         path, origin = resolve_model_path(model)
         self.dm = load_demo_model(path, origin)
         self.gallery_dir = Path(gallery_dir).resolve()
@@ -495,6 +499,7 @@ class DemoApp:
         self.demo: gr.Blocks | None = None  # the page, once `blocks()` built it
         self._protected: set | None = None
         self._picture_root: Path | None = None
+        self._pending_files: list[Path] | None = None
 
         files = gallery_files(self.gallery_dir) if self.gallery_dir.is_dir() else []
         if not files:
@@ -511,11 +516,20 @@ class DemoApp:
         if cached is not None:
             self.index, self.index_from_cache = cached[0], True
             self.index_ready.set()
+            _trim_memory()  # what reading and checking the files allocated
         elif background:
-            threading.Thread(target=self._build_bundled, args=(files, False), name="zse-demo-index",
-                             daemon=True).start()
+            self._pending_files = files
+            if not index_when_launched:
+                self.start_indexing()
         else:
             self._build_bundled(files, True)
+
+    def start_indexing(self) -> None:
+        """Start the background build of the bundled index, if one is pending (once)."""
+        files, self._pending_files = self._pending_files, None
+        if files:
+            threading.Thread(target=self._build_bundled, args=(files, False), name="zse-demo-index",
+                             daemon=True).start()
 
     # ------------------------------------------------------------------ bundled index
 
@@ -543,6 +557,7 @@ class DemoApp:
             log.info("indexed %d bundled photos in %.1f s", len(index), self.index_seconds)
         finally:
             self.index_ready.set()
+            _trim_memory()
 
     def index_note(self) -> str:
         """The page's note on the bundled index: "" once it is ready."""
@@ -602,9 +617,9 @@ class DemoApp:
         with self._sessions_lock:
             return len(self.sessions)
 
-    def _files_in_use(self, but=None) -> set:
+    def _files_in_use(self) -> set:
         with self._sessions_lock:
-            return set().union(*(s.files() for s in self.sessions.values() if s is not but))
+            return set().union(*(s.files() for s in self.sessions.values()))
 
     def _release_idle(self) -> None:
         """Release sessions unused for `SESSION_TTL_S` (checked at most once a minute): a
@@ -853,6 +868,8 @@ class DemoApp:
             log.error("search failed:\n%s", traceback.format_exc())
             gr.Warning("Search failed; see the message below.")
             return [], [], f"⚠️ Search failed: {type(err).__name__}: {err}", session, 1
+        finally:
+            _trim_memory()  # the activations freed in this worker thread's heap
 
     def explain(self, rank, session, request: gr.Request | None = None):
         """Handler: explanation pictures (correspondence, attention, synthesis, kernel; PNG files
@@ -893,6 +910,8 @@ class DemoApp:
         except Exception as err:  # noqa: BLE001
             log.error("explain failed:\n%s", traceback.format_exc())
             return (*empty, f"⚠️ Explanation failed: {type(err).__name__}: {err}")
+        finally:
+            _trim_memory()
 
     def explain_selected(self, session, evt: gr.SelectData, request: gr.Request | None = None):
         """Handler for a click on a result: its rank plus [`explain`]'s outputs."""
@@ -975,6 +994,8 @@ class DemoApp:
                     index.close()
             self._track(session, "photo", *files_used)  # deleted with the session
             return f"⚠️ Indexing failed: {type(err).__name__}: {err}", session, BUNDLED
+        finally:
+            _trim_memory()  # the decoded photos and activations were freed in this worker thread's heap
         if index is None or len(index) == 0:
             if not self._set_user_gallery(session, None, {}, files_used):
                 return "The page was closed.", session, BUNDLED
@@ -1016,8 +1037,14 @@ class DemoApp:
         default_ranking = dm.model.config.default_ranking if dm.trained else "ret"
         default_k = default_rerank_k(default_ranking)
         ready = self.index_ready.is_set()
+
+        def state_deleted(value):
+            # a plain function, not the bound method: Gradio deep-copies the page config (which
+            # holds the callback) for every page load, and would copy the whole app with a method
+            self.state_deleted(value)
+
         with gr.Blocks(title="ZSE-SBIR: sketch-based image retrieval", delete_cache=(1800, SESSION_TTL_S)) as demo:
-            session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=self.state_deleted)
+            session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=state_deleted)
             input_tab = gr.State("draw")
             gr.Markdown("# ZSE-SBIR: draw a sketch, find the photos, see why they match", elem_id="title")
             gr.Markdown(dm.note, elem_id="model-note", elem_classes=[] if dm.trained else ["untrained"])
@@ -1138,9 +1165,23 @@ def build_demo(model: str | None = None, **kwargs) -> gr.Blocks:
 
 
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, share: bool = False, **kwargs):
-    """Launch a page from [`build_demo`] with the demo's launch options."""
+    """Launch a page from [`build_demo`] with the demo's launch options; a pending background
+    build of the bundled index starts once the page is up. Blocks unless `prevent_thread_lock=True`."""
     options = {**demo.zse.launch_options(), **kwargs}
-    return demo.launch(server_name=host, server_port=port, share=share, **options)
+    block = not options.pop("prevent_thread_lock", False)
+    for attempt in range(3):
+        try:
+            result = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, **options)
+            break
+        except ValueError as err:  # Gradio's one 3 s look at its own page timed out: a busy machine
+            if "localhost is not accessible" not in str(err) or attempt == 2:
+                raise
+            log.warning("the page did not answer Gradio's start-up check in time; starting again")
+            demo.close()
+    demo.zse.start_indexing()
+    if block:
+        demo.block_thread()
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1172,7 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_work_dirs()  # left by a demo that was killed
     remove_stale_picture_dirs(_upload_folder())
     try:
-        demo = build_demo(args.model, gallery_dir=args.gallery, background=True)
+        demo = build_demo(args.model, gallery_dir=args.gallery, background=True, index_when_launched=True)
     except (UserError, FileNotFoundError) as err:
         print(f"zse-sbir demo: {err}", file=sys.stderr)
         return 2

@@ -181,6 +181,29 @@ def test_uploads_are_read_only_from_the_gradio_temp_area(app_module):
         app_module.read_upload(sorted(BUNDLED.glob("*.jpg"))[0], "photo")
 
 
+def test_model_events_are_queued_one_at_a_time_and_the_config_holds_no_app_methods(served):
+    """Search and explain go through the queue in one concurrency group of 1 (users see their
+    place), the REST routes cannot skip it, and the page config (deep-copied by Gradio for every
+    page load) references no method of the app, which would copy the model with it."""
+    import types
+
+    demo = served["demo"]
+    deps = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("search", "explain", "index_photos")}
+    assert all(fn.queue for fn in deps.values()) and not demo.api_open
+    assert deps["search"].concurrency_id == deps["explain"].concurrency_id == "model"
+    assert deps["search"].concurrency_limit == 1  # the group's limit (the lowest of its events')
+    assert demo._queue.max_size == served["app"].QUEUE_MAX_SIZE
+
+    def methods(value):
+        if isinstance(value, dict):
+            return [m for v in value.values() for m in methods(v)]
+        if isinstance(value, (list, tuple)):
+            return [m for v in value for m in methods(v)]
+        return [value] if isinstance(value, types.MethodType) else []
+
+    assert methods(demo.get_config_file()) == []
+
+
 # ----------------------------------------------------------------------------- model note
 
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "search": ("zse_hf.retrieval.cli", "search_main", "search an index with a sketch"),
     "explain": ("zse_hf.explain", "main", "explain why a sketch matched a photo (PNG pictures)"),
     "demo": ("zse_hf.demo_launcher", "main", "start the Gradio demo"),
+    "space": ("zse_hf.space", "main", "assemble the demo as a self-contained Hugging Face Space folder"),
     "export": ("zse_hf.hub", "export_main", "export a model folder as the Hub repo content"),
     "push": ("zse_hf.hub", "push_main", "upload the Hub repo content"),
 }

@@ -1,9 +1,10 @@
 """`zse-sbir demo`: start the Gradio demo that lives in the source tree's `demo/app.py`.
 
-    zse-sbir demo [--model DIR_OR_HUB_ID] [--host 127.0.0.1] [--port 7860] [--share]
+    zse-sbir demo [--model DIR_OR_HUB_ID] [--gallery DIR] [--host 127.0.0.1] [--port 7860] [--share]
 
 `demo/` (app, bundled gallery, example sketches) is not part of the installed package; it is
 found next to the package in a source checkout (`pip install -e ".[demo]"`), or at `$ZSE_DEMO_APP`.
+`zse-sbir space` copies it, with the package and a model, into a self-contained Space folder.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def load_app(path: str | os.PathLike | None = None) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`zse-sbir demo [--model DIR] [--host H] [--port P] [--share]`; returns the exit code."""
+    """`zse-sbir demo [--model DIR] [--gallery DIR] [--host H] [--port P] [--share]`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         app = load_app()
