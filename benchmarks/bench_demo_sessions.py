@@ -115,6 +115,8 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=4, help="sessions uploading at the same time")
     p.add_argument("--model", default=None, help="passed to `zse-sbir demo --model`")
     p.add_argument("--cache-dir", default=None, help="$ZSE_SBIR_CACHE of the server (default: the user's)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the sessions; later rounds show whether memory keeps growing or levels off")
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
 
@@ -145,42 +147,52 @@ def measure(args, work: Path, env: dict, editor) -> tuple:
         settle(server, base + 1, 60)
         base = released(server)
         before = server.rss_bytes(), server.temp_bytes()
-        sets = [make_photos(work / f"user{i:02d}", args.photos, seed=i) for i in range(args.sessions)]
-        t0 = time.perf_counter()
-        with Sampler(server) as sampler:
-            with ThreadPoolExecutor(args.parallel) as pool:
-                done = list(pool.map(lambda photos: session(server.url, photos, editor), sets))
-            all_in = time.perf_counter() - t0
-            time.sleep(2)
-            with_all = server.rss_bytes(), server.temp_bytes(), server.temp_bytes("tmp")  # all in, none working
-            for client, _ in done:
-                client.close()
-            waited = settle(server, base + args.sessions, 120)
-        after = server.rss_bytes(), server.temp_bytes()
-        peak = sampler.peak()
+        rounds, peaks = [], []
+        for r in range(args.rounds):
+            sets = [make_photos(work / f"r{r}user{i:02d}", args.photos, seed=i + 100 * r) for i in range(args.sessions)]
+            t0 = time.perf_counter()
+            with Sampler(server) as sampler:
+                with ThreadPoolExecutor(args.parallel) as pool:
+                    done = list(pool.map(lambda photos: session(server.url, photos, editor), sets))
+                all_in = time.perf_counter() - t0
+                time.sleep(2)
+                with_all = server.rss_bytes(), server.temp_bytes(), server.temp_bytes("tmp")  # all in, none working
+                for client, _ in done:
+                    client.close()
+                waited = settle(server, base + args.sessions * (r + 1), 120)
+            after = server.rss_bytes(), server.temp_bytes()
+            peaks.append(sampler.peak())
+            rounds.append((after, all_in, with_all, waited))
         live = re.findall(r"(\d+) live sessions", server.log_text())
         n_released = released(server) - base
-    return start_rss, start_disk, before, after, peak, all_in, with_all, waited, live, n_released
+    return start_rss, start_disk, before, rounds, peaks, live, n_released
 
 
-def report(args, start_rss, start_disk, before, after, peak, all_in, with_all, waited, live, n_released) -> None:
+def report(args, start_rss, start_disk, before, rounds, peaks, live, n_released) -> None:
     """Print the table."""
     mb = lambda n: f"{n / 2**20:.1f}"  # noqa: E731
-    print(f"\n{args.sessions} sessions x {args.photos} photos ({args.parallel} at a time) indexed in {all_in:.0f} s; "
-          f"released {n_released} of them within {waited:.1f} s of leaving; "
-          f"last log: {live[-1] if live else '?'} live sessions\n")
+    total = args.sessions * len(rounds)
+    print(f"\n{len(rounds)} round(s) of {args.sessions} sessions x {args.photos} photos ({args.parallel} at a time); "
+          f"indexed in {', '.join(f'{r[1]:.0f} s' for r in rounds)}; released {n_released} of {total} sessions "
+          f"within {max(r[3] for r in rounds):.1f} s of leaving; last log: {live[-1] if live else '?'} live sessions\n")
     print("| when | server RSS (MB) | temp disk (MB) |")
     print("|---|---|---|")
     print(f"| after start (bundled index loaded) | {mb(start_rss)} | {mb(start_disk)} |")
     print(f"| before (idle, after a warm-up session of {args.photos} photos) | {mb(before[0])} | {mb(before[1])} |")
-    print(f"| peak (sampled every 0.25 s while {args.parallel} sessions at a time indexed) | {mb(peak[0])} | "
-          f"{mb(peak[1])} |")
-    print(f"| all {args.sessions} sessions in, idle | {mb(with_all[0])} | {mb(with_all[1])} (of which index files "
-          f"{mb(with_all[2])}) |")
-    print(f"| after (all left) | {mb(after[0])} | {mb(after[1])} |")
+    for i, ((after, _, with_all, _), peak) in enumerate(zip(rounds, peaks, strict=True)):
+        tag = f"round {i + 1}: " if len(rounds) > 1 else ""
+        print(f"| {tag}peak (sampled every 0.25 s while {args.parallel} sessions at a time indexed) | {mb(peak[0])} | "
+              f"{mb(peak[1])} |")
+        print(f"| {tag}all {args.sessions} sessions in, idle | {mb(with_all[0])} | {mb(with_all[1])} (of which index "
+              f"files {mb(with_all[2])}) |")
+        print(f"| {tag}after (all left) | {mb(after[0])} | {mb(after[1])} |")
+    after = rounds[-1][0]
     rss_change, disk_change = after[0] / before[0] - 1, (after[1] - before[1]) / max(before[1], 1)
     print(f"\nafter vs before: RSS {rss_change:+.1%}, temp disk {disk_change:+.1%} "
           f"(goal: within 10%: {'met' if rss_change <= 0.10 and disk_change <= 0.10 else 'NOT met'})")
+    if len(rounds) > 1:
+        steps = [rounds[0][0][0] - before[0]] + [b[0][0] - a[0][0] for a, b in zip(rounds, rounds[1:])]
+        print("RSS added by each round: " + ", ".join(f"{mb(d)} MB" for d in steps))
 
 
 if __name__ == "__main__":
