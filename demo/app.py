@@ -274,21 +274,17 @@ def load_cached_index(dm: DemoModel, gallery_sha256: str, roots) -> tuple[ZseInd
     return None
 
 
-def build_gallery_index(dm: DemoModel, files: list[Path], progress=None, lock=None) -> ZseIndex:
+def build_gallery_index(dm: DemoModel, files: list[Path], progress=None, run=None) -> ZseIndex:
     """Encode `files` (ids = file names) into a new index, `INDEX_CHUNK` photos at a time;
-    `progress(done, total)` after each chunk; each chunk runs under `lock` when given, so other
-    model calls interleave."""
+    `progress(done, total)` after each chunk; each chunk is one `run(fn)` call when given (a
+    [`ModelThread`]), so other model calls interleave."""
     index = ZseIndex(dm.model, dm.processor)
+    run = run or (lambda fn: fn())
     try:
         for start in range(0, len(files), INDEX_CHUNK):
             chunk = files[start:start + INDEX_CHUNK]
-            if lock is not None:
-                with lock:
-                    index.add([str(p) for p in chunk], ids=[p.name for p in chunk], batch_size=INDEX_CHUNK,
-                              progress=False)
-            else:
-                index.add([str(p) for p in chunk], ids=[p.name for p in chunk], batch_size=INDEX_CHUNK,
-                          progress=False)
+            run(lambda chunk=chunk: index.add([str(p) for p in chunk], ids=[p.name for p in chunk],
+                                              batch_size=INDEX_CHUNK, progress=False))
             if progress is not None:
                 progress(start + len(chunk), len(files))
     except BaseException:
@@ -313,12 +309,12 @@ def save_cached_index(index: ZseIndex, dm: DemoModel, gallery_sha256: str, n_fil
     return folder
 
 
-def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None, progress=None, lock=None,
+def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None, progress=None, run=None,
                   seed_roots=()) -> tuple[ZseIndex, bool]:
     """`(index, loaded_from_cache)` of the bundled gallery: loaded from
     `cache_root/<model hash>-<gallery hash>/` (or a read-only `seed_roots` entry) when one was
     made with these model weights and gallery files, else built (ids = file names; see
-    [`build_gallery_index`] for `progress` and `lock`) and saved there."""
+    [`build_gallery_index`] for `progress` and `run`) and saved there."""
     files = gallery_files(gallery_dir)
     if not files:
         raise UserError(f"the bundled gallery {gallery_dir} holds no images")
@@ -328,7 +324,7 @@ def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None, pro
         return cached[0], True
     print(f"zse-sbir demo: indexing {len(files)} bundled photos (first start with this model and gallery; "
           "cached afterwards)", file=sys.stderr)
-    index = build_gallery_index(dm, files, progress=progress, lock=lock)
+    index = build_gallery_index(dm, files, progress=progress, run=run)
     if cache_root is not None:
         save_cached_index(index, dm, gallery_hash, len(files), cache_root)
     return index, False
@@ -372,13 +368,62 @@ def _upload_folder() -> str:
     return get_upload_folder()
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _trim_memory() -> None:
     """Give freed heap memory back to the system (glibc `malloc_trim`; nothing elsewhere). Each
-    worker thread allocates in its own heap arena, which otherwise keeps its high-water mark."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    thread allocates in its own heap arena, which otherwise keeps its high-water mark."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc mallopt parameters
+
+
+def tune_heap(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
+    """Cap glibc's heap arenas at `arenas` and serve blocks of `mmap_threshold` bytes and more
+    (image and activation buffers) from mmap, given back the moment they are freed; a fixed
+    threshold also stops glibc raising it after each large free, which left later buffers on the
+    heap. Environment variables `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` win. False off glibc."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(_M_ARENA_MAX, int(arenas))
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+    return True
+
+
+class ModelThread:
+    """Runs every model call on one dedicated thread, one call at a time. It serialises them as a
+    lock would, and keeps the tensors' heap arena and torch's OpenMP team on that one thread
+    instead of one per Gradio worker thread (each keeps its own high-water mark)."""
+
+    def __init__(self, name: str = "zse-model"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._ident: int | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._started)
+
+    def _started(self) -> None:
+        self._ident = threading.get_ident()
+
+    def __call__(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on the model thread; returns its result or raises its error.
+        A call made from the model thread itself runs in place."""
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
+        try:
+            return self._pool.submit(fn, *args, **kwargs).result()
+        finally:
+            _trim_memory()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -492,7 +537,8 @@ class DemoApp:
         self.examples_dir = Path(examples_dir).resolve()
         self.cache_root = default_cache_root() if cache_root == "default" else cache_root
         self.limits = limits or UploadLimits(MAX_USER_PHOTOS, MAX_USER_MEGAPIXELS, MAX_USER_MEGABYTES)
-        self.lock = threading.Lock()  # one model call at a time
+        tune_heap()
+        self.run = ModelThread()  # every model call, one at a time
         self.sessions: dict[str, Session] = {}  # Gradio session hash -> its data
         self._sessions_lock = threading.RLock()
         self._last_idle_sweep = time.monotonic()
@@ -534,7 +580,7 @@ class DemoApp:
     # ------------------------------------------------------------------ bundled index
 
     def _build_bundled(self, files: list[Path], raise_errors: bool) -> None:
-        """Build the bundled index (`INDEX_CHUNK` photos per model-lock hold, progress in
+        """Build the bundled index (`INDEX_CHUNK` photos per model-thread call, progress in
         `index_progress`), cache it, and set `index_ready`."""
         start = time.perf_counter()
         print(f"zse-sbir demo: indexing {len(files)} bundled photos (first start with this model and gallery; "
@@ -544,7 +590,7 @@ class DemoApp:
             self.index_progress = (done, total)
 
         try:
-            index = build_gallery_index(self.dm, files, progress=progress, lock=self.lock)
+            index = build_gallery_index(self.dm, files, progress=progress, run=self.run)
             if self.cache_root is not None:
                 save_cached_index(index, self.dm, self._gallery_hash, len(files), self.cache_root)
         except Exception as err:
@@ -662,8 +708,7 @@ class DemoApp:
             n_photos = len(session.user_paths)
             session.user_paths, session.hits, session.sketch = {}, [], None
         if index is not None:
-            with self.lock:  # not while a search reads it
-                index.close()
+            self.run(index.close)  # not while a search reads it
         n_files, n_bytes = self._drop_files(files)
         shutil.rmtree(self.picture_root() / session.id, ignore_errors=True)
         self._forget(pictures)
@@ -843,14 +888,16 @@ class DemoApp:
             sketch = self._query(sketch_value, upload, input_tab or "draw")
             k = int(max(1, min(50, int(top_k or 10))))
             rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else 0
-            with self.lock:  # the index is read under the lock: a session's release closes it under it too
+
+            def ranked():  # on the model thread, where a session's release closes its index too
                 index = session.user_index if mine else self.index
                 if index is None or len(index) == 0:
                     raise UserError("Your photo gallery is empty: upload some photos under **My photos** first "
                                     "(or switch to the bundled gallery).")
-                hits = index.search(sketch, k=k, rerank_k=rerank)[0]
-                n_index = len(index)
                 how = mode_description(f"rn@{rerank}" if rerank else "ret", index.model.config.rerank_ret_weight)
+                return index.search(sketch, k=k, rerank_k=rerank)[0], len(index), how
+
+            hits, n_index, how = self.run(ranked)
             results = self._results(hits, MINE if mine else BUNDLED, session)
             session.sketch, session.hits = sketch, results
             where = "your photos" if mine else "the bundled gallery"
@@ -868,8 +915,6 @@ class DemoApp:
             log.error("search failed:\n%s", traceback.format_exc())
             gr.Warning("Search failed; see the message below.")
             return [], [], f"⚠️ Search failed: {type(err).__name__}: {err}", session, 1
-        finally:
-            _trim_memory()  # the activations freed in this worker thread's heap
 
     def explain(self, rank, session, request: gr.Request | None = None):
         """Handler: explanation pictures (correspondence, attention, synthesis, kernel; PNG files
@@ -892,11 +937,14 @@ class DemoApp:
             if not Path(r["path"]).is_file():
                 raise UserError(f"The photo of result #{rank} is no longer on the server; search again.")
             note = "" if self.dm.trained else "untrained demo model: encoder tokens, not a trained relation head"
-            with self.lock:
+
+            def explained():
                 expl = explain_pair(self.dm.model, self.dm.processor, session.sketch, r["path"],
                                     source=self.dm.explain_source, note=note, grid=self.dm.explain_grid,
                                     image_size=self.dm.explain_image_size)
-                pics = explanation_pictures(expl)
+                return expl, explanation_pictures(expl)
+
+            expl, pics = self.run(explained)
             paths = self._write_pictures(session, pics)
             label = r["class"] or r["photo"]
             md = (f"**Why #{rank} ({label}) matched:** relation score {format_metric(expl.relation_score)}, "
@@ -910,8 +958,6 @@ class DemoApp:
         except Exception as err:  # noqa: BLE001
             log.error("explain failed:\n%s", traceback.format_exc())
             return (*empty, f"⚠️ Explanation failed: {type(err).__name__}: {err}")
-        finally:
-            _trim_memory()
 
     def explain_selected(self, session, evt: gr.SelectData, request: gr.Request | None = None):
         """Handler for a click on a result: its rank plus [`explain`]'s outputs."""
@@ -938,8 +984,7 @@ class DemoApp:
                 session.user_index, session.user_paths, session.photo_files = index, mapping, set(files)
                 kept = True
         if to_close is not None:
-            with self.lock:
-                to_close.close()
+            self.run(to_close.close)
         self._drop_files(to_drop)
         return kept
 
@@ -981,21 +1026,19 @@ class DemoApp:
                     ids.append(name)
                     mapping[name] = str(p)
                 if images:
-                    with self.lock:
-                        if index is None:
-                            index = ZseIndex(self.dm.model, self.dm.processor)
-                        index.add(images, ids=ids, batch_size=INDEX_CHUNK, progress=False)
+                    if index is None:
+                        index = ZseIndex(self.dm.model, self.dm.processor)
+                    self.run(index.add, images, ids=ids, batch_size=INDEX_CHUNK, progress=False)
                     del images
                 progress((min(start + INDEX_CHUNK, len(used)), len(used)), desc="Indexing your photos", unit="photos")
         except Exception as err:  # noqa: BLE001
             log.error("indexing failed:\n%s", traceback.format_exc())
             if index is not None:
-                with self.lock:
-                    index.close()
+                self.run(index.close)
             self._track(session, "photo", *files_used)  # deleted with the session
             return f"⚠️ Indexing failed: {type(err).__name__}: {err}", session, BUNDLED
         finally:
-            _trim_memory()  # the decoded photos and activations were freed in this worker thread's heap
+            _trim_memory()  # the photos decoded in this worker thread
         if index is None or len(index) == 0:
             if not self._set_user_gallery(session, None, {}, files_used):
                 return "The page was closed.", session, BUNDLED

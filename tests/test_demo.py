@@ -344,14 +344,14 @@ def test_browser_shows_indexing_progress_and_enables_search_when_done(app_module
 
     real, first_in, go_on = app_module.build_gallery_index, threading.Event(), threading.Event()
 
-    def held_after_first_photo(dm, files, progress=None, lock=None):
+    def held_after_first_photo(dm, files, progress=None, run=None):
         def report(done, total):
             progress(done, total)
             if done == 1:
                 first_in.set()
                 go_on.wait(120)
 
-        return real(dm, files, progress=report, lock=lock)
+        return real(dm, files, progress=report, run=run)
 
     monkeypatch.setattr(app_module, "INDEX_CHUNK", 1)
     monkeypatch.setattr(app_module, "build_gallery_index", held_after_first_photo)

@@ -95,14 +95,14 @@ def test_background_index_shows_progress_refuses_bundled_search_then_caches(app,
     _sketch().save(sketch)
     real, first_in, go_on = app.build_gallery_index, threading.Event(), threading.Event()
 
-    def held_after_first_photo(dm, files, progress=None, lock=None):
+    def held_after_first_photo(dm, files, progress=None, run=None):
         def report(done, total):
             progress(done, total)
             if done == 1:
                 first_in.set()
                 go_on.wait(60)
 
-        return real(dm, files, progress=report, lock=lock)
+        return real(dm, files, progress=report, run=run)
 
     monkeypatch.setattr(app, "INDEX_CHUNK", 1)
     monkeypatch.setattr(app, "build_gallery_index", held_after_first_photo)
@@ -157,6 +157,35 @@ def test_a_prebuilt_seed_entry_is_used_read_only(app, tiny, tmp_path):
 
 
 # ----------------------------------------------------------------------------- limits
+
+
+def test_model_calls_run_one_at_a_time_on_one_thread(app):
+    run = app.ModelThread()
+    seen, active, overlaps = [], [0], []
+    guard = threading.Lock()
+
+    def call(i):
+        with guard:
+            active[0] += 1
+            overlaps.append(active[0])
+        seen.append(threading.get_ident())
+        time.sleep(0.01)
+        with guard:
+            active[0] -= 1
+        return i * 2
+
+    results = {}
+    callers = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(call, i))) for i in range(6)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(30)
+    assert results == {i: i * 2 for i in range(6)}
+    assert max(overlaps) == 1 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    assert run(lambda: run(threading.get_ident)) == seen[0]  # a nested call runs in place, no deadlock
+    with pytest.raises(ZeroDivisionError):
+        run(lambda: 1 / 0)
+    assert run(lambda: "still serving") == "still serving"
 
 
 def test_upload_limits_name_the_cap_that_was_reached(tmp_path):
