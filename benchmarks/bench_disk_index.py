@@ -42,14 +42,9 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench_retrieval import parse_size  # noqa: E402
+
 EXAMPLES = REPO / "demo" / "examples"
-
-
-def parse_count(text: str) -> int:
-    """`"1M"` -> 1_000_000, `"20k"` -> 20_000, `"5000"` -> 5000."""
-    t = text.strip().lower()
-    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
-    return int(float(t[:-1] if scale > 1 else t) * scale)
 
 
 class SyntheticTokens:
@@ -224,7 +219,7 @@ def table(built: dict | None, q: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--photos", type=parse_count, default=1_000_000, help="gallery size (e.g. 1M, 100k, 20000)")
+    p.add_argument("--photos", type=parse_size, default=1_000_000, help="gallery size (e.g. 1M, 100k, 20000)")
     p.add_argument("--codec", default="sq4", help="token codec (default sq4; fp16 = exact)")
     p.add_argument("--factory", default=None, help="faiss factory of the [Ret] index (default IVF{4 sqrt(n)},SQ8)")
     p.add_argument("--model", default=str(REPO / "hub_card"), help="model whose shapes and head are used")

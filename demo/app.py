@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -368,7 +369,9 @@ def _upload_folder() -> str:
     return get_upload_folder()
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    """The C library (loaded once), or None where there is no `libc.so.6`."""
     try:
         return ctypes.CDLL("libc.so.6")
     except OSError:
