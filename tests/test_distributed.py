@@ -172,7 +172,7 @@ def test_two_process_training_and_index(tiny_backbone, index_inputs, tmp_path):
     torch.set_num_threads(1)
     try:
         assert cli.main(["index", str(photos), "--model", str(model_dir), "--out", str(tmp_path / "single"),
-                         "--quiet", "--num-workers", "0"]) == 0
+                         "--quiet", "--num-workers", "0", "--token-codec", "fp16"]) == 0  # the shards' default
     finally:
         torch.set_num_threads(threads)
     shards = [str(tmp_path / "shards" / f"shard-{r}-of-{WORLD}") for r in range(WORLD)]

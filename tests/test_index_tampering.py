@@ -26,7 +26,8 @@ def saved(tmp_path_factory) -> Path:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     tokens = rng.standard_normal((N, *TOK)).astype(np.float32)
     root = tmp_path_factory.mktemp("tamper")
-    index = ZseIndex.from_features(emb, tokens, grid_size=(2, 2), ids=[f"p{i}" for i in range(N)], work_dir=root)
+    index = ZseIndex.from_features(emb, tokens, grid_size=(2, 2), ids=[f"p{i}" for i in range(N)], work_dir=root,
+                                   token_codec="fp16")  # the fp16 format; `coded` below has a codec
     index.skipped.append(Skipped(N, "bad", "bad.png", "unreadable"))
     return index.save(root / "idx")
 

@@ -109,7 +109,8 @@ def test_projections_follow_select_and_to_model_and_wrong_side_is_recomputed():
 def _index(model, n=12, seed=0):
     feats = _features(model, n, seed)
     return ZseIndex.from_features(feats.ret_embeds.numpy(), local_tokens=feats.local_tokens.numpy(),
-                                  token_mask=feats.token_mask.numpy(), grid_size=feats.grid_size, model=model)
+                                  token_mask=feats.token_mask.numpy(), grid_size=feats.grid_size, model=model,
+                                  token_codec="fp16")
 
 
 @pytest.mark.parametrize("selected", [None, 6])
@@ -152,7 +153,7 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
     processor = ZseProcessor.from_config(model.config)
     photos, q = _photos(10, 0), _features(model, 2, 3)
     rows = np.array([[0, 9, 4, 7], [8, 1, 5, 6]])
-    plain = ZseIndex.build(model, processor, photos[:6], progress=False)
+    plain = ZseIndex.build(model, processor, photos[:6], progress=False, token_codec="fp16")
     plain.add(photos[6:], ids=range(6, 10), progress=False)
     ref = plain.rerank_rows(q, rows)
     with pytest.raises(ValueError, match="store_local_tokens"):
@@ -177,7 +178,7 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
         torch.testing.assert_close(loaded.rerank_rows(q, rows), index.rerank_rows(q, rows), rtol=0, atol=0)
     # an index without them stays format 1, readable by older versions; so does one whose precompute was
     # interrupted after its first segment
-    part = ZseIndex.build(model, processor, photos[:3], progress=False)
+    part = ZseIndex.build(model, processor, photos[:3], progress=False, token_codec="fp16")
     part.add(photos[3:5], ids=["x", "y"], progress=False)
     calls = []
 
@@ -191,7 +192,8 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         part.precompute_projections(batch_size=8, progress=False)
     assert part._segments[0].arrays["projections"] is not None and not part.store_projections
-    plain_saved = ZseIndex.build(model, processor, photos[:3], progress=False).save(tmp_path / "plain")
+    plain = ZseIndex.build(model, processor, photos[:3], progress=False, token_codec="fp16")
+    plain_saved = plain.save(tmp_path / "plain")
     part_saved = part.save(tmp_path / "part")
     for folder in (plain_saved, part_saved):
         assert json.loads((folder / "manifest.json").read_text())["format_version"] == 1
@@ -209,7 +211,7 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
     merged = ZseIndex.merge(dirs, model=model)
     assert merged.store_projections
     torch.testing.assert_close(merged.rerank_rows(q, rows), index.rerank_rows(q, rows), rtol=0, atol=1e-6)
-    ZseIndex.build(model, processor, photos, ids=range(10), shard=(1, 2), progress=False).save(dirs[1])
+    ZseIndex.build(model, processor, photos, ids=range(10), shard=(1, 2), progress=False).save(dirs[1])  # fp16
     assert not ZseIndex.merge(dirs, model=model).store_projections
 
 

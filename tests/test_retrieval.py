@@ -81,7 +81,8 @@ def sketches(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def index(model, processor, photo_dir):
-    return ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=5, progress=False)
+    return ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=5, progress=False,
+                          token_codec="fp16")  # the exact store (the default, sq6, is tested in test_token_codecs)
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +375,8 @@ def test_save_is_atomic_when_killed(saved, model, tmp_path, kill_at, exchange):
 
 
 def test_shards_merge_to_the_unsharded_index(model, processor, photo_dir, sketches, tmp_path):
-    full = ZseIndex.build(model, processor, photo_dir, batch_size=1, progress=False)
-    dirs = []
+    full = ZseIndex.build(model, processor, photo_dir, batch_size=1, progress=False, token_codec="fp16")
+    dirs = []  # shards without a token codec default to fp16, so they merge
     for i in range(3):
         shard = ZseIndex.build(model, processor, photo_dir, batch_size=1, shard=(i, 3), progress=False)
         assert len(shard) == N_PHOTOS // 3 and shard.ids == full.ids[i::3]

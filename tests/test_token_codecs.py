@@ -15,9 +15,11 @@ from zse_hf.retrieval import TokenCodec, ZseIndex, load_token_codec
 from zse_hf.retrieval.faiss_index import faiss
 from zse_hf.retrieval.token_codec import (
     CODEC_FILE,
+    DEFAULT_TOKEN_CODEC,
     TRAIN_PHOTOS,
     TRAIN_VECTORS,
     codec_factory,
+    default_token_codec,
     resolve_token_codec,
     training_sample,
 )
@@ -70,7 +72,8 @@ def sketches(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp16(model, processor, photo_dir):
-    return ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=8, progress=False)
+    return ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=8, progress=False,
+                          token_codec="fp16")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,30 @@ def test_training_sample_is_seeded_and_bounded():
     assert len(training_sample(tokens[:2], np.zeros((2, 300), bool))) == 600  # none kept: all of them
 
 
-def test_fp16_default_keeps_the_exact_tokens_and_format(fp16, model, processor, photo_dir, tmp_path):
+def test_default_codec_of_new_indexes_is_lossy_sq6(fp16, model, processor, photo_dir, tmp_path):
+    default = ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=8, progress=False)
+    assert DEFAULT_TOKEN_CODEC == "sq6" and default.token_codec_name == "sq6" and default.token_codec.lossy
+    manifest = json.loads((default.save(tmp_path / "idx") / "manifest.json").read_text())
+    assert manifest["tokens"]["codec"]["name"] == "sq6" and manifest["tokens"]["codec"]["lossy"] is True
+    exact = fp16.local_tokens(fp16.ids).local_tokens.float()
+    got = default.local_tokens(fp16.ids).local_tokens
+    assert not torch.equal(got, exact) and float((got - exact).abs().max()) <= 0.05 * float(exact.abs().max())
+    feats = fp16.local_tokens(fp16.ids)
+    from_feats = ZseIndex.from_features(torch.randn(len(fp16), 32), feats.local_tokens, feats.token_mask,
+                                        grid_size=feats.grid_size)
+    assert from_feats.token_codec_name == "sq6"
+    # projections are float16 only, and an index without tokens has no codec
+    paths = sorted(photo_dir.glob("*.png"))[:2]
+    with_proj = ZseIndex.build(model, processor, paths, store_projections=True, progress=False)
+    assert with_proj.token_codec is None and with_proj.token_codec_name == "fp16"
+    no_tokens = ZseIndex.build(model, processor, paths, store_local_tokens=False, progress=False)
+    assert no_tokens.token_codec is None and not no_tokens.store_local_tokens
+    sharded = ZseIndex.build(model, processor, paths, shard=(0, 2), progress=False)  # shards must share a codec
+    assert sharded.token_codec is None and sharded.token_codec_name == "fp16"
+    assert default_token_codec("sq8") == "sq8" and default_token_codec(None, False) is None
+
+
+def test_fp16_keeps_the_exact_tokens_and_format(fp16, model, processor, photo_dir, tmp_path):
     explicit = ZseIndex.build(model, processor, photo_dir, index_factory="Flat", batch_size=8, progress=False,
                               token_codec="fp16")
     assert fp16.token_codec is None and fp16.token_codec_name == explicit.token_codec_name == "fp16"
@@ -206,7 +232,7 @@ def test_shards_with_one_codec_merge_to_the_unsharded_build(model, processor, ph
     other.save(tmp_path / "other")
     with pytest.raises(ValueError, match="another token codec"):
         ZseIndex.merge([dirs[0], tmp_path / "other", dirs[2]])
-    plain = ZseIndex.build(model, processor, photo_dir, batch_size=1, shard=(1, 3), progress=False)
+    plain = ZseIndex.build(model, processor, photo_dir, batch_size=1, shard=(1, 3), progress=False, token_codec="fp16")
     plain.save(tmp_path / "plain")
     with pytest.raises(ValueError, match=r"another token codec \(fp16\)"):
         ZseIndex.merge([dirs[0], tmp_path / "plain", dirs[2]])

@@ -69,9 +69,10 @@ def index_main(argv: list[str] | None = None) -> int:
                    help="also store each photo's pair-head projections (3x the token store; faster exact re-rank; "
                         "fp16 tokens only)")
     codec = p.add_mutually_exclusive_group()
-    codec.add_argument("--token-codec", default="fp16", metavar="NAME",
+    codec.add_argument("--token-codec", default=None, metavar="NAME",
                        help=f"how local tokens are stored for re-ranking: {CODEC_HELP}. LOSSY codecs change "
-                            "re-rank scores slightly")
+                            "re-rank scores slightly (default fp16 with --store-projections or --shard: shards "
+                            "merge only when they share one codec, see --token-codec-from)")
     codec.add_argument("--token-codec-from", default=None, metavar="DIR_OR_FILE",
                        help="reuse the trained token codec of an index directory (or its token_codec.faiss): "
                             "shards that will be merged must share one codec")

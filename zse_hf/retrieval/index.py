@@ -36,7 +36,7 @@ from .persistence import load_index, save_index
 from .quantization import int8_pair_model
 from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
-from .token_codec import FP16, TokenCodec, new_codec, resolve_token_codec, training_sample
+from .token_codec import FP16, TokenCodec, default_token_codec, new_codec, resolve_token_codec, training_sample
 from .token_store import CODE_DTYPE, NpyWriter, Segment, SegmentWriter, new_work_dir, open_file, row_dtypes, row_shapes
 
 
@@ -62,7 +62,8 @@ class ZseIndex:
     def __init__(self, model=None, processor=None, *, index_factory: str | None = None, store_local_tokens: bool = True,
                  use_gpu: bool | None = None, work_dir: str | os.PathLike | None = None,
                  train_size: int = DEFAULT_TRAIN_SIZE, store_projections: bool = False, token_codec=None):
-        """An empty index; usually made by `build`, `from_features`, `load` or `merge`."""
+        """An empty index; usually made by `build`, `from_features`, `load` or `merge`. Unlike
+        `build`, `token_codec=None` here means exact float16 tokens (what `load` and `merge` rely on)."""
         if store_projections and not store_local_tokens:
             raise ValueError("store_projections needs store_local_tokens=True")
         codec = resolve_token_codec(token_codec)
@@ -219,15 +220,18 @@ class ZseIndex:
             work_dir: where unsaved segment files go (default: a new temporary directory).
             store_projections: also store each photo's pair-head projections, so re-ranking skips
                 them (see [`precompute_projections`]; float16 tokens only).
-            token_codec: how local tokens are stored: `"fp16"` / None (exact float16, the default),
-                a LOSSY faiss codec name (`"sq8"`, `"sq6"`, `"sq4"`, `"pqM"`, `"opqM"`, `"rqM"`) or
-                faiss factory string, trained on a seeded sample of this build's tokens (see
-                `zse_hf.retrieval.token_codec`); or a trained codec to reuse: a [`TokenCodec`], or
-                a `Path` to an index directory or a codec file (shards that will be merged must
-                share one codec).
+            token_codec: how local tokens are stored: None for the default, `"sq6"` (LOSSY: the
+                re-rank order changes slightly; `"fp16"` with `store_projections` or `shard`, as
+                shards must share one trained codec to merge); `"fp16"` (exact
+                float16); another LOSSY faiss codec name (`"sq8"`, `"sq4"`, `"pqM"`, `"opqM"`,
+                `"rqM"`) or faiss factory string, trained on a seeded sample of this build's tokens
+                (see `zse_hf.retrieval.token_codec`); or a trained codec to reuse: a
+                [`TokenCodec`], or a `Path` to an index directory or a codec file (shards that will
+                be merged must share one codec).
 
         Unreadable items are skipped with a warning and listed in `index.skipped`.
         """
+        token_codec = default_token_codec(token_codec, store_local_tokens, store_projections, shard is not None)
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=store_local_tokens,
                     use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, store_projections=store_projections,
                     token_codec=token_codec)
@@ -248,8 +252,9 @@ class ZseIndex:
             token_mask: `[M, N]` bool (default all True); grid_size: `(h, w)` with `h * w = N`.
             ids, paths: per row (default ids `0..M-1`).
             model, processor: attached for `search` (sketch encoding and re-ranking).
-            token_codec: how the tokens are stored (see [`build`]).
+            token_codec: how the tokens are stored (see [`build`]; None: the default, LOSSY `"sq6"`).
         """
+        token_codec = default_token_codec(token_codec, local_tokens is not None)
         index = cls(model, processor, index_factory=index_factory, store_local_tokens=local_tokens is not None,
                     use_gpu=use_gpu, work_dir=work_dir, train_size=train_size, token_codec=token_codec)
         if isinstance(ret_embeds, torch.Tensor):

@@ -3,9 +3,9 @@ width D, one codec vector per token (each row of a photo's `[N, D]` grid).
 
 Codec names (`ZseIndex.build(..., token_codec=NAME)`, `zse-sbir index --token-codec NAME`):
 
-    fp16      no codec: the exact float16 store (the default; 2*D bytes per token)
+    fp16      no codec: the exact float16 store (2*D bytes per token)
     sq8       LOSSY  faiss "SQ8": 8-bit scalar quantizer, D bytes per token
-    sq6       LOSSY  faiss "SQ6": 3*D/4 bytes per token
+    sq6       LOSSY  faiss "SQ6": 3*D/4 bytes per token (the default of new indexes)
     sq4       LOSSY  faiss "SQ4": D/2 bytes per token
     pqM       LOSSY  faiss "PQMx8": product quantizer, M bytes per token (D divisible by M)
     opqM      LOSSY  faiss "OPQM,PQMx8": the same after a learned rotation
@@ -33,15 +33,32 @@ import numpy as np
 from .faiss_index import faiss
 
 FP16 = "fp16"
+# the default of new indexes, picked by the codec rule in docs/retrieval.md: the smallest codec
+# within 0.005 rn@10 of fp16 on validation and test with >= 0.95 of the top-10 positions unchanged
+DEFAULT_TOKEN_CODEC = "sq6"
 CODEC_FILE = "token_codec.faiss"
 TRAIN_PHOTOS = 256  # a codec is trained on the kept tokens of at most this many photos ...
 TRAIN_VECTORS = 65_536  # ... and at most this many token vectors
 NAMED_CODECS = {"sq8": "SQ8", "sq6": "SQ6", "sq4": "SQ4"}
 _PATTERNS = ((re.compile(r"pq([1-9][0-9]*)"), "PQ{m}x8"), (re.compile(r"opq([1-9][0-9]*)"), "OPQ{m},PQ{m}x8"),
              (re.compile(r"rq([1-9][0-9]*)"), "RQ{m}x8"))
-CODEC_HELP = ("fp16 (default: exact float16 tokens, 2*D bytes per token) or a LOSSY faiss codec trained on the "
-              "gallery: sq8 (D bytes per token), sq6 (3D/4), sq4 (D/2), pqM (M bytes; D divisible by M), opqM "
-              "(M bytes, rotated first), rqM (M bytes), or a faiss factory string with a standalone codec")
+CODEC_HELP = (f"{DEFAULT_TOKEN_CODEC} (the default; LOSSY), fp16 (exact float16 tokens, 2*D bytes per token), or "
+              "another LOSSY faiss codec trained on the gallery: sq8 (D bytes per token), sq6 (3D/4), sq4 (D/2), pqM "
+              "(M bytes; D divisible by M), opqM (M bytes, rotated first), rqM (M bytes), or a faiss factory string "
+              "with a standalone codec")
+
+
+def default_token_codec(token_codec=None, store_local_tokens: bool = True, store_projections: bool = False,
+                        sharded: bool = False):
+    """`token_codec` for a new index: as given, or when None the default codec
+    (`DEFAULT_TOKEN_CODEC`, LOSSY), except `"fp16"` with stored projections (float16 only) and for
+    one shard of a sharded build (shards that each trained a codec could not be merged; share one
+    with `token_codec=<a shard's directory>`), and None when no tokens are stored."""
+    if token_codec is not None:
+        return token_codec
+    if not store_local_tokens:
+        return None
+    return FP16 if store_projections or sharded else DEFAULT_TOKEN_CODEC
 
 
 def codec_factory(name: str) -> tuple[str, str | None]:
