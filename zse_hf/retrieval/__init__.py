@@ -19,8 +19,9 @@ A saved index is a directory (format version 1; 2 with stored projections, 3 wit
     index.faiss              the faiss index (inner product); its ids are row numbers
     rows.json                per row: id (null once removed), path, position; skipped items
     embeddings-NNNN.npy      [n, D] float32 [Ret] embeddings (merge, rebuild, exact re-scoring)
-    tokens-NNNN.npy          [n, N, D] float16 encoder local tokens (re-ranking), memory-mapped;
-                             with a token codec [n, N, C] uint8 codes, decoded row by row
+    tokens-NNNN.npy          encoder local tokens (re-ranking), memory-mapped: [n, N, C] uint8 codes
+                             of the token codec (new indexes: LOSSY sq6), decoded row by row; or
+                             [n, N, D] float16 (token_codec="fp16", exact)
     mask-NNNN.npy            [n, N] bool token-selection masks
     token_codec.faiss        the trained faiss token codec (faiss.serialize_index), when one is used
 
