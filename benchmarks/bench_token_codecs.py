@@ -19,7 +19,8 @@ per codec:
 Where each codec is trained (`--codec-train`):
 
   * `train_fit` (default): on a seeded sample of the tokens of the `train_fit` photos (training
-    classes minus validation; never the evaluated classes), then passed to the build. This is the
+    classes minus validation: never the queries' classes, and outside the gallery with
+    `--gallery split`; `--gallery all` holds them as distractors), then passed to the build. This is the
     case of a real gallery, which is far larger than the codec's sample (at most 256 photos), so
     nearly every photo it encodes was not in that sample.
   * `gallery`: on the evaluated gallery itself, as `ZseIndex.build` does for a gallery of this size.
@@ -75,13 +76,13 @@ def codec_row(name: str, gallery: ZseImageFeatures, ids: list, work: Path, model
     `train_tokens` (`[m, N, D]`, other photos) when given, else on the gallery's own tokens;
     returns the index and its sizes and times (`build_s` includes training the codec)."""
     t0 = time.perf_counter()
-    codec = name
-    if train_tokens is not None and codec_factory(name)[1] is not None:
-        codec = TokenCodec.train(*codec_factory(name), training_sample(train_tokens.local_tokens.numpy(),
-                                                                       train_tokens.token_mask.numpy()))
+    request, (key, factory) = name, codec_factory(name)
+    if train_tokens is not None and factory is not None:
+        sample = training_sample(train_tokens.local_tokens.numpy(), train_tokens.token_mask.numpy())
+        request = TokenCodec.train(key, factory, sample)
     index = ZseIndex.from_features(gallery.ret_embeds, gallery.local_tokens, gallery.token_mask,
                                    grid_size=gallery.grid_size, ids=ids, model=model, index_factory="Flat",
-                                   work_dir=work, token_codec=codec)
+                                   work_dir=work, token_codec=request)
     build_s = time.perf_counter() - t0
     codec = index.token_codec
     n_tok = index.token_shape[0]

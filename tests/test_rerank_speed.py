@@ -192,8 +192,8 @@ def test_stored_projections_are_saved_grown_and_merged(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         part.precompute_projections(batch_size=8, progress=False)
     assert part._segments[0].arrays["projections"] is not None and not part.store_projections
-    plain = ZseIndex.build(model, processor, photos[:3], progress=False, token_codec="fp16")
-    plain_saved = plain.save(tmp_path / "plain")
+    plain_saved = ZseIndex.build(model, processor, photos[:3], progress=False,
+                                 token_codec="fp16").save(tmp_path / "plain")
     part_saved = part.save(tmp_path / "part")
     for folder in (plain_saved, part_saved):
         assert json.loads((folder / "manifest.json").read_text())["format_version"] == 1
