@@ -4,6 +4,9 @@ For each query's top-K [Ret] candidates the relation network is run once; the ca
 then ordered by
   * the relation score alone (the paper's, the shipped default),
   * `relation score + w x [Ret] cosine` (`rerank_ret_weight` w: `ZseModel.rerank_score`),
+  * the same with a calibrated w* = std(relation score) / std(cosine) over the reference sketches'
+    top-K pairs on the same gallery (no labels), so both terms weigh alike: the relation score as a
+    residual on the cosine,
   * a hubness correction `relation logit - beta x b(photo)`, where b is the photo's mean relation
     logit against a fixed reference set of training-fit sketches (never queries, never the
     validation or test classes): photos that every sketch scores high are pulled down.
@@ -14,7 +17,13 @@ then ordered by
     checked to 1e-3), adding one head at a time.
 Each variant's mAP@all is printed with its difference to the relation-only order and the paired
 class-bootstrap 95% interval of that difference (`zse_hf.compare`), for the split's gallery and
-the `--gallery all` one. Choose on validation; `--split test` needs `--allow-test`.
+the `--gallery all` one. Choose on validation; `--split test` needs `--allow-test`. `--val-fold I/K`
+scores the validation fold of the ranking protocol (the reference sketches then come from that
+fold's training classes), and `--out` writes every variant's metrics as a `zse-sbir eval` JSON
+(mode keys below), so `zse-sbir compare --pool` can pool the K folds:
+
+    ret, rn@K, rn@K+cos*W, rn@K+cos*calibrated, rn@K-hub*BETA, rn@K-flip-pair, rn@K-flip-photo-mean,
+    rn@K-flip-photo-max, rn@K-heads<N>
 
     python benchmarks/bench_rerank_variants.py --model hub_card              # ~12 min on 2 cores
     python benchmarks/bench_rerank_variants.py --model hub_card --weights --betas --flip \
@@ -24,6 +33,7 @@ the `--gallery all` one. Choose on validation; `--split test` needs `--allow-tes
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,6 +44,7 @@ from safetensors.torch import load_file
 
 from zse_hf.compare import compare_results
 from zse_hf.data import open_dataset
+from zse_hf.data.split import parse_fold
 from zse_hf.evaluation import data_hash, encode_dataset, place_reranked
 from zse_hf.loading import load_model
 from zse_hf.metrics import compute_metrics, rank_gallery
@@ -84,39 +95,58 @@ def head_state(model: ZseModel, folder: str) -> dict[str, torch.Tensor]:
     return {k: v.to(own[k].dtype) for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
 
 
-def variant_table(name: str, ret, top, logits, cos_top, bias, labels, weights, betas, model,
-                  flipped: dict | None = None, heads: dict | None = None) -> list[str]:
-    """Markdown rows of every variant on one gallery. `flipped`: `{"pair", "photo"}` logits `[Q, K]`
-    of the mirrored pair / mirrored photo; `heads`: `{name: logits [Q, K]}` of extra pair heads."""
+def calibrated_weight(model: ZseModel, reference: ZseImageFeatures, gallery: ZseImageFeatures, k: int) -> float:
+    """w* = std(relation score) / std([Ret] cosine) over each reference sketch's top-`k` gallery photos
+    by [Ret]: the fusion weight at which both terms spread alike (labels are not used)."""
+    ret = (reference.ret_embeds @ gallery.ret_embeds.T).numpy()
+    top = rank_gallery(ret, k=k)
+    rel = 1.0 / (1.0 + np.exp(-pair_logits(model, reference, gallery, np.repeat(np.arange(len(ret)), k),
+                                           top.reshape(-1))))
+    return float(rel.std() / max(np.take_along_axis(ret, top, 1).std(), 1e-12))
+
+
+def variant_metrics(ret, top, logits, cos_top, bias, labels, weights, betas, model, k: int,
+                    calibrated: float | None = None, flipped: dict | None = None,
+                    heads: dict | None = None) -> dict[str, dict]:
+    """`{mode key: compute_metrics(...)}` of every variant on one gallery (keys as in the module
+    docstring). `ret` `[Q, G]`; `top`, `logits`, `cos_top` `[Q, K]`; `bias` `[G]`; `flipped`:
+    `{"pair", "photo"}` logits `[Q, K]` of the mirrored pair / mirrored photo; `heads`:
+    `{name: logits [Q, K]}` of extra pair heads."""
     q_lab, g_lab = labels
     sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
     rel = sig(logits)
-    variants = {"[Ret] only": ret, "relation score (w = 0)": place_reranked(ret, top, rel)}
+    rn = f"rn@{k}"
+    variants = {"ret": ret, rn: place_reranked(ret, top, rel)}
     for w in weights:
-        variants[f"relation + {w:g} x cosine"] = place_reranked(ret, top, model.rerank_score(rel, cos_top, w))
+        variants[f"{rn}+cos*{w:g}"] = place_reranked(ret, top, model.rerank_score(rel, cos_top, w))
+    if calibrated is not None:
+        variants[f"{rn}+cos*calibrated"] = place_reranked(ret, top, rel + calibrated * cos_top)
     for beta in betas:
-        variants[f"relation logit - {beta:g} x photo bias"] = place_reranked(ret, top, logits - beta * bias[top])
+        variants[f"{rn}-hub*{beta:g}"] = place_reranked(ret, top, logits - beta * bias[top])
     if flipped:
         pair, photo = sig(flipped["pair"]), sig(flipped["photo"])
-        variants["mean with the mirrored pair"] = place_reranked(ret, top, (rel + pair) / 2)
-        variants["mean with the mirrored photo"] = place_reranked(ret, top, (rel + photo) / 2)
-        variants["max with the mirrored photo"] = place_reranked(ret, top, np.maximum(rel, photo))
+        variants[f"{rn}-flip-pair"] = place_reranked(ret, top, (rel + pair) / 2)
+        variants[f"{rn}-flip-photo-mean"] = place_reranked(ret, top, (rel + photo) / 2)
+        variants[f"{rn}-flip-photo-max"] = place_reranked(ret, top, np.maximum(rel, photo))
     scores = [rel]
-    for head, head_logits in (heads or {}).items():
+    for head_logits in (heads or {}).values():
         scores.append(sig(head_logits))
-        variants[f"head {head} alone"] = place_reranked(ret, top, scores[-1])
-        variants[f"mean of {len(scores)} heads (+ {head})"] = place_reranked(ret, top, np.mean(scores, 0))
-    metrics = {k: compute_metrics(s, q_lab, g_lab, n_bootstrap=0) for k, s in variants.items()}
-    base = {"data_hash": name, "results": metrics}
-    rows = [f"\n{name}\n", "| re-rank order | mAP@all | minus relation-only [95% CI] | classes better / worse |",
+        variants[f"{rn}-heads{len(scores)}"] = place_reranked(ret, top, np.mean(scores, 0))
+    return {key: compute_metrics(s, q_lab, g_lab, n_bootstrap=0) for key, s in variants.items()}
+
+
+def variant_table(name: str, metrics: dict[str, dict], base_key: str) -> list[str]:
+    """Markdown rows: each variant's mAP@all and its difference to `base_key` with the paired interval."""
+    payload = {"data_hash": name, "results": metrics}
+    rows = [f"\n{name}\n", f"| re-rank order | mAP@all | minus {base_key} [95% CI] | classes better / worse |",
             "|---|---|---|---|"]
-    for k, m in metrics.items():
-        if k == "relation score (w = 0)":
-            rows.append(f"| **{k}** | **{m['mAP@all']:.4f}** | | |")
+    for key, m in metrics.items():
+        if key == base_key:
+            rows.append(f"| **{key}** | **{m['mAP@all']:.4f}** | | |")
             continue
-        c = compare_results(base, base, "relation score (w = 0)", k)
+        c = compare_results(payload, payload, base_key, key)
         lo, hi = c["difference_CI"]
-        rows.append(f"| {k} | {m['mAP@all']:.4f} | {c['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+        rows.append(f"| {key} | {m['mAP@all']:.4f} | {c['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
                     f"{c['classes_b_better']} / {c['classes_a_better']} |")
     return rows
 
@@ -125,18 +155,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="hub_card")
     p.add_argument("--split", default="val")
+    p.add_argument("--val-fold", default=None, metavar="I/K",
+                   help="with --split val: fold I of the K-fold ranking protocol (as `zse-sbir eval --val-fold`)")
     p.add_argument("--allow-test", action="store_true", help="allow --split test (only after a decision)")
     p.add_argument("--max-per-class", type=int, default=30, help="query sketches per class")
     p.add_argument("--rerank-k", type=int, default=10)
     p.add_argument("--weights", type=float, nargs="*", default=[0.25, 0.5, 1, 2, 4, 8, 16, 32])
+    p.add_argument("--no-calibrated", dest="calibrated", action="store_false",
+                   help="skip the calibrated fusion weight (std ratio over the reference sketches)")
     p.add_argument("--betas", type=float, nargs="*", default=[0.5, 1.0])
     p.add_argument("--reference-per-class", type=int, default=5, help="training-fit sketches per class for b")
     p.add_argument("--flip", action="store_true", help="also the horizontal-flip variants")
     p.add_argument("--extra-head", action="append", default=[], metavar="DIR",
                    help="a model folder or Trainer checkpoint with the same encoder: average its pair head in")
+    p.add_argument("--out", default=None, help="write every variant's metrics as a `zse-sbir eval` JSON")
     args = p.parse_args()
     if args.split == "test" and not args.allow_test:
         p.error("choose a re-rank on validation; --split test needs --allow-test (after the decision)")
+    if args.val_fold is not None:
+        if args.split != "val":
+            p.error("--val-fold applies to --split val")
+        try:
+            parse_fold(args.val_fold)
+        except ValueError as err:
+            p.error(str(err))
+    fold = {"val_fold": args.val_fold} if args.val_fold else {}
 
     t0 = time.time()
     torch.manual_seed(0)
@@ -145,13 +188,13 @@ def main() -> None:
     shipped_head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
     extra_heads = {d: head_state(model, d) for d in args.extra_head}
     reference_set, reference = None, None
-    if args.betas:  # the photo bias needs the reference sketches; skip encoding them otherwise
-        reference_set, _ = open_dataset("offline", "train_fit", max_per_class=args.reference_per_class)
+    if args.betas or args.calibrated:  # the photo bias and w* need the reference sketches
+        reference_set, _ = open_dataset("offline", "train_fit", max_per_class=args.reference_per_class, **fold)
         reference = encode_dataset(model, processor, reference_set, "sketch", 32, keep_local=True)
-    lines, queries_feat, mirrored_queries = [], None, None
+    lines, queries_feat, mirrored_queries, payload = [], None, None, {}
     for gallery_kind in ("split", "all"):
         extra = {"gallery": "all"} if gallery_kind == "all" else {}
-        queries, gallery = open_dataset("offline", args.split, max_per_class=args.max_per_class, **extra)
+        queries, gallery = open_dataset("offline", args.split, max_per_class=args.max_per_class, **extra, **fold)
         if queries_feat is None:
             queries_feat = encode_dataset(model, processor, queries, "sketch", 32, keep_local=True)
         g = encode_dataset(model, processor, gallery, "photo", 32, keep_local=True)
@@ -161,6 +204,7 @@ def main() -> None:
         qi, gi = np.repeat(np.arange(len(queries)), k), top.reshape(-1)
         logits = pair_logits(model, queries_feat, g, qi, gi)
         bias = photo_bias(model, reference, g) if args.betas else np.zeros(ret.shape[1])
+        calibrated = calibrated_weight(model, reference, g, k) if args.calibrated else None
         flipped = None
         if args.flip:
             if mirrored_queries is None:
@@ -173,13 +217,31 @@ def main() -> None:
             model.load_state_dict(state, strict=False)
             heads[head] = pair_logits(model, queries_feat, g, qi, gi).reshape(-1, k)
         model.load_state_dict(shipped_head, strict=False)
-        name = (f"{args.split}, gallery {gallery_kind}: {len(queries)} sketches x {len(gallery)} photos, top-{k} "
-                f"(data_hash {data_hash(queries, gallery)})")
-        lines += variant_table(name, ret, top, logits.reshape(-1, k), np.take_along_axis(ret, top, 1), bias,
-                               (queries.labels, gallery.labels), args.weights, args.betas, model, flipped, heads)
-    print(f"model {args.model}" + (f"; photo bias b: mean relation logit against {len(reference_set)} training-fit "
+        metrics = variant_metrics(ret, top, logits.reshape(-1, k), np.take_along_axis(ret, top, 1), bias,
+                                  (queries.labels, gallery.labels), args.weights, args.betas, model, k,
+                                  calibrated, flipped, heads)
+        digest = data_hash(queries, gallery)
+        name = (f"{args.split}{' fold ' + args.val_fold if args.val_fold else ''}, gallery {gallery_kind}: "
+                f"{len(queries)} sketches x {len(gallery)} photos, top-{k} (data_hash {digest})"
+                + (f"; calibrated w* = {calibrated:.4g}" if calibrated is not None else ""))
+        lines += variant_table(name, metrics, f"rn@{k}")
+        if gallery_kind == "split":
+            payload.update({"model": str(args.model), "split": args.split, **fold, "data_hash": digest,
+                            "n_queries": len(queries), "n_gallery": len(gallery), "results": metrics,
+                            "calibrated_weight": calibrated, "extra_heads": list(args.extra_head)})
+        else:
+            payload.update({"results_gallery_all": metrics, "calibrated_weight_gallery_all": calibrated,
+                            "gallery_all": {"n_gallery": len(gallery), "data_hash": digest}})
+    print(f"model {args.model}" + (f"; reference sketches (photo bias b, w*): {len(reference_set)} training-fit "
                                    f"sketches ({len(reference_set.classes)} classes)" if reference_set else ""))
     print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1, default=float))
+        tmp.replace(out)
+        print(f"wrote {out}")
     print(f"\n{time.time() - t0:.0f} s")
 
 

@@ -82,6 +82,15 @@ def test_cli(case, tmp_path, capsys):
     assert main([str(a), str(a), "--mode-a", "ret", "--mode-b", "same", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["difference"] == 0 and got["level"] == pytest.approx(0.95)
+    assert main([str(a), "--json"]) == 0
+    at95 = json.loads(capsys.readouterr().out)["difference_CI"]
+    assert main([str(a), "--json", "--level", "0.99"]) == 0
+    at99 = json.loads(capsys.readouterr().out)
+    assert at99["level"] == pytest.approx(0.99)
+    assert at99["difference_CI"][0] <= at95[0] and at99["difference_CI"][1] >= at95[1]  # wider
+    with pytest.raises(SystemExit):
+        main([str(a), "--level", "95"])
+    assert "between 0 and 1" in capsys.readouterr().err
     assert main([str(a), "--mode-b", "nope"]) == 2
     assert "no per-class APs for mode 'nope'" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[1, 2]")

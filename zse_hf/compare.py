@@ -141,6 +141,17 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
             f"{c['classes_b_better']}, A in {c['classes_a_better']}): {verdict}")
 
 
+def _level(value: str) -> float:
+    """argparse type: an interval level strictly between 0 and 1."""
+    try:
+        level = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < level < 1:
+        raise argparse.ArgumentTypeError(f"an interval level is between 0 and 1 (e.g. 0.95), got {value}")
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`zse-sbir compare A.json [B.json]`: B's ranking minus A's, paired by class."""
     p = argparse.ArgumentParser(prog="zse-sbir compare", description=main.__doc__)
@@ -156,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode-b", default="rn@10", help="result of B (default rn@10)")
     p.add_argument("--gallery", choices=sorted(GALLERIES), default="standard")
     p.add_argument("--n-bootstrap", type=at_least(1), default=10000, help="bootstrap draws (default 10000)")
+    p.add_argument("--level", type=_level, default=0.95,
+                   help="interval level (default 0.95; e.g. 0.975 for each of two variants, Bonferroni)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
@@ -168,14 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.paired and len(payloads) % 2:
                 raise CompareError(f"--paired needs A/B pairs: got {len(payloads)} files")
             pairs = (list(zip(payloads[::2], payloads[1::2])) if args.paired else [(x, x) for x in payloads])
-            c = pool_comparisons(pairs, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+            c = pool_comparisons(pairs, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed,
+                                 alpha=1 - args.level)
             names = (f"{args.mode_a} of {' '.join(files[::2])}", f"{args.mode_b} of {' '.join(files[1::2])}") \
                 if args.paired else (f"{args.mode_a}, pooled over {len(files)} evaluations",
                                      f"{args.mode_b}, pooled over {len(files)} evaluations")
         else:
             a = load_eval_results(args.a)
             b = load_eval_results(args.b) if args.b else a
-            c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed)
+            c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed,
+                                alpha=1 - args.level)
             names = (f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}")
     except (CompareError, HubError, ValueError) as e:
         print(f"zse-sbir compare: {e}", file=sys.stderr)
