@@ -95,6 +95,18 @@ def head_state(model: ZseModel, folder: str) -> dict[str, torch.Tensor]:
     return {k: v.to(own[k].dtype) for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
 
 
+def trained_at(model_dir: str) -> dict:
+    """`{"model_training": {...}}`: the best step and validation mAP@all from the model folder's
+    `training_summary.json` (which checkpoint of a fold's run was scored), or `{}` without one."""
+    path = Path(model_dir) / "training_summary.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    keys = ("best_checkpoint", "best_val_mAP@all", "global_step", "stopped_at_step")
+    record = {k: summary.get(k) for k in keys}
+    return {"model_training": {**record, "val_fold": (summary.get("config") or {}).get("val_fold")}}
+
+
 def calibrated_weight(model: ZseModel, reference: ZseImageFeatures, gallery: ZseImageFeatures, k: int) -> float:
     """w* = std(relation score) / std([Ret] cosine) over each reference sketch's top-`k` gallery photos
     by [Ret]: the fusion weight at which both terms spread alike (labels are not used)."""
@@ -180,6 +192,10 @@ def main() -> None:
         except ValueError as err:
             p.error(str(err))
     fold = {"val_fold": args.val_fold} if args.val_fold else {}
+    trained = trained_at(args.model)
+    if args.val_fold and trained and parse_fold(trained["model_training"]["val_fold"]) != parse_fold(args.val_fold):
+        p.error(f"{args.model} was trained with val_fold {trained['model_training']['val_fold']!r}: scoring fold "
+                f"{args.val_fold} with it would score classes its encoder trained on")
 
     t0 = time.time()
     torch.manual_seed(0)
@@ -226,7 +242,8 @@ def main() -> None:
                 + (f"; calibrated w* = {calibrated:.4g}" if calibrated is not None else ""))
         lines += variant_table(name, metrics, f"rn@{k}")
         if gallery_kind == "split":
-            payload.update({"model": str(args.model), "split": args.split, **fold, "data_hash": digest,
+            payload.update({"model": str(args.model), **trained, "split": args.split, **fold,
+                            "data_hash": digest,
                             "n_queries": len(queries), "n_gallery": len(gallery), "results": metrics,
                             "calibrated_weight": calibrated, "extra_heads": list(args.extra_head)})
         else:

@@ -16,6 +16,8 @@ COMMANDS = {
     "soup": ("zse_hf.soup", "main", "average the weights of models fine-tuned from one initialisation"),
     "eval": ("zse_hf.evaluation", "main", "evaluate a model: mAP@all, mAP@200, P@k, acc@k"),
     "compare": ("zse_hf.compare", "main", "mAP@all difference of two rankings, paired class-bootstrap interval"),
+    "protocol": ("zse_hf.ranking_protocol", "main",
+                 "the ranking protocol's default ranking from its K folds' results (pre-written rule)"),
     "report": ("zse_hf.report", "main", "offline side-by-side table: baselines, head-only ablation, trained model"),
     "index": ("zse_hf.retrieval.cli", "index_main", "build a faiss index of a photo folder"),
     "merge-index": ("zse_hf.retrieval.cli", "merge_main", "merge sharded indexes"),
