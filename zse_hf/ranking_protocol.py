@@ -51,8 +51,8 @@ CANDIDATES = (
 )
 
 
-def order_folds(payloads: Sequence[dict], k: int) -> tuple[list[dict], list[int]]:
-    """The payloads ordered by their `val_fold` `"I/K"`, and the fold indices still missing.
+def order_folds(payloads: Sequence[dict], k: int) -> tuple[dict[int, dict], list[int]]:
+    """`{I: payload}` in fold order (by each payload's `val_fold` `"I/K"`), and the folds still missing.
 
     Raises:
         CompareError: a payload without a fold of `k`, or a fold given twice.
@@ -68,7 +68,7 @@ def order_folds(payloads: Sequence[dict], k: int) -> tuple[list[dict], list[int]
         if fold[0] in by_fold:
             raise CompareError(f"fold {fold[0]}/{k} is given twice")
         by_fold[fold[0]] = payload
-    return [by_fold[i] for i in sorted(by_fold)], [i for i in range(k) if i not in by_fold]
+    return dict(sorted(by_fold.items())), [i for i in range(k) if i not in by_fold]
 
 
 def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate] = CANDIDATES,
@@ -86,10 +86,10 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
         :func:`~zse_hf.compare.pool_comparisons` results, and `default_ranking` is None until all
         `k` folds are in.
     """
-    ordered, missing = order_folds(payloads, k)
-    if not ordered:
+    by_fold, missing = order_folds(payloads, k)
+    if not by_fold:
         raise CompareError("no fold results")
-    pairs = [(p, p) for p in ordered]
+    pairs = [(p, p) for p in by_fold.values()]
     rows = []
     for cand in candidates:
         std, gal_all = (pool_comparisons(pairs, BASELINE, cand.mode, gallery, n_bootstrap, seed, 1 - cand.level)
@@ -101,8 +101,7 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
     default = None
     if not missing:
         default = max(passing, key=lambda r: r["standard"]["difference"])["mode"] if passing else BASELINE
-    folds = [parse_fold(p["val_fold"])[0] for p in ordered]
-    return {"folds": folds, "missing": missing, "rows": rows, "default_ranking": default}
+    return {"folds": list(by_fold), "missing": missing, "rows": rows, "default_ranking": default}
 
 
 def format_decision(d: dict) -> str:
