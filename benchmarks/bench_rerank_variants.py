@@ -96,15 +96,22 @@ def head_state(model: ZseModel, folder: str) -> dict[str, torch.Tensor]:
 
 
 def trained_at(model_dir: str) -> dict:
-    """`{"model_training": {...}}`: the best step and validation mAP@all from the model folder's
-    `training_summary.json` (which checkpoint of a fold's run was scored), or `{}` without one."""
-    path = Path(model_dir) / "training_summary.json"
-    if not path.is_file():
+    """`{"model_training": {...}}`: which model of a run is scored. A run's `best/` (its
+    `training_summary.json`): the best step and its validation mAP@all, `selected: true`; a Trainer
+    `checkpoint-N` inside a run folder (the run's `train_config.json`): its step, `selected: false`
+    (not chosen on the validation classes). `{}` for a model of neither kind."""
+    folder = Path(model_dir)
+    if (folder / "training_summary.json").is_file():
+        summary = json.loads((folder / "training_summary.json").read_text())
+        keys = ("best_checkpoint", "best_val_mAP@all", "global_step", "stopped_at_step")
+        record = {**{k: summary.get(k) for k in keys}, "selected": True}
+        config = summary.get("config") or {}
+    elif (folder.parent / "train_config.json").is_file() and folder.name.startswith("checkpoint-"):
+        record = {"checkpoint": folder.name, "selected": False}
+        config = json.loads((folder.parent / "train_config.json").read_text())
+    else:
         return {}
-    summary = json.loads(path.read_text())
-    keys = ("best_checkpoint", "best_val_mAP@all", "global_step", "stopped_at_step")
-    record = {k: summary.get(k) for k in keys}
-    return {"model_training": {**record, "val_fold": (summary.get("config") or {}).get("val_fold")}}
+    return {"model_training": {**record, "val_fold": config.get("val_fold")}}
 
 
 def calibrated_weight(model: ZseModel, reference: ZseImageFeatures, gallery: ZseImageFeatures, k: int) -> float:

@@ -51,6 +51,10 @@ def test_ret_stays_the_default_when_nothing_passes_and_no_decision_before_all_fo
     d = decide(folds, K, n_bootstrap=500)
     assert not any(r["passes"] for r in d["rows"]) and d["default_ranking"] == "ret"
 
+    unselected = [{**f, "model_training": {"checkpoint": "checkpoint-2000", "selected": False}} for f in folds]
+    d = decide(unselected, K, n_bootstrap=500)
+    assert d["unselected"] == list(range(K)) and d["default_ranking"] is None  # the sensitivity files never decide
+
     partial = decide([_fold(i, STANDARD, GALLERY_ALL) for i in (0, 2, 3)], K, n_bootstrap=500)
     assert partial["missing"] == [1, 4] and partial["default_ranking"] is None
     assert any(r["passes"] for r in partial["rows"])  # a passing row on part of the folds decides nothing

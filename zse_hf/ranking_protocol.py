@@ -14,7 +14,8 @@ module applies it as written, so the decision is a function of the files and not
   passes, [Ret] stays the default.
 
 No decision is made before all K folds are in (each fold ``I/K`` exactly once): the table of a
-partial set is printed as such, never as a verdict.
+partial set is printed as such, never as a verdict. Nor from files that score a run's last
+checkpoint instead of its selected best (the sensitivity analysis of the selection).
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
         k: the number of folds the decision needs.
 
     Returns:
-        `{"folds": [I, ...], "missing": [I, ...], "rows": [{"mode", "level", "standard", "all",
-        "passes"}], "default_ranking": str | None}`; `standard` / `all` are
+        `{"folds": [I, ...], "missing": [I, ...], "unselected": [I, ...], "rows": [{"mode", "level",
+        "standard", "all", "passes"}], "default_ranking": str | None}`; `standard` / `all` are
         :func:`~zse_hf.compare.pool_comparisons` results, and `default_ranking` is None until all
-        `k` folds are in.
+        `k` folds are in, and for files that score a run's unselected checkpoint
+        (`model_training.selected` false: the sensitivity analysis, which never decides).
     """
     by_fold, missing = order_folds(payloads, k)
     if not by_fold:
@@ -98,10 +100,12 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
                   and (not cand.check_gallery_all or gal_all["difference"] >= 0))
         rows.append({"mode": cand.mode, "level": cand.level, "standard": std, "all": gal_all, "passes": passes})
     passing = [r for r in rows if r["passes"]]
+    unselected = [i for i, p in by_fold.items() if not (p.get("model_training") or {}).get("selected", True)]
     default = None
-    if not missing:
+    if not missing and not unselected:
         default = max(passing, key=lambda r: r["standard"]["difference"])["mode"] if passing else BASELINE
-    return {"folds": list(by_fold), "missing": missing, "rows": rows, "default_ranking": default}
+    return {"folds": list(by_fold), "missing": missing, "unselected": unselected, "rows": rows,
+            "default_ranking": default}
 
 
 def format_decision(d: dict) -> str:
@@ -118,7 +122,10 @@ def format_decision(d: dict) -> str:
                      f"{a['difference']:+.4f} [{a['difference_CI'][0]:+.4f}, {a['difference_CI'][1]:+.4f}] | "
                      f"{'yes' if r['passes'] else 'no'} |")
     lines.append("")
-    if d["default_ranking"] is None:
+    if d["unselected"]:
+        lines.append(f"no decision: fold(s) {', '.join(map(str, d['unselected']))} score an unselected checkpoint "
+                     "(a sensitivity analysis; the decision reads each fold's best)")
+    elif d["default_ranking"] is None:
         lines.append(f"no decision: fold(s) {', '.join(map(str, d['missing']))} missing (the rule is applied once "
                      "all folds are in)")
     else:
