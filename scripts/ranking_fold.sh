@@ -21,3 +21,4 @@ python benchmarks/bench_rerank_variants.py --model "$run/best" "${variants[@]}" 
 # the sensitivity analysis: the run's last checkpoint, not selected on the fold's classes
 last=$(ls -d "$run"/checkpoint-* | sort -t- -k2 -n | tail -n 1)
 python benchmarks/bench_rerank_variants.py --model "$last" "${variants[@]}" --out "docs/protocol/fold$i-last-variants.json"
+zse-sbir protocol docs/protocol/fold?-variants.json --plot docs/protocol/protocol.png

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from zse_hf import metrics as M
 from zse_hf.cli import main as cli_main
@@ -81,6 +82,12 @@ def test_cli_prints_the_table_and_the_decision(tmp_path, capsys):
     assert cli_main(["protocol", *map(str, paths)]) == 0
     out = capsys.readouterr().out
     assert "| rn@10-hub*1 | 97.5% |" in out and out.rstrip().endswith("default_ranking: rn@10-hub*1")
+
+    png = tmp_path / "protocol.png"
+    assert cli_main(["protocol", *map(str, paths), "--plot", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (900, 300)  # 9 in x (1.2 + 0.6 x 3 rows) in at 100 dpi
+    capsys.readouterr()
 
     assert cli_main(["protocol", *map(str, paths[:2])]) == 0
     assert "no decision: fold(s) 2, 3, 4 missing" in capsys.readouterr().out

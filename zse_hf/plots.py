@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageOps
 
-__all__ = ["plot_pr_curves", "results_grid", "grid_size"]
+__all__ = ["plot_pr_curves", "plot_protocol", "results_grid", "grid_size"]
 
 HIT_COLOR = (0, 170, 0)
 MISS_COLOR = (220, 0, 0)
@@ -57,6 +57,54 @@ def plot_pr_curves(
         ax.set_title(title)
     if curves:
         ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+def plot_protocol(decision: Mapping[str, Any], path: str | Path, min_difference: float = 0.01,
+                  dpi: int = 100) -> Path:
+    """Save the ranking protocol's rows as a forest plot PNG: for each candidate ranking, its pooled
+    difference to [Ret] with its interval (bar) and each fold's own difference (dots), on the
+    fold's gallery (left, with the rule's +`min_difference` line) and the `--gallery all` one (right).
+
+    Args:
+        decision: :func:`zse_hf.ranking_protocol.decide`'s result.
+        path: output PNG path (parent folders are created).
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(decision["rows"])
+    fig = Figure(figsize=(9.0, 1.2 + 0.6 * len(rows)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    for n, (gallery, name) in enumerate((("standard", "fold galleries"), ("all", "--gallery all"))):
+        ax = fig.add_subplot(1, 2, n + 1)
+        for y, row in enumerate(reversed(rows)):
+            c = row[gallery]
+            lo, hi = c["difference_CI"]
+            color = "tab:green" if row["passes"] else "tab:gray"
+            ax.errorbar([c["difference"]], [y], xerr=[[c["difference"] - lo], [hi - c["difference"]]], fmt="o",
+                        color=color, capsize=3)
+            folds = [f["difference"] for f in c["folds"]]
+            ax.scatter(folds, [y + 0.18] * len(folds), s=10, color="black", alpha=0.6, zorder=3)
+        ax.axvline(0.0, color="black", lw=0.8)
+        if gallery == "standard":
+            ax.axvline(min_difference, color="tab:red", lw=0.8, ls="--")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{r['mode']} ({100 * r['level']:g}%)" for r in reversed(rows)] if n == 0 else [])
+        ax.set_xlabel(f"mAP@all minus [Ret], {name}")
+        ax.grid(True, axis="x", alpha=0.3)
+    verdict = (f"default_ranking: {decision['default_ranking']}" if decision["default_ranking"] is not None
+               else "no decision yet")
+    k = len(decision["folds"]) + len(decision["missing"])
+    fig.suptitle(f"ranking protocol, folds {', '.join(map(str, decision['folds']))} of {k}: {verdict}\n"
+                 "bars: pooled interval (green: passes the rule); dots: each fold", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=dpi)
     return path

@@ -139,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("files", nargs="+", help="one `bench_rerank_variants.py --val-fold I/K --out` JSON per fold")
     p.add_argument("--folds", type=int, default=5, help="K, the folds the decision needs (default 5)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="also save a forest plot: pooled differences with intervals, and each fold's")
     args = p.parse_args(argv)
     try:
         d = decide([load_eval_results(f) for f in args.files], args.folds)
@@ -146,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zse-sbir protocol: {e}", file=sys.stderr)
         return 2
     print(json.dumps(d, indent=1) if args.json else format_decision(d))
+    if args.plot:
+        from .plots import plot_protocol
+
+        print(f"wrote {plot_protocol(d, args.plot, MIN_DIFFERENCE)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
