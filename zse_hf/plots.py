@@ -102,8 +102,7 @@ def plot_protocol(decision: Mapping[str, Any], path: str | Path, min_difference:
         ax.grid(True, axis="x", alpha=0.3)
     verdict = (f"default_ranking: {decision['default_ranking']}" if decision["default_ranking"] is not None
                else "no decision yet")
-    k = len(decision["folds"]) + len(decision["missing"])
-    fig.suptitle(f"ranking protocol, folds {', '.join(map(str, decision['folds']))} of {k}: {verdict}\n"
+    fig.suptitle(f"ranking protocol, folds {', '.join(map(str, decision['folds']))} of {decision['k']}: {verdict}\n"
                  "bars: pooled interval (green: passes the rule); dots: each fold", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=dpi)

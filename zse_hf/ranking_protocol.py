@@ -82,7 +82,7 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
         k: the number of folds the decision needs.
 
     Returns:
-        `{"folds": [I, ...], "missing": [I, ...], "unselected": [I, ...], "rows": [{"mode", "level",
+        `{"k", "folds": [I, ...], "missing": [I, ...], "unselected": [I, ...], "rows": [{"mode", "level",
         "standard", "all", "passes"}], "default_ranking": str | None}`; `standard` / `all` are
         :func:`~zse_hf.compare.pool_comparisons` results, and `default_ranking` is None until all
         `k` folds are in, and for files that score a run's unselected checkpoint
@@ -104,14 +104,14 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
     default = None
     if not missing and not unselected:
         default = max(passing, key=lambda r: r["standard"]["difference"])["mode"] if passing else BASELINE
-    return {"folds": list(by_fold), "missing": missing, "unselected": unselected, "rows": rows,
+    return {"k": k, "folds": list(by_fold), "missing": missing, "unselected": unselected, "rows": rows,
             "default_ranking": default}
 
 
 def format_decision(d: dict) -> str:
     """A markdown table of the pooled comparisons and the decision (or why there is none yet)."""
     n_classes = d["rows"][0]["standard"]["n_classes"] if d["rows"] else 0
-    lines = [f"folds {', '.join(map(str, d['folds']))} of {len(d['folds']) + len(d['missing'])}, "
+    lines = [f"folds {', '.join(map(str, d['folds']))} of {d['k']}, "
              f"{n_classes} classes pooled; each row minus {BASELINE}",
              "", "| ranking | level | standard gallery [interval] | better / worse | gallery all [interval] | "
              "passes |", "|---|---|---|---|---|---|"]
