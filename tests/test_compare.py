@@ -1,6 +1,7 @@
 """`zse-sbir compare`: paired class-bootstrap difference of two rankings' mAP@all."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,13 @@ def test_pooling_folds_equals_one_comparison_over_all_classes(case, tmp_path, ca
     assert "A/B pairs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(files[0]), "--paired"])
+
+
+def test_pool_folds_with_per_fold_labels():
+    """Fold payloads label their classes 0..C-1 each; pooling keys them by fold, and refuses a fold twice."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "protocol"
+    f0, f1 = (json.loads((docs / f"fold{i}-variants.json").read_text()) for i in (0, 1))
+    pooled = pool_comparisons([(f0, f0), (f1, f1)], "ret", "rn@10", n_bootstrap=200)
+    assert pooled["n_classes"] == sum(len(f["results"]["ret"]["per_class_AP"]) for f in (f0, f1))
+    with pytest.raises(CompareError, match="disjoint"):
+        pool_comparisons([(f0, f0), (f0, f0)], "ret", "rn@10", n_bootstrap=200)

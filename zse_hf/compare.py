@@ -116,11 +116,13 @@ def pool_comparisons(pairs: Sequence[tuple[dict, dict]], mode_a: str, mode_b: st
         ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
         counts = ra.get("per_class_queries")
         equal_weights |= not isinstance(counts, dict)
+        fold = a.get("val_fold")  # labels are per-fold indices: a fold's classes are (fold, label)
         for cls in sorted(ra["per_class_AP"], key=str):
-            if cls in seen:
-                raise CompareError(f"class {cls!r} is in evaluations {seen[cls] + 1} and {n + 1}: pooling needs "
+            key = (fold, cls) if fold is not None else cls
+            if key in seen:
+                raise CompareError(f"class {cls!r} is in evaluations {seen[key] + 1} and {n + 1}: pooling needs "
                                    "disjoint classes (one evaluation per fold)")
-            seen[cls] = n
+            seen[key] = n
             va.append(ra["per_class_AP"][cls])
             vb.append(rb["per_class_AP"][cls])
             weights.append(counts[cls] if isinstance(counts, dict) else 1.0)
