@@ -1,7 +1,7 @@
 """Seconds per training step and peak memory of the training presets; data-parallel throughput.
 
     python benchmarks/bench_training.py [--presets offline-cpu paper] [--steps 3] [--device cpu]
-        [--relation-rank-weight W] [--backbone DIR] [--compile]
+        [--relation-rank-weight W] [--backbone DIR]
     python benchmarks/bench_training.py --processes 1 2 [--presets offline-cpu] [--steps 6]
 
 Each preset runs in its own subprocess (so peak RSS is its own): it builds the preset's
@@ -29,10 +29,8 @@ from pathlib import Path
 
 
 def run_one(preset: str, steps: int, device: str, batch_size: int | None,
-            relation_rank_weight: float | None = None, backbone: str | None = None,
-            compile_model: bool = False) -> dict:
-    """Time `steps` optimiser steps of `preset` in this process; returns a result row. With
-    `compile_model` the model runs through `torch.compile` (the warm-up step pays the compile)."""
+            relation_rank_weight: float | None = None, backbone: str | None = None) -> dict:
+    """Time `steps` optimiser steps of `preset` in this process; returns a result row."""
     import torch
     from transformers import Dinov2Config
 
@@ -54,7 +52,6 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None,
                                    relation_rank_weight=cfg.relation_rank_weight))
         freeze_early_blocks(model, cfg.freeze_blocks)
     model.to(device).train()
-    step_model = torch.compile(model) if compile_model else model
     cfg.data = "offline"
     triplets, _, _ = build_datasets(cfg)
     collate = TripletCollator(ZseImageProcessor.from_model_config(model.config))
@@ -66,7 +63,7 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None,
         batch = collate([triplets[step * cfg.batch_size + i] for i in range(cfg.batch_size)])
         t1 = time.perf_counter()
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = step_model(**batch).loss
+        loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -77,8 +74,7 @@ def run_one(preset: str, steps: int, device: str, batch_size: int | None,
             data_times.append(t1 - t0)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     return {
-        "preset": preset + (f" +rank {cfg.relation_rank_weight:g}" if cfg.relation_rank_weight else "")
-        + (" compiled" if compile_model else ""),
+        "preset": preset + (f" +rank {cfg.relation_rank_weight:g}" if cfg.relation_rank_weight else ""),
         "device": device,
         "image_size": cfg.image_size,
         "batch": cfg.batch_size,
@@ -135,7 +131,6 @@ def main() -> int:
     p.add_argument("--backbone", default=None, help="converted backbone folder for the offline presets")
     p.add_argument("--processes", type=int, nargs="+", default=None,
                    help="data-parallel mode: run `zse-sbir train` under torchrun with each process count")
-    p.add_argument("--compile", action="store_true", help="time the model under torch.compile")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.processes:
@@ -146,7 +141,7 @@ def main() -> int:
         return 0
     if args.one:
         print(json.dumps(run_one(args.one, args.steps, args.device, args.batch_size,
-                                 args.relation_rank_weight, args.backbone, args.compile)))
+                                 args.relation_rank_weight, args.backbone)))
         return 0
     rows = []
     for preset in args.presets:
@@ -157,8 +152,6 @@ def main() -> int:
             cmd += ["--relation-rank-weight", str(args.relation_rank_weight)]
         if args.backbone:
             cmd += ["--backbone", args.backbone]
-        if args.compile:
-            cmd += ["--compile"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
