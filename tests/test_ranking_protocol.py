@@ -1,6 +1,7 @@
 """`zse-sbir protocol`: the pre-written rule applied to K folds' results, and only to all K."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,13 @@ def test_cli_prints_the_table_and_the_decision(tmp_path, capsys):
 
     assert cli_main(["protocol", str(paths[0]), str(paths[0])]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+def test_the_shipped_default_ranking_is_the_protocols_decision():
+    """The committed fold results decide `default_ranking`; the shipped config must carry that decision."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "docs" / "protocol").glob("fold?-variants.json"))
+    d = decide([json.loads(f.read_text()) for f in files], K)
+    assert d["missing"] == [] and d["unselected"] == []
+    shipped = json.loads((root / "hub_card" / "config.json").read_text())
+    assert shipped["default_ranking"] == d["default_ranking"]
