@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zse_hf import ZseConfig
 from zse_hf import metrics as M
 from zse_hf.cli import main as cli_main
 from zse_hf.compare import CompareError
+from zse_hf.hub.eval_json import load_eval_results
 from zse_hf.ranking_protocol import decide
 
 K = 5
@@ -101,7 +103,6 @@ def test_the_shipped_default_ranking_is_the_protocols_decision():
     """The committed fold results decide `default_ranking`; the shipped config must carry that decision."""
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "docs" / "protocol").glob("fold?-variants.json"))
-    d = decide([json.loads(f.read_text()) for f in files], K)
+    d = decide([load_eval_results(f) for f in files], K)  # read as `zse-sbir protocol` reads them
     assert d["missing"] == [] and d["unselected"] == []
-    shipped = json.loads((root / "hub_card" / "config.json").read_text())
-    assert shipped["default_ranking"] == d["default_ranking"]
+    assert ZseConfig.from_pretrained(root / "hub_card").default_ranking == d["default_ranking"]
