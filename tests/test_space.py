@@ -1,7 +1,8 @@
 """`zse-sbir space`: the assembled Hugging Face Space folder holds the app, the package, pinned
 requirements, the README front matter, the gallery and examples with their NOTICE files and
-the model (bundled or by Hub id); `python app.py` started from that folder (a subprocess, no
-checkout on its path) serves searches through `gradio_client`."""
+the model (the shipped one bundled by default, a folder, or a Hub id that resolves now);
+`python app.py` started offline from the no-options folder (a subprocess, no checkout on its
+path) serves searches through `gradio_client`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+from filecmp import cmpfiles
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("gradio")
 pytest.importorskip("faiss")
@@ -24,9 +25,24 @@ pytest.importorskip("faiss")
 from zse_hf import cli, space  # noqa: E402
 
 from conftest import save_tiny_model  # noqa: E402
+from hf_cache import make_hf_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
+HUB_MODEL = "someone/some-zse-model"
+
+
+def _run_cli(args: list[str], tmp_path: Path, network: str, hf_home: Path) -> subprocess.CompletedProcess:
+    """`zse-sbir ARGS` in a subprocess with its own HF_HOME, either offline (HF_HUB_OFFLINE=1) or
+    "no network" (online mode, the Hub endpoint a closed local port)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(hf_home)
+    if network == "offline":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    return subprocess.run([sys.executable, "-m", "zse_hf.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -51,35 +67,66 @@ def test_requirements_pin_the_installed_runtime_dependencies():
     assert "gradio" not in pins and "pytest" not in pins and "onnx" not in pins  # the SDK; dev / other extras
 
 
-def test_space_with_a_hub_model(tmp_path, capsys):
+@pytest.mark.parametrize("network", ["offline", "no-network"])
+def test_a_hub_id_that_does_not_resolve_fails_in_one_line(tmp_path, network):
+    """An unknown Hub id, offline or with the Hub unreachable: exit code 2, one line on stderr,
+    no Space folder (nor its work folder) left."""
     out = tmp_path / "space"
-    assert cli.main(["space", "--out", str(out), "--model", "someone/some-zse-model"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    proc = _run_cli(["space", "--out", str(out), "--model", "some/unknown-repo"], tmp_path, network,
+                    tmp_path / "hf")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("zse-sbir space: cannot resolve Hub model 'some/unknown-repo': "), lines[0]
+    assert lines[0].endswith("; pass a local folder with --model")
+    assert ("HF_HUB_OFFLINE=1" if network == "offline" else "cannot be reached") in lines[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("network", ["offline", "no-network"])
+def test_a_hub_id_in_the_local_cache_is_accepted(inputs, tmp_path, network):
+    """A Hub id found in an on-disk Hugging Face cache (offline, or the Hub unreachable): the
+    Space names it (space_config.json, README `models:`) and bundles no weights."""
+    model, _ = inputs
+    make_hf_cache(tmp_path / "hf", HUB_MODEL, model)
+    out = tmp_path / "space"
+    proc = _run_cli(["space", "--out", str(out), "--model", HUB_MODEL], tmp_path, network, tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"model: {HUB_MODEL}." in proc.stdout
     names = {p.name for p in out.iterdir()}
     assert {"app.py", "zse_hf", "requirements.txt", "README.md", "gallery", "examples", "space_config.json",
             ".gitattributes"} <= names and "model" not in names
-    assert (out / "app.py").read_bytes() == (DEMO / "app.py").read_bytes()
-    assert (out / "zse_hf" / "__init__.py").is_file() and not list(out.rglob("__pycache__"))
-    assert (out / "zse_hf" / "data" / "split.json").is_file()  # package data too
-    assert (out / "gallery" / "NOTICE").is_file() and (out / "examples" / "NOTICE").is_file()
-    assert len(list((out / "gallery").glob("*.jpg"))) == len(list((DEMO / "gallery").glob("*.jpg")))
-    assert (out / "space_config.json").read_text().strip().endswith('"someone/some-zse-model"\n}')
-    readme = (out / "README.md").read_text()
-    meta, body = space.split_front_matter(readme)
-    import gradio
+    assert (out / "space_config.json").read_text().strip().endswith(f'"{HUB_MODEL}"\n}}')
+    meta, _ = space.split_front_matter((out / "README.md").read_text())
+    assert meta["models"] == [HUB_MODEL]
 
-    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ and meta["app_file"] == "app.py"
-    assert meta["models"] == ["someone/some-zse-model"] and meta["license"] == "other"
-    assert "](../" not in body and "zse-sbir space" in body
-    requirements = (out / "requirements.txt").read_text().splitlines()
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
-    assert f"torch=={metadata.version('torch').split('+')[0]}" in requirements
-    # the folder exists now: refused without --force
-    assert cli.main(["space", "--out", str(out), "--model", "someone/some-zse-model"]) == 2
+
+def test_space_refuses_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "space"
+    out.mkdir()
+    # the folder exists: refused without --force (before the model is looked at)
+    assert cli.main(["space", "--out", str(out), "--model", HUB_MODEL]) == 2
     assert "exists" in capsys.readouterr().err
     assert cli.main(["space", "--out", str(tmp_path / "x"), "--model", "not a model"]) == 2
     assert "neither a model folder nor a Hub id" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_space_with_index_is_loaded_by_the_app(inputs, tmp_path):
+    """`--model DIR --with-index`: the model folder is bundled and the prebuilt index is what the
+    app's bundled-gallery lookup loads (no encoding)."""
+    model, gallery = inputs
+    out = tmp_path / "space"
+    assert space.main(["--out", str(out), "--model", str(model), "--gallery", str(gallery), "--with-index"]) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "eval_results.json").is_file()
+    assert "models" not in space.split_front_matter((out / "README.md").read_text())[0]
+    assert list((out / "index_cache").glob("*/gallery.json"))
+    from zse_hf import demo_launcher
+
+    app = demo_launcher.load_app()
+    dm = app.load_demo_model(str(out / "model"), "--model")
+    index, loaded = app.bundled_index(dm, out / "gallery", None, seed_roots=(out / "index_cache",))
+    assert loaded and len(index) == len(list(gallery.glob("*.jpg")))
 
 
 def _free_port() -> int:
@@ -88,20 +135,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_space_app_starts_from_its_folder_and_searches(inputs, tmp_path):
-    """A bundled model and a prebuilt index: `python app.py` in the Space folder, with nothing
-    of the checkout on its path, loads the index (no encoding) and answers a search."""
+def test_space_without_options_bundles_the_shipped_model_and_serves_offline(tmp_path, capsys):
+    """`zse-sbir space --out DIR`, no options: the shipped model (the demo's `hub_card/`) is copied
+    to `model/`; `python app.py` in DIR, offline with an empty Hugging Face cache and nothing of
+    the checkout on its path, indexes the gallery with it and answers a search."""
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
 
-    model, gallery = inputs
+    shipped = space.shipped_model()
+    assert shipped == REPO / "hub_card"
     out = tmp_path / "space"
-    assert space.main(["--out", str(out), "--model", str(model), "--gallery", str(gallery), "--with-index"]) == 0
-    assert (out / "model" / "config.json").is_file() and (out / "model" / "eval_results.json").is_file()
-    assert "models" not in yaml.safe_load((out / "README.md").read_text().split("---")[1])
-    assert list((out / "index_cache").glob("*/gallery.json"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSE_DEMO_MODEL", "ZSE_DEMO_APP")}
+    assert cli.main(["space", "--out", str(out)]) == 0
+    assert "model: bundled in model/" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"app.py", "zse_hf", "requirements.txt", "README.md", "gallery", "examples", "space_config.json",
+            ".gitattributes", "model"} <= names and "index_cache" not in names
+    shipped_files = sorted(p.name for p in shipped.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert sorted(p.name for p in (out / "model").iterdir()) == shipped_files
+    same, differ, errors = cmpfiles(shipped, out / "model", shipped_files, shallow=False)
+    assert not differ and not errors, (differ, errors)
+    assert (out / "space_config.json").read_text() == '{\n "model": "model"\n}\n'
+    assert (out / "app.py").read_bytes() == (DEMO / "app.py").read_bytes()
+    assert (out / "zse_hf" / "__init__.py").is_file() and not list(out.rglob("__pycache__"))
+    assert (out / "zse_hf" / "data" / "split.json").is_file()  # package data too
+    assert (out / "gallery" / "NOTICE").is_file() and (out / "examples" / "NOTICE").is_file()
+    n_photos = len(list((DEMO / "gallery").glob("*.jpg")))
+    assert len(list((out / "gallery").glob("*.jpg"))) == n_photos
+    meta, body = space.split_front_matter((out / "README.md").read_text())
+    import gradio
+
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ and meta["app_file"] == "app.py"
+    assert "models" not in meta and meta["license"] == "other"
+    assert "](../" not in body and "zse-sbir space" in body and "copied to `model/`" in body
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    assert f"torch=={metadata.version('torch').split('+')[0]}" in requirements
+    assert "*.safetensors filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text()
+
+    # offline, an empty Hugging Face cache: only what DIR holds can serve
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "ZSE_DEMO_MODEL", "ZSE_DEMO_APP", "ZSE_DEMO_GALLERY") and not k.startswith("HF_")}
     env.update({"GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "ZSE_SBIR_CACHE": str(tmp_path / "cache"),
+                "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
                 "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
     where = subprocess.run([sys.executable, "-c", "import zse_hf, sys; print(zse_hf.__file__); print(sys.path)"],
                            cwd=out, env=env, capture_output=True, text=True, timeout=120)
@@ -115,23 +190,30 @@ def test_space_app_starts_from_its_folder_and_searches(inputs, tmp_path):
     try:
         import httpx
 
-        deadline, up = time.monotonic() + 180, False
+        # the page comes up, then the gallery is indexed in the background (~166 photos at 112 px)
+        deadline, up = time.monotonic() + 240, False
         while time.monotonic() < deadline and not up and proc.poll() is None:
             try:
                 up = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
             except httpx.HTTPError:
                 time.sleep(0.25)
         assert up, log.read_text()[-3000:]
+        indexed = f"indexed {n_photos} bundled photos"
+        while time.monotonic() < deadline and indexed not in log.read_text() and proc.poll() is None:
+            time.sleep(0.5)
+        text = log.read_text()
+        assert indexed in text, text[-3000:]
+        assert "untrained" not in text and "fallback" not in text, text[-3000:]
+        page = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).text  # the model note, from model/
+        assert "Untrained demo model" not in page and "About the model" in page and "[Ret] cosine only" in page
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        sketch = sorted((out / "examples").glob("*.png"))[0]
+        # the shipped model ranks a penguin photo first for this sketch (docs/results.md, the demo's examples)
+        sketch = out / "examples" / "penguin__quickdraw-011.png"
         editor = {"background": None, "layers": [], "composite": handle_file(str(sketch)), "id": None}
         items, scores, status, _ = client.predict(editor, None, "bundled", 3, "ret", 5, api_name="/search")
         client.close()
-        assert status.startswith("Top 3 of 3 photos in the bundled gallery"), status
-        assert {r["photo"] for r in scores} == {p.name for p in gallery.glob("*.jpg")}
-        text = log.read_text()
-        assert "loaded the bundled gallery index from " + str(out / "index_cache") in text, text[-3000:]
-        assert "indexing" not in text  # nothing was encoded at start
+        assert status.startswith(f"Top 3 of {n_photos} photos in the bundled gallery"), status
+        assert "penguin" in [r["class"] for r in scores], scores
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

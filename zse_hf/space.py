@@ -1,6 +1,11 @@
 """`zse-sbir space`: assemble a self-contained Hugging Face Space of the Gradio demo in one step.
 
-    zse-sbir space --out DIR [--model HUB_ID_OR_DIR] [--with-index] [--gallery DIR] [--force]
+    zse-sbir space --out DIR [--model DIR_OR_HUB_ID] [--with-index] [--gallery DIR] [--force]
+
+The model: by default the shipped one (the folder the demo runs, `hub_card/` of a source
+checkout), bundled, so the Space starts wherever it is pushed. A Hub id is used only when
+`--model` names one; it must resolve now (on the Hub, or in the local Hugging Face cache when
+offline), else the command fails in one line and writes nothing.
 
 DIR gets what the Space repository holds:
 
@@ -9,11 +14,11 @@ DIR gets what the Space repository holds:
 - `requirements.txt`: zse-sbir's runtime dependencies and faiss-cpu pinned at the versions
   installed here (torch without its local `+cpu` tag, from the PyTorch CPU index); Gradio comes
   from `sdk_version` in the README, set to the installed Gradio;
-- `README.md`: `demo/README.md` with its Space front matter (the model's Hub id under `models:`);
+- `README.md`: `demo/README.md` with its Space front matter (a Hub model's id under `models:`);
 - `gallery/` and `examples/` with their `NOTICE` files (the photos' and drawings' licences);
 - `space_config.json`: `{"model": ...}`, read by `app.py` (`$ZSE_DEMO_MODEL` still overrides):
-  a Hub id (downloaded by the Space at start), or `"model"` for a model folder copied to
-  `model/` (`--model DIR`);
+  `"model"` for the model folder copied to `model/` (the default, or `--model DIR`), or a Hub id
+  (`--model owner/name`, downloaded by the Space at start);
 - with `--with-index`, `index_cache/`: the gallery's index prebuilt with that model, so the
   Space's first start loads it instead of encoding the photos (it is rebuilt if the model or the
   gallery differ);
@@ -39,6 +44,7 @@ TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 SKIPPED = {"gradio"}  # the Space's SDK provides it (README `sdk_version`)
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.npy", "*.faiss")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_TIMEOUT_S = 10  # one request to the Hub when resolving `--model owner/name`
 
 
 class SpaceError(RuntimeError):
@@ -125,6 +131,61 @@ def readme_text(source: str, model: str, bundled: bool, gradio_version: str | No
     return f"---\n{front}\n---\n{body.rstrip()}{note}"
 
 
+def shipped_model() -> Path:
+    """The shipped model folder, found as the demo finds it (`HUB_CARD_DIR` of `demo/app.py`:
+    `hub_card/` of a source checkout).
+
+    Raises:
+        SpaceError: the folder (or its config.json) is not there.
+    """
+    from zse_hf import demo_launcher
+
+    folder = Path(demo_launcher.load_app().HUB_CARD_DIR)
+    if not (folder / "config.json").is_file():
+        raise SpaceError(f"the shipped model is not at {folder} (it comes with a source checkout); "
+                         "pass a model folder with --model")
+    return folder
+
+
+def resolve_hub_model(repo_id: str) -> str:
+    """Check that the Hub model `repo_id` can be loaded: with `HF_HUB_OFFLINE=1`, its config.json
+    is in the local Hugging Face cache; otherwise the Hub lists it with a config.json (one request),
+    or, when the Hub cannot be reached, the local cache has it. Returns where it was found.
+
+    Raises:
+        SpaceError: one line naming `repo_id` and why it does not resolve.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    def cached() -> bool:
+        return isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str)
+
+    if huggingface_hub.is_offline_mode():
+        if cached():
+            return "the local Hugging Face cache"
+        reason = "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache"
+    else:
+        try:
+            info = huggingface_hub.HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+        except GatedRepoError:
+            reason = "a gated repo this account cannot read"
+        except RepositoryNotFoundError:
+            reason = "no such repo on the Hub, or a private one"
+        except HfHubHTTPError as err:
+            status = getattr(getattr(err, "response", None), "status_code", "?")
+            reason = f"the Hub answered HTTP {status}"
+        except Exception as err:  # noqa: BLE001 - no network: httpx / OS errors, reported in the line below
+            if cached():
+                return "the local Hugging Face cache"
+            reason = f"the Hub cannot be reached ({type(err).__name__}) and it is not in the local Hugging Face cache"
+        else:
+            if "config.json" in {s.rfilename for s in info.siblings or []}:
+                return "the Hub"
+            reason = "the repo has no config.json"
+    raise SpaceError(f"cannot resolve Hub model {repo_id!r}: {reason}; pass a local folder with --model")
+
+
 def _copy_files(src: Path, dest: Path, what: str) -> list[str]:
     """Copy the files directly in `src` (not its sub-folders) to `dest`; their names."""
     if not src.is_dir():
@@ -138,21 +199,23 @@ def _copy_files(src: Path, dest: Path, what: str) -> list[str]:
     return names
 
 
-def assemble(out: str | os.PathLike, model: str, *, gallery: str | os.PathLike | None = None,
-             examples: str | os.PathLike | None = None, with_index: bool = False, force: bool = False) -> Path:
+def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
+             gallery: str | os.PathLike | None = None, examples: str | os.PathLike | None = None,
+             with_index: bool = False, force: bool = False) -> Path:
     """Write the Space folder `out` (see the module docstring); it is built in a sibling folder
     and renamed into place when complete. Returns its path.
 
     Args:
         out: the Space folder; it must not exist unless `force` (then it is replaced).
         model: a model folder (copied to `model/`) or a Hub id (`owner/name`, written to
-            `space_config.json`).
+            `space_config.json` once [`resolve_hub_model`] finds it); default: [`shipped_model`].
         gallery, examples: default: those next to the demo app.
         with_index: prebuild the gallery's index into `index_cache/` (loads the model; a Hub id
             is downloaded unless cached).
 
     Raises:
-        SpaceError: a missing input, an unusable model argument, `out` existing.
+        SpaceError: a missing input, an unusable model argument or a Hub id that does not
+            resolve, `out` existing; nothing is written then.
     """
     from zse_hf import demo_launcher
 
@@ -163,6 +226,7 @@ def assemble(out: str | os.PathLike, model: str, *, gallery: str | os.PathLike |
     out = Path(out).resolve()
     if out.exists() and not force:
         raise SpaceError(f"{out} exists; choose another folder or pass --force")
+    model = str(shipped_model() if model is None else model)
     bundled = Path(model).is_dir()
     if not bundled and not HUB_ID.match(model):
         raise SpaceError(f"--model {model!r} is neither a model folder nor a Hub id (owner/name)")
@@ -171,6 +235,8 @@ def assemble(out: str | os.PathLike, model: str, *, gallery: str | os.PathLike |
     for folder in (gallery, examples):
         if not (folder / "NOTICE").is_file():
             raise SpaceError(f"{folder} has no NOTICE file (the licence of its images)")
+    if not bundled:
+        resolve_hub_model(model)
 
     work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
@@ -223,14 +289,13 @@ def prebuild_index(space: Path, model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`zse-sbir space --out DIR [--model ID_OR_DIR] ...`; returns the exit code."""
-    from zse_hf.hub import DEFAULT_REPO_ID
-
+    """`zse-sbir space --out DIR [--model DIR_OR_HUB_ID] ...`; returns the exit code."""
     p = argparse.ArgumentParser(prog="zse-sbir space", description="Assemble a self-contained Hugging Face Space "
                                 "of the Gradio demo in one step (see `zse_hf.space`).")
     p.add_argument("--out", required=True, help="the Space folder to write")
-    p.add_argument("--model", default=DEFAULT_REPO_ID,
-                   help=f"a model folder (copied into the Space) or a Hub id (default: {DEFAULT_REPO_ID})")
+    p.add_argument("--model", default=None,
+                   help="a model folder (copied into the Space) or a Hub id that resolves now (default: the "
+                   "shipped model, hub_card/, bundled)")
     p.add_argument("--with-index", action="store_true",
                    help="prebuild the gallery's index with the model (the Space's first start then loads it)")
     p.add_argument("--gallery", default=None, help="photos to bundle (default: the demo's gallery/, with NOTICE)")
@@ -245,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = sum(1 for p in out.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    model = json.loads((out / "space_config.json").read_text())["model"]
     print(f"zse-sbir space: wrote {out} ({files} files, {size / 2**20:.1f} MB); model: "
-          f"{'bundled in model/' if Path(args.model).is_dir() else args.model}. Try it: cd {out} && python app.py")
+          f"{'bundled in model/' if model == 'model' else model}. Try it: cd {out} && python app.py")
     return 0
 
 
 __all__ = ["SpaceError", "assemble", "main", "pinned_requirements", "prebuild_index", "readme_text",
-           "requirements_text", "split_front_matter"]
+           "requirements_text", "resolve_hub_model", "shipped_model", "split_front_matter"]
