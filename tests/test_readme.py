@@ -124,6 +124,19 @@ def test_readme_has_examples_and_the_setup_commands():
         assert any(command in b.code.splitlines() for b in SHELL_NOT_RUN), command
 
 
+def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
+    """`.ci/run` makes a new virtualenv each run, activates it, then runs the README's test command
+    verbatim in it, as a newcomer's machine would (an environment left from earlier runs could hide
+    what today's packages do)."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    code = [line for line in lines if line and not line.startswith("#")]
+    venv = next(i for i, line in enumerate(code) if line.startswith("python3 -m venv ") and "mktemp" not in line)
+    activate = next(i for i, line in enumerate(code) if line.startswith("source ") and "/bin/activate" in line)
+    test_command = code.index(SETUP_COMMANDS[1])
+    assert venv < activate < test_command
+    assert any("mktemp -d" in line for line in code[:venv]), "the virtualenv must live in a new folder every run"
+
+
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
 def test_python_example_runs_as_written(block: Block, workspace: Path):
     script = workspace / f"readme_example_line{block.line}.py"
