@@ -13,8 +13,9 @@ The bundled gallery (`gallery/` next to this file, or `--gallery` / `$ZSE_DEMO_G
 indexed with faiss in a background thread while the page is already up (the page shows the
 progress; searching it waits for the index), then cached under
 `$ZSE_SBIR_CACHE/demo_index/<model hash>-<gallery hash>/` (default `~/.cache/zse_sbir`), so
-later starts load it in seconds. `index_cache/` next to this file may hold such entries
-prebuilt (read only; `zse-sbir space --with-index`).
+later starts load it in seconds. `index_cache/` next to this file holds such entries prebuilt
+(read only): the repository ships the one of the shipped model and gallery, so a first start
+loads it too (`python demo/app.py --prebuild-index` rewrites it; `zse-sbir space --with-index`).
 
 Each browser session's uploads ("My photos", sketches) and explanation pictures are its own and
 are capped (`UploadLimits`); they are deleted, and the session's index dropped, when the
@@ -331,6 +332,22 @@ def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None, pro
     return index, False
 
 
+def prebuild_seed_index(model: str | None = None, gallery_dir: Path = GALLERY_DIR,
+                        root: Path = SEED_INDEX_DIR) -> Path:
+    """Write the read-only cache entry of `model` (default: the one the demo picks) and the bundled
+    gallery under `root` (`index_cache/` next to this file, shipped with the repository so a first
+    start loads the index instead of encoding the photos), and remove entries of other models or
+    galleries there. Returns the entry's folder."""
+    path, origin = resolve_model_path(model)
+    dm = load_demo_model(path, origin)
+    bundled_index(dm, Path(gallery_dir), Path(root))
+    keep = cache_key(dm.fingerprint, gallery_fingerprint(gallery_files(Path(gallery_dir))))
+    for entry in Path(root).iterdir():
+        if entry.is_dir() and entry.name != keep:
+            shutil.rmtree(entry)
+    return Path(root) / keep
+
+
 def default_cache_root() -> Path:
     """`$ZSE_SBIR_CACHE/demo_index` (default `~/.cache/zse_sbir/demo_index`)."""
     return assets.cache_dir() / "demo_index"
@@ -483,6 +500,9 @@ Uploaded photos are indexed for your session only and are not shown to anyone el
 close the page.
 """
 
+UNTRAINED_WARNING = ("⚠️ **Untrained demo model**: no trained checkpoint could be loaded, so results are close to "
+                     "chance. Open **How it works** below for why, and how to point the demo at a trained model.")
+
 # Gradio 6's Sketchpad starts with no tool selected: pick the brush once the page is up.
 SELECT_BRUSH_JS = """
 () => {
@@ -500,8 +520,8 @@ SELECT_BRUSH_JS = """
 
 CSS = """
 #model-note {border-radius: 8px; padding: 4px 14px; background: var(--block-background-fill);}
-#model-note.untrained {background: #fff4d6; border: 1px solid #f0c050;}
-.dark #model-note.untrained {background: #4a3a10;}
+#model-note.untrained, #model-warning {background: #fff4d6; border: 1px solid #f0c050;}
+.dark #model-note.untrained, .dark #model-warning {background: #4a3a10;}
 #title h1 {font-weight: 700;}
 #status {min-height: 1.6em;}
 #index-status {border-radius: 8px; padding: 2px 12px; background: #eef4ff;}
@@ -1093,7 +1113,8 @@ class DemoApp:
             session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=state_deleted)
             input_tab = gr.State("draw")
             gr.Markdown("# ZSE-SBIR: draw a sketch, find the photos, see why they match", elem_id="title")
-            gr.Markdown(dm.note, elem_id="model-note", elem_classes=[] if dm.trained else ["untrained"])
+            if not dm.trained:  # the one thing about the model a visitor must see before drawing
+                gr.Markdown(UNTRAINED_WARNING, elem_id="model-warning")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=4, min_width=360):
                     with gr.Tabs(selected="draw"):
@@ -1148,8 +1169,9 @@ class DemoApp:
                                 pictures.append(gr.Image(show_label=False, interactive=False, height=390,
                                                          type="filepath", elem_id=f"expl-{key}"))
                         pic_corr, pic_attn, pic_syn, pic_kern = pictures
-            with gr.Accordion("How it works", open=False):
+            with gr.Accordion("How it works", open=False, elem_id="how-it-works"):
                 gr.Markdown(HOW_IT_WORKS)
+                gr.Markdown(dm.note, elem_id="model-note", elem_classes=[] if dm.trained else ["untrained"])
             with gr.Accordion("Scores (JSON)", open=False):
                 scores = gr.JSON(label="Results")
             timer = gr.Timer(1.0, active=not ready)
@@ -1240,6 +1262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    p.add_argument("--prebuild-index", action="store_true", help="write the bundled gallery's index for the model "
+                   "into index_cache/ next to the app (read only at start; shipped with the repository) and exit")
     return p.parse_args(argv)
 
 
@@ -1258,6 +1282,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)  # run clean-ups (index work dirs, pictures)
     remove_stale_work_dirs()  # left by a demo that was killed
     remove_stale_picture_dirs(_upload_folder())
+    if args.prebuild_index:
+        print(prebuild_seed_index(args.model, Path(args.gallery)))
+        return 0
     try:
         demo = build_demo(args.model, gallery_dir=args.gallery, background=True, index_when_launched=True)
     except (UserError, FileNotFoundError) as err:

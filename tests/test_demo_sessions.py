@@ -156,6 +156,32 @@ def test_a_prebuilt_seed_entry_is_used_read_only(app, tiny, tmp_path):
     assert served.index_from_cache and not (tmp_path / "empty").exists()
 
 
+def test_the_shipped_model_and_gallery_start_from_the_shipped_index(app, tmp_path):
+    """The repository ships the bundled gallery's index for the shipped model (`index_cache/`, bound
+    to the weights' and gallery's fingerprints and checked file by file), so a first start with empty
+    caches loads it instead of encoding 166 photos. A retrained model or a changed gallery fails this
+    test until `python demo/app.py --prebuild-index` is run again."""
+    if not (app.HUB_CARD_DIR / "config.json").is_file():
+        pytest.skip("no shipped model in this checkout")
+    zse = app.DemoApp(str(app.HUB_CARD_DIR), cache_root=None, background=True)
+    try:
+        assert zse.index_from_cache and zse.bundled_ready() and len(zse.index) == zse.n_bundled
+        assert [p.name for p in app.SEED_INDEX_DIR.iterdir() if p.is_dir()] == [
+            app.cache_key(zse.dm.fingerprint, app.gallery_fingerprint(app.gallery_files(app.GALLERY_DIR)))]
+    finally:
+        zse.index.close()
+
+
+def test_prebuild_writes_one_seed_entry_and_drops_stale_ones(app, tiny, tmp_path):
+    model, gallery, _ = tiny
+    root = tmp_path / "seed"
+    (root / "0123456789abcdef-0123456789abcdef").mkdir(parents=True)  # an entry of earlier weights
+    entry = app.prebuild_seed_index(str(model), gallery, root)
+    assert [p.name for p in root.iterdir()] == [entry.name]
+    served = app.DemoApp(str(model), gallery_dir=gallery, cache_root=None, seed_roots=[root])
+    assert served.index_from_cache
+
+
 # ----------------------------------------------------------------------------- limits
 
 

@@ -19,9 +19,9 @@ DIR gets what the Space repository holds:
 - `space_config.json`: `{"model": ...}`, read by `app.py` (`$ZSE_DEMO_MODEL` still overrides):
   `"model"` for the model folder copied to `model/` (the default, or `--model DIR`), or a Hub id
   (`--model owner/name`, downloaded by the Space at start);
-- with `--with-index`, `index_cache/`: the gallery's index prebuilt with that model, so the
-  Space's first start loads it instead of encoding the photos (it is rebuilt if the model or the
-  gallery differ);
+- `index_cache/`: the gallery's index prebuilt with that model, so the Space's first start loads
+  it instead of encoding the photos (it is rebuilt if the model or the gallery differ): the one
+  shipped beside the demo for the shipped model and gallery, or built here with `--with-index`;
 - `.gitattributes`: weights and index arrays through Git LFS.
 
 Push DIR to a Space created with the Gradio SDK (`hf upload USER/SPACE DIR . --repo-type space`).
@@ -226,7 +226,8 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
     out = Path(out).resolve()
     if out.exists() and not force:
         raise SpaceError(f"{out} exists; choose another folder or pass --force")
-    model = str(shipped_model() if model is None else model)
+    shipped = model is None
+    model = str(shipped_model() if shipped else model)
     bundled = Path(model).is_dir()
     if not bundled and not HUB_ID.match(model):
         raise SpaceError(f"--model {model!r} is neither a model folder nor a Hub id (owner/name)")
@@ -261,6 +262,9 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
                                                      for p in LFS_PATTERNS))
         if with_index:
             prebuild_index(work, str(work / "model") if bundled else model)
+        elif shipped and gallery == demo_dir / "gallery" and (demo_dir / "index_cache").is_dir():
+            # the demo's prebuilt entry for exactly this model and gallery (its test keeps them in step)
+            shutil.copytree(demo_dir / "index_cache", work / "index_cache")
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
