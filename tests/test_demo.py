@@ -215,7 +215,8 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
     save_tiny_model(folder)
     model = ZseModel.from_pretrained(folder).eval()
     note = app_module.model_note(folder, model, True)
-    assert "not evaluated" in note and "unknown" in note
+    assert "not measured" in note and "unknown" in note
+    assert str(tmp_path) not in note and "About the model: best" in note  # named, never by its local path
     (run / "train_config.json").write_text(json.dumps({"data": "offline", "max_steps": 123}))
     payload = {"results": {"ret": {"mAP@all": 0.4321, "mAP@all_CI": [0.31, 0.55], "mAP@200": 0.4},
                            "rn@10": {"mAP@all": 0.5012}},
@@ -224,8 +225,9 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
                "n_queries": 660, "n_gallery": 36}
     (folder / "eval_results.json").write_text(json.dumps(payload))
     note = app_module.model_note(folder, model, True)
-    assert "mAP@all 0.432" in note and "0.310–0.550" in note and "relation re-rank of the top 10" in note
-    assert "mAP@all 0.501" in note and "660 sketches vs 36 photos" in note
+    assert "cosine only: **0.432** (95% interval 0.310–0.550)" in note and "relation re-rank of the top 10" in note
+    assert "top 10: **0.501**" in note and "Each of 660 test sketches searched 36 photos" in note
+    assert str(tmp_path) not in note
     assert "exactly these weights" in note and "bundled offline data" in note and "123 steps" in note
     payload["model_hash"] = "0" * 16
     (folder / "eval_results.json").write_text(json.dumps(payload))
@@ -238,6 +240,22 @@ def test_model_note_reads_the_eval_json(app_module, tmp_path):
     (folder / "eval_results.json").write_text(json.dumps(payload))
     note = app_module.model_note(folder, model, True)
     assert "relation re-rank of the top 10 by relation score + 0.5 x cosine" in note
+
+
+def test_model_display_name_is_never_a_local_path(tmp_path):
+    """The page names a model by its Hub id, its model card's name or heading, else its folder's name."""
+    from zse_hf.model_summary import display_name
+
+    assert display_name("org/some-model") == "org/some-model"
+    folder = tmp_path / "deep" / "checkpoint-500"
+    folder.mkdir(parents=True)
+    assert display_name(folder) == "checkpoint-500"
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# My sketch model\n\ntext\n")
+    assert display_name(folder) == "My sketch model"
+    (folder / "README.md").write_text("---\nmodel-index:\n- name: zse-sbir-test\n  results: []\n---\n# Title\n")
+    assert display_name(folder) == "zse-sbir-test"
+    if (REPO / "hub_card" / "README.md").is_file():
+        assert display_name(REPO / "hub_card") == "zse-sbir-dinov2-small"
 
 
 def test_model_path_resolution(app_module, monkeypatch):
@@ -388,9 +406,10 @@ def test_browser_shows_indexing_progress_and_enables_search_when_done(app_module
 # ----------------------------------------------------------------------------- docs/demo.png
 
 
-def docs_screenshot(out: str | Path, example: str = "airplane", width: int = 1400) -> Path:
+def docs_screenshot(out: str | Path, example: str = "airplane", width: int = 1400) -> tuple[Path, int | None]:
     """Serve the demo with its default model and the bundled gallery, click the `example` sketch
-    (which searches), select the first hit of that class (else #1) and save a full-page screenshot."""
+    (which searches), select the first hit of that class (else #1) and save a full-page screenshot.
+    Returns the screenshot and the rank of the first hit of the example's class (None: not shown)."""
     from selenium.webdriver.common.by import By
 
     app = demo_launcher.load_app()
@@ -422,16 +441,48 @@ def docs_screenshot(out: str | Path, example: str = "airplane", width: int = 140
         time.sleep(2)
         out = Path(out)
         driver.save_screenshot(str(out))
-        return out
+        return out, (same[0] + 1 if same else None)
     finally:
         driver.quit()
         demo.close()
 
 
-if __name__ == "__main__":  # python tests/test_demo.py docs/demo.png [example class]
+def docs_picture(out: str | Path, good: str = "penguin", miss: str = "giraffe", width: int = 1400) -> Path:
+    """docs/demo.png: the page after clicking the `good` example (its class first among the bundled
+    photos) beside the page after clicking the `miss` example, each under a label that says which it is."""
+    from PIL import ImageDraw, ImageFont
+
+    out = Path(out)
+    shots, ranks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for example in (good, miss):
+            shot, rank = docs_screenshot(Path(tmp) / f"{example}.png", example, width)
+            with Image.open(shot) as im:
+                shots.append(im.convert("RGB"))
+            ranks.append(rank)
+    if ranks[0] != 1 or ranks[1] is not None:
+        raise RuntimeError(f"{good} should come first and {miss} be missed; the page shows ranks {ranks}")
+    labels = (f"Does well: a {good} sketch (a class it never trained on) finds a {good} photo first",
+              f"A miss: no {miss} photo among the shown results for a {miss} sketch")
+    font = ImageFont.load_default(size=34)
+    band = 64
+    sheet = Image.new("RGB", (sum(s.width for s in shots) + 24, max(s.height for s in shots) + band), "white")
+    x = 0
+    for shot, label, colour in zip(shots, labels, ("#1b7f3b", "#b3261e")):
+        draw = ImageDraw.Draw(sheet)
+        draw.rectangle([x, 0, x + shot.width, band - 6], fill=colour)
+        draw.text((x + 20, 12), label, fill="white", font=font)
+        sheet.paste(shot, (x, band))
+        x += shot.width + 24
+    sheet.thumbnail((2400, 2400))
+    sheet.save(out, optimize=True)
+    return out
+
+
+if __name__ == "__main__":  # python tests/test_demo.py docs/demo.png [good example] [missed example]
     import sys
 
-    print(docs_screenshot(*sys.argv[1:3]))
+    print(docs_picture(*sys.argv[1:4]))
 
 
 def test_sigterm_exits_through_clean_ups_once(app_module):

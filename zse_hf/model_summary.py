@@ -190,41 +190,46 @@ def offline_data_stats() -> dict:
 
 
 def describe_eval(payload: dict, source: str, fingerprint: str | None = None, card_text: str = "") -> str:
-    """Markdown with the measured accuracy in an eval JSON (`zse-sbir eval` output).
+    """Markdown in a visitor's words: how well the model ranks, from an eval JSON (`zse-sbir eval`
+    output): each ranking mode's mAP@all with its interval, then the baselines for comparison.
 
     Args:
+        source: the JSON's path; only its file name is shown.
         fingerprint: `zse_hf.loading.weights_fingerprint` of the running model, to say whether
             the JSON's `model_hash` is theirs (or, per `card_text`, that of the checkpoint the
             exported weights came from).
         card_text: the model card next to the model, if any.
     """
+    name = Path(source).name
     results = payload.get("results") or {}
     modes = [k for k, v in results.items() if isinstance(v, dict) and "mAP@all" in v]
     if not modes:
-        return f"**Measured accuracy:** not evaluated (`{source}` holds no mAP@all)."
+        return f"**How well it does:** not measured (`{name}` holds no mAP@all)."
     modes.sort(key=lambda m: (m != "ret", not m.startswith("rn"), m))
+    ret_weight = payload.get("rerank_ret_weight") or 0.0
     lines = []
     for mode in modes:
         r = results[mode]
         ci = format_interval(r.get("mAP@all_CI"), dash=True)
-        extra = ", ".join(f"{k} {format_metric(r[k])}" for k in ("mAP@200", "P@100", "acc@1") if k in r)
-        how = mode_description(mode, payload.get("rerank_ret_weight") or 0.0)
-        lines.append(f"- {how}: **mAP@all {format_metric(r['mAP@all'])}**"
-                     + (f" (95% CI {ci})" if ci else "") + (f"; {extra}" if extra else ""))
-    where = (f"{payload.get('n_queries', '?')} sketches vs {payload.get('n_gallery', '?')} photos, data "
-             f"`{payload.get('data', '?')}`, split `{payload.get('split', '?')}`, {payload.get('image_size', '?')} px")
+        how = mode_description(mode, ret_weight)
+        how = f"for comparison, {how[len('baseline: '):]}" if how.startswith("baseline: ") else how
+        lines.append(f"- {how}: **{format_metric(r['mAP@all'])}**" + (f" (95% interval {ci})" if ci else ""))
+    where = (f"Each of {payload.get('n_queries', '?')} test sketches searched {payload.get('n_gallery', '?')} "
+             f"photos (split `{payload.get('split', '?')}` of the `{payload.get('data', '?')}` data, "
+             f"{payload.get('image_size', '?')} px).")
     check = ""
     claimed = payload.get("model_hash")
     if claimed and fingerprint:
         if fingerprint.startswith(str(claimed)):
-            check = " These numbers were measured on exactly these weights (model hash matches)."
+            check = "These numbers were measured on exactly these weights (model hash matches)."
         elif f"`{claimed}`" in card_text and "checked by `zse-sbir export`" in card_text:
-            check = (" The eval's model hash is that of the fp32 checkpoint these weights were exported from "
+            check = ("These numbers were measured on the fp32 checkpoint these weights were exported from "
                      "(checked by `zse-sbir export`).")
         else:
-            check = (f" ⚠️ The eval was recorded for weights with hash `{claimed}`; these weights differ, so the "
+            check = (f"⚠️ The eval was recorded for weights with hash `{claimed}`; these weights differ, so the "
                      "numbers may belong to another checkpoint.")
-    return (f"**Measured accuracy** ({where}; from `{source}`):\n" + "\n".join(lines) + "\n\n" + check).strip()
+    return (f"**How well it does** (from `{name}`). {where} The score is the mean average precision: 1 puts "
+            "every photo of the sketch's class first.\n" + "\n".join(lines) + "\n\n" + check).strip()
 
 
 def describe_training(model: str | os.PathLike, payload: dict | None, roots: Sequence[str | os.PathLike] = ()) -> str:
@@ -257,7 +262,26 @@ def describe_training(model: str | os.PathLike, payload: dict | None, roots: Seq
         steps = f"{steps or '?'} steps, then {stage['step']} of the relation-head stage, `zse-sbir train-relation`"
     elif steps:
         steps = f"{steps} steps"
-    return f"**Trained on:** {what}" + (f" ({steps}" if steps else " (") + f"; from `{info.path}`)."
+    return f"**Trained on:** {what}" + (f" ({steps}" if steps else " (") + f"; from `{Path(info.path).name}`)."
+
+
+def display_name(model_path: str | os.PathLike) -> str:
+    """How a model is named to people, never by a local path: the Hub id it was loaded from, else
+    the name in its model card (`model-index` name, else the first `# ` heading), else its folder's
+    name."""
+    folder = Path(model_path)
+    if not folder.exists():
+        return str(model_path)  # a Hub id
+    card = folder / "README.md"
+    text = card.read_text(errors="replace") if card.is_file() else ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("- name:") and stripped[len("- name:"):].strip():
+            return stripped[len("- name:"):].strip().strip("'\"")
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return folder.resolve().name
 
 
 def model_note(model_path: str | os.PathLike, fingerprint: str, trained: bool,
@@ -279,19 +303,19 @@ def model_note(model_path: str | os.PathLike, fingerprint: str, trained: bool,
             payload = None
     card = Path(model_path) / "README.md"
     card_text = card.read_text(errors="replace") if card.is_file() else ""
-    head = f"### Model: `{model_path}`\n"
+    head = f"### About the model: {display_name(model_path)}\n"
     if not trained:
         head += ("⚠️ This is a plain backbone wrapped in a **freshly initialised, untrained** ZSE head; relation "
                  "scores are noise and explanations use encoder tokens.\n\n")
     if not isinstance(payload, dict):
         payload = None
     accuracy = (describe_eval(payload, str(eval_file), fingerprint, card_text) if payload is not None else
-                "**Measured accuracy:** not evaluated (no `eval_results.json` or `results.json` next to the model).")
+                "**How well it does:** not measured (no `eval_results.json` or `results.json` next to the model).")
     return head + describe_training(model_path, payload, roots) + "\n\n" + accuracy
 
 
 __all__ = [
-    "BASELINE_NAMES", "EVAL_FILES", "TrainingSummary", "describe_eval", "describe_training", "find_eval_json",
-    "find_training_summary", "format_interval", "format_metric", "human_size", "is_finite", "mode_description",
-    "mode_name", "model_modes", "model_note", "offline_data_stats", "results_table",
+    "BASELINE_NAMES", "EVAL_FILES", "TrainingSummary", "describe_eval", "describe_training", "display_name",
+    "find_eval_json", "find_training_summary", "format_interval", "format_metric", "human_size", "is_finite",
+    "mode_description", "mode_name", "model_modes", "model_note", "offline_data_stats", "results_table",
 ]
