@@ -173,6 +173,8 @@ DENY_PATHS: dict[str, tuple[str, str]] = {
         ("streetlight", "review: a lamp post; the subject is a bronze model of the church"),
     _A + "explore_monuments/resource/usa/castleClinton.webp": ("skyscraper", "review: skyscrapers behind the fort"),
     _A + "explore_world_animals/resource/animals/kangaroo.webp": ("streetlight", "review: a lamp post behind"),
+    _A + "explore_world_animals/resource/animals/panda.webp":
+        ("teddy-bear", "review: a sitting round-eared bear, like the koala stamp the stamp review moved to teddy-bear"),
 }
 
 _IMAGE_EXTENSIONS = (".webp", ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".svg", ".svgz")
