@@ -5,6 +5,7 @@ with an empty index cache ("cold": the bundled photos are encoded in the backgro
 with the cache that run wrote ("warm").
 
     nice -n 19 python benchmarks/bench_demo_startup.py                 # hub_card, demo/gallery
+    python benchmarks/bench_demo_startup.py --drop-caches --runs cold cold2 cold3 warm   # as on a new machine
     python benchmarks/bench_demo_startup.py --runs cold warm warm --model DIR --gallery DIR
 
 Each run is a fresh process on 127.0.0.1 with its own Gradio temp folder; `$ZSE_SBIR_CACHE` is a
@@ -176,6 +177,19 @@ def one_run(args, cache: Path, work: Path, label: str) -> dict:
             "status": status}
 
 
+def drop_disk_caches() -> None:
+    """Start the next run as on a machine that has not read these files yet: delete the bytecode
+    caches of the package and the demo, and drop the OS page cache (Linux, as root)."""
+    for root in (REPO / "zse_hf", REPO / "demo"):
+        for folder in root.rglob("__pycache__"):
+            shutil.rmtree(folder, ignore_errors=True)
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        raise SystemExit(f"--drop-caches: cannot drop the page cache ({err}); run as root on Linux") from err
+
+
 def fmt(seconds: float | None) -> str:
     """Seconds with one decimal, or "timed out"."""
     return "timed out" if seconds is None else f"{seconds:.1f}"
@@ -189,6 +203,8 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=["cold", "warm"], help="labels; the first uses an empty cache")
     p.add_argument("--cache-dir", default=None, help="$ZSE_SBIR_CACHE for all runs (default: a new empty folder)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
+    p.add_argument("--drop-caches", action="store_true", help="before each run labelled cold, delete the "
+                   "package's bytecode caches and drop the OS page cache (root), as on a fresh machine")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="zse-bench-startup-"))
@@ -196,6 +212,8 @@ def main() -> None:
     rows = []
     try:
         for label in args.runs:
+            if args.drop_caches and label.startswith("cold"):
+                drop_disk_caches()
             row = one_run(args, cache, work, label)
             rows.append(row)
             print(f"{label}: HTTP 200 after {fmt(row['http200_s'])} s, first answered search after "

@@ -124,6 +124,11 @@ def test_readme_has_examples_and_the_setup_commands():
         assert any(command in b.code.splitlines() for b in SHELL_NOT_RUN), command
 
 
+def test_readme_stays_short():
+    """The README is the front page: at most 300 lines; details live in docs/ and demo/README.md."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 300
+
+
 def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
     """`.ci/run` makes a new virtualenv each run, activates it, then runs the README's test command
     verbatim in it, as a newcomer's machine would (an environment left from earlier runs could hide
