@@ -31,9 +31,10 @@ from .faiss_index import (
     set_search_params,
 )
 from .inputs import json_id, resolve_items
-from .model_binding import check_model, default_processor, model_device_dtype, model_fingerprint, model_name
+from .model_binding import check_model, default_processor, model_fingerprint, model_name
 from .persistence import load_index, save_index
 from .quantization import int8_pair_model
+from .ranking import check_k, check_rerank_k, ranked_hits, relation_scores
 from .records import Hit, Skipped
 from .sharding import check_shard, merge_indexes
 from .token_codec import FP16, TokenCodec, default_token_codec, new_codec, resolve_token_codec, training_sample
@@ -568,7 +569,7 @@ class ZseIndex:
         """
         if self._index is None or len(self) == 0:
             raise ValueError("the index is empty: build it or add photos before searching")
-        _check_k(k)
+        check_k(k)
         q = query_embeds.detach().float().cpu().numpy() if isinstance(query_embeds, torch.Tensor) else query_embeds
         q = np.ascontiguousarray(q, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -692,33 +693,18 @@ class ZseIndex:
         if self.model is None:
             raise ValueError("re-ranking needs the model: pass model= to ZseIndex.load or call attach_model()")
         rows = np.asarray(rows, dtype=np.int64)
-        q_n, k_n = rows.shape
         model = self._int8_model() if int8 else self.model
-        dev = model_device_dtype(model)[0]
         flat = rows.reshape(-1)
         valid = np.flatnonzero(flat >= 0)
         uniq, inverse = np.unique(flat[valid], return_inverse=True)
-        tokens = torch.from_numpy(self._gather("tokens", uniq))
-        masks = torch.from_numpy(self._gather("mask", uniq))
-        q_of = torch.from_numpy(valid // k_n)
-        out = torch.full((q_n * k_n,), float("nan"))
-        if len(valid) == 0:
-            return out.view(q_n, k_n)
-        proj = None if int8 else self._stored_projections(uniq)
-        candidates = ZseImageFeatures(local_tokens=tokens, token_mask=masks, grid_size=self.grid_size,
+        candidate_index = np.full(flat.shape, -1, dtype=np.int64)
+        candidate_index[valid] = inverse
+        proj = None if int8 or len(valid) == 0 else self._stored_projections(uniq)
+        candidates = ZseImageFeatures(local_tokens=torch.from_numpy(self._gather("tokens", uniq)),
+                                      token_mask=torch.from_numpy(self._gather("mask", uniq)), grid_size=self.grid_size,
                                       cross_projections=proj, cross_projection_side=None if proj is None else "photo")
-        ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode(), ctx:
-                queries = model.project_image_features(query_features.to_model(model), "sketch")
-                scores = model.score_indexed_pairs(queries, candidates, q_of, torch.from_numpy(inverse),
-                                                   chunk_size=batch_size)
-            out[torch.from_numpy(valid)] = scores.float().cpu()
-        finally:
-            model.train(was_training)
-        return out.view(q_n, k_n)
+        return relation_scores(model, query_features, candidates, candidate_index.reshape(rows.shape),
+                               batch_size=batch_size, autocast_dtype=autocast_dtype)
 
     def encode_sketches(self, sketches, batch_size: int = 32) -> ZseImageFeatures:
         """Encode sketches (one or a list of paths/images) into features: `ret_embeds [Q, D]`,
@@ -757,10 +743,8 @@ class ZseIndex:
 
         Returns: one list of [`Hit`] per sketch, best first.
         """
-        _check_k(k)
-        bad_rerank = isinstance(rerank_k, bool) or not isinstance(rerank_k, (int, np.integer)) or rerank_k < 0
-        if rerank_k is not None and bad_rerank:
-            raise ValueError(f"rerank_k must be None or an integer >= 0 (0: no re-ranking), got {rerank_k!r}")
+        check_k(k)
+        check_rerank_k(rerank_k)
         if search_params is not None:
             check_search_params(search_params)
         if self._index is None or len(self) == 0:
@@ -768,29 +752,11 @@ class ZseIndex:
         feats = sketches if isinstance(sketches, ZseImageFeatures) else self.encode_sketches(sketches, batch_size)
         rerank = self.default_rerank_k() if rerank_k is None else int(rerank_k)
         scores, rows = self.ann_search(feats.ret_embeds, max(k, rerank), search_params)
-        rel = key = None
+        rel = None
         if rerank:
-            head = rows[:, :rerank]
-            rel = self.rerank_rows(feats, head, autocast_dtype=autocast_dtype, int8=int8).numpy()
-            key = self.model.rerank_score(rel, scores[:, :rerank], rerank_ret_weight)
-        results = []
-        for qi in range(rows.shape[0]):
-            order = list(range(rows.shape[1]))
-            if rel is not None:
-                n_head = rel.shape[1]
-                head_order = sorted(range(n_head), key=lambda j: (np.isnan(key[qi, j]), -np.nan_to_num(key[qi, j]), j))
-                order = head_order + order[n_head:]
-            hits = []
-            for j in order:
-                r = int(rows[qi, j])
-                if r < 0:
-                    continue
-                score = float(rel[qi, j]) if rel is not None and j < rel.shape[1] else None
-                hits.append(Hit(self._ids[r], self._paths[r], len(hits) + 1, float(scores[qi, j]), score))
-                if len(hits) == k:
-                    break
-            results.append(hits)
-        return results
+            rel = self.rerank_rows(feats, rows[:, :rerank], autocast_dtype=autocast_dtype, int8=int8).numpy()
+        record = lambda r: (self._ids[r], self._paths[r])
+        return ranked_hits(self.model, scores, rows, rel, k, rerank_ret_weight, record)
 
     # ------------------------------------------------------------------ persistence and shards
 
@@ -834,7 +800,3 @@ class ZseIndex:
         return merge_indexes(cls, directories, model=model, index_factory=index_factory, verify=verify,
                              work_dir=work_dir)
 
-
-def _check_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
