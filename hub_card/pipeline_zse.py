@@ -10,8 +10,10 @@
 The ranking is the model's default (`config.default_ranking`): `"ret"` sorts the photos by the
 cosine of their [Ret] embeddings with the sketch's; `"rn@K"` re-ranks the best K of those by the
 relation network (`ZseModel.rerank_score`). `rerank_k=` overrides K for one call (0: [Ret] only).
-`photos=` is a list (paths, PIL images, arrays; encoded once per call) or a ready `ZseIndex`
-(`zse_hf.retrieval`), which is searched with its `search` method.
+`photos=` is a list (paths, PIL images, arrays; encoded once per call) or a ready photo store, which
+is searched with its own `search` method: a `ZseIndex` (faiss), a `ZseMilvusStore` (a Milvus
+collection) from `zse_hf.retrieval`, or any object with the same `search` signature (duck-typed:
+nothing here imports faiss or a database client).
 
 This file travels with the model's Hub repo (`custom_pipelines` in `config.json`), so it may import
 only its sibling files, relatively.
@@ -42,7 +44,7 @@ def _check_count(name: str, value, minimum: int, allow_none: bool = True):
 
 
 def _is_index(photos) -> bool:
-    """True for a photo index (anything with a `search` method, such as `zse_hf.retrieval.ZseIndex`)."""
+    """True for a photo store (anything with a `search` method: `zse_hf.retrieval.ZseIndex`, `ZseMilvusStore`)."""
     return callable(getattr(photos, "search", None))
 
 
@@ -70,9 +72,9 @@ class ZseSketchRetrievalPipeline(Pipeline):
 
     Call arguments:
         sketches: one sketch (path, PIL image, array) or a list of them (then one list of results each).
-        photos: a list of photos (paths, PIL images, arrays), encoded once per call; or a `ZseIndex`
-            to search (it encodes the sketch with its own model; one loaded without a model gets
-            this pipeline's).
+        photos: a list of photos (paths, PIL images, arrays), encoded once per call; or a photo store
+            to search, a `ZseIndex` or `ZseMilvusStore` (it encodes the sketch with its own model; one
+            opened without a model gets this pipeline's).
         top_k: results per sketch (default 10; all the photos when there are fewer).
         rerank_k: re-rank this many of the best [Ret] candidates with the relation network
             (0: none); default: the model's `config.default_ranking` (`"ret"`: 0, `"rn@K"`: K).

@@ -48,7 +48,20 @@ Modules (each one concern):
     quantization.py   the lossy int8 pair head for CPU re-ranking (`search(..., int8=True)`)
     inputs.py         folders / lists of images and their ids
     records.py        Hit, Skipped
-    cli.py            zse-sbir index / merge-index / search
+    ranking.py        the relation re-rank of each query's candidates and the hit order (shared by every store)
+    milvus_store.py   ZseMilvusStore: the same gallery in a Milvus collection (embedded file or server), open_store
+    milvus_local.py   a local Milvus server process from the `milvus` package (tests, benchmarks)
+    cli.py            zse-sbir index / merge-index / search (a faiss folder or a store URI)
+
+The same gallery can live in a vector database instead of an index folder (`pip install
+'zse-sbir[milvus]'`; see docs/retrieval.md#vector-database-store):
+
+```python
+>>> from zse_hf.retrieval import ZseMilvusStore, open_store
+>>> store = ZseMilvusStore.build(model, processor, "photos/", uri="photos.db")   # or uri="http://host:19530"
+>>> store = open_store("photos.db", model, processor)                           # a folder gives a ZseIndex
+>>> hits = store.search("sketch.png", k=10, filter='folder == "animals"')[0]
+```
 """
 
 from ..modeling_zse import ZseImageFeatures
@@ -57,12 +70,13 @@ from .faiss_index import DEFAULT_TRAIN_SIZE, FLAT_MAX, IVF_SQ_MAX, auto_factory,
 from .index import ZseIndex
 from .inputs import IMAGE_EXTENSIONS, list_images
 from .manifest import FORMAT_NAME, FORMAT_VERSION, read_manifest
+from .milvus_store import StoreAddress, ZseMilvusStore, is_store_uri, open_store, parse_store_uri
 from .model_binding import model_fingerprint
 from .records import Hit, Skipped
 from .token_codec import TokenCodec, load_token_codec
 from .token_store import remove_stale_work_dirs
 
 __all__ = ["DEFAULT_TRAIN_SIZE", "FLAT_MAX", "FORMAT_NAME", "FORMAT_VERSION", "Hit", "IMAGE_EXTENSIONS", "IVF_SQ_MAX",
-           "Skipped", "TokenCodec", "ZseImageFeatures", "ZseIndex", "auto_factory", "index_main", "list_images",
-           "load_token_codec", "merge_main", "model_fingerprint", "read_manifest", "remove_stale_work_dirs",
-           "search_main"]
+           "Skipped", "StoreAddress", "TokenCodec", "ZseImageFeatures", "ZseIndex", "ZseMilvusStore", "auto_factory",
+           "index_main", "is_store_uri", "list_images", "load_token_codec", "merge_main", "model_fingerprint",
+           "open_store", "parse_store_uri", "read_manifest", "remove_stale_work_dirs", "search_main"]

@@ -1,5 +1,8 @@
 """The `zse-sbir index`, `zse-sbir merge-index` and `zse-sbir search` commands.
 
+`index --out` and `search` take a faiss index folder (the default) or a database store URI (a
+`.db` file, `milvus://host:port`, `http://host:port`; see `milvus_store`).
+
 Every user error (a bad argument, a model or index that cannot be read, an output path that
 cannot be written) is one line on stderr and exit code 2; the output path is checked before
 any photo is embedded.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 import time
 import warnings
@@ -22,6 +26,7 @@ from ..cli_args import at_least, rerank_ret_weight
 from .faiss_index import FLAT_MAX, IVF_SQ_MAX
 from .index import ZseIndex
 from .manifest import read_manifest
+from .milvus_store import DEFAULT_COLLECTION, VECTOR_INDEXES, is_store_uri
 from .persistence import check_save_target
 from .sharding import parse_shard
 from .token_codec import CODEC_HELP, TokenCodec, resolve_token_codec
@@ -51,12 +56,16 @@ def _fail(command: str, err: Exception) -> int:
 
 
 def index_main(argv: list[str] | None = None) -> int:
-    """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR [--factory F] [--shard I/N] [--batch-size B]
-    [--store-projections] [--token-codec NAME | --token-codec-from DIR_OR_FILE]`."""
-    p = argparse.ArgumentParser(prog="zse-sbir index", description="Build a faiss index of all images under PHOTO_DIR.")
+    """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR_OR_URI [--factory F] [--shard I/N] [--batch-size B]
+    [--store-projections] [--token-codec NAME | --token-codec-from DIR_OR_FILE] [--collection NAME]
+    [--vector-index TYPE] [--metadata FILE] [--recreate]`."""
+    p = argparse.ArgumentParser(prog="zse-sbir index", description="Index all images under PHOTO_DIR: a faiss index "
+                                "folder, or a vector database store (Milvus) when --out is a store URI.")
     p.add_argument("photo_dir")
     p.add_argument("--model", required=True, help="ZSE model folder or Hub id")
-    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="index directory to write (replaced atomically), or a store URI: "
+                   "FILE.db (embedded Milvus), milvus://HOST:PORT or http://HOST:PORT (a server), optionally "
+                   "with ?collection=NAME; photos already in a store are skipped, so rerunning resumes")
     p.add_argument("--factory", default=None, help="faiss index_factory string (default: by gallery size: Flat "
                    f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
     p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I "
@@ -76,8 +85,25 @@ def index_main(argv: list[str] | None = None) -> int:
     codec.add_argument("--token-codec-from", default=None, metavar="DIR_OR_FILE",
                        help="reuse the trained token codec of an index directory (or its token_codec.faiss): "
                             "shards that will be merged must share one codec")
+    store = p.add_argument_group("database store (--out URI)")
+    store.add_argument("--collection", default=None, help=f"collection name (default: the URI's, else "
+                       f"{DEFAULT_COLLECTION})")
+    store.add_argument("--vector-index", default=None, type=str.upper, choices=VECTOR_INDEXES,
+                       help="Milvus index of the [Ret] field of a new collection (default FLAT: exact)")
+    store.add_argument("--metadata", default=None, metavar="FILE",
+                       help="JSON object {photo id: {field: value}}: extra fields to filter searches by (every "
+                            "photo also gets 'folder', its folder relative to PHOTO_DIR)")
+    store.add_argument("--recreate", action="store_true", help="drop the collection first (default: add the photos "
+                       "it does not hold yet)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if is_store_uri(args.out):
+        return _index_store(args)
+    store_only = [flag for flag, on in (("--collection", args.collection), ("--vector-index", args.vector_index),
+                                        ("--metadata", args.metadata), ("--recreate", args.recreate)) if on]
+    if store_only:
+        return _fail("index", ValueError(f"{store_only[0]} is for a database store: --out must be a store URI "
+                                         "(a .db file, milvus://HOST:PORT or http://HOST:PORT)"))
     try:
         shard = parse_shard(args.shard) if args.shard else None
         out = Path(args.out)
@@ -122,6 +148,70 @@ def index_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _store_metadata(path: str | None, photo_dir: str, ids: list[str]) -> list[dict]:
+    """Per photo id: `{"folder": its folder relative to photo_dir}`, updated from the JSON file `path`."""
+    extra = {}
+    if path is not None:
+        try:
+            extra = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read metadata file {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+            raise ValueError(f"metadata file {path} must hold a JSON object {{photo id: {{field: value}}}}")
+        unknown = sorted(set(extra) - set(ids))
+        if unknown:
+            raise ValueError(f"metadata file {path} names photos not under {photo_dir}: {unknown[:3]}")
+    return [{"folder": posixpath.dirname(i), **extra.get(i, {})} for i in ids]
+
+
+def _index_store(args) -> int:
+    """`zse-sbir index` into a database store."""
+    from .inputs import list_images
+    from .milvus_store import ZseMilvusStore, parse_store_uri
+
+    try:
+        faiss_only = [flag for flag, on in (("--factory", args.factory), ("--shard", args.shard),
+                                            ("--store-projections", args.store_projections),
+                                            ("--no-tokens", args.no_tokens)) if on]
+        if faiss_only:
+            raise ValueError(f"{faiss_only[0]} is for a faiss index folder, not a database store "
+                             "(a store keeps every photo's tokens; its [Ret] index is --vector-index)")
+        address = parse_store_uri(args.out, args.collection)
+        if not Path(args.photo_dir).is_dir():
+            raise ValueError(f"photo folder {args.photo_dir} is not a directory")
+        root = Path(args.photo_dir)
+        ids = [f.relative_to(root).as_posix() for f in list_images(root)]
+        metadata = _store_metadata(args.metadata, args.photo_dir, ids)
+        token_codec = resolve_token_codec(Path(args.token_codec_from) if args.token_codec_from else args.token_codec)
+        model, processor = _load_model(args.model, args.device)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable", category=UserWarning)
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            store = ZseMilvusStore.build(model, processor, args.photo_dir, metadata=metadata, uri=address,
+                                         token_codec=token_codec if isinstance(token_codec, TokenCodec)
+                                         else args.token_codec, vector_index=args.vector_index,
+                                         batch_size=args.batch_size, num_workers=args.num_workers,
+                                         progress=not args.quiet, existing="skip", recreate=args.recreate,
+                                         token=os.environ.get("MILVUS_TOKEN"))
+        with store:
+            if store.added:
+                store.flush()
+            for s in store.skipped:
+                print(f"skipped {s.path or s.id}: {s.reason}", file=sys.stderr)
+            n, added, n_skipped = len(store), store.added, len(store.skipped)
+            codec, kind = store.token_codec, store.vector_index["index_type"]
+        if n == 0:
+            print(f"zse-sbir index: no readable images under {args.photo_dir}", file=sys.stderr)
+            return 1
+    except (ValueError, OSError, TypeError, ModuleNotFoundError) as err:
+        return _fail("index", err)
+    tokens = f"tokens: {codec.name} ({codec.description()})" if codec is not None else "tokens: fp16"
+    print(f"{address} holds {n} photos ({added} added now, {n_skipped} unreadable skipped; [Ret] index {kind}) after "
+          f"{time.perf_counter() - t0:.1f} s; {tokens}")
+    return 0
+
+
 def merge_main(argv: list[str] | None = None) -> int:
     """`zse-sbir merge-index SHARD_DIRS... --out INDEX_DIR [--factory F]`."""
     p = argparse.ArgumentParser(prog="zse-sbir merge-index", description="Merge sharded (or separate) indexes.")
@@ -146,10 +236,12 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    """`zse-sbir search INDEX_DIR SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--rerank-ret-weight W]
-    [--int8] [--json]`."""
-    p = argparse.ArgumentParser(prog="zse-sbir search", description="Search an index with sketches.")
-    p.add_argument("index_dir")
+    """`zse-sbir search INDEX_DIR_OR_URI SKETCH... [--model DIR] [-k 10] [--rerank-k 50] [--rerank-ret-weight W]
+    [--int8] [--filter EXPR] [--json]`."""
+    p = argparse.ArgumentParser(prog="zse-sbir search", description="Search an index (a faiss index folder or a "
+                                "database store URI) with sketches.")
+    p.add_argument("index_dir", metavar="INDEX_OR_URI", help="faiss index folder, or a store URI (FILE.db, "
+                   "milvus://HOST:PORT, http://HOST:PORT; ?collection=NAME)")
     p.add_argument("sketches", nargs="+")
     p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index)")
     p.add_argument("-k", type=at_least(1), default=10)
@@ -165,17 +257,26 @@ def search_main(argv: list[str] | None = None) -> int:
                    help="LOSSY: re-rank with the pair head's linear layers quantised to int8 (CPU; faster, "
                         "approximate relation scores)")
     p.add_argument("--no-verify", action="store_true", help="check index file sizes only, not checksums")
+    p.add_argument("--filter", default=None, metavar="EXPR",
+                   help="database store only: a Milvus filter expression, e.g. 'folder == \"animals\"'")
+    p.add_argument("--collection", default=None, help="database store only: the collection (default: the URI's)")
     args = p.parse_args(argv)
     try:
-        manifest = read_manifest(args.index_dir)
-        model_dir = args.model or (manifest.get("model") or {}).get("name_or_path")
-        if not model_dir:
-            raise ValueError("the index records no model; pass --model")
-        model, processor = _load_model(model_dir, args.device)
-        index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
-        results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
-                               rerank_ret_weight=args.rerank_ret_weight)
-    except (ValueError, OSError) as err:
+        if is_store_uri(args.index_dir):
+            results = _search_store(args)
+        else:
+            if args.filter is not None or args.collection is not None:
+                raise ValueError(f"{'--filter' if args.filter is not None else '--collection'} is for a database "
+                                 "store URI, not a faiss index folder")
+            manifest = read_manifest(args.index_dir)
+            model_dir = args.model or (manifest.get("model") or {}).get("name_or_path")
+            if not model_dir:
+                raise ValueError("the index records no model; pass --model")
+            model, processor = _load_model(model_dir, args.device)
+            index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
+            results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
+                                   rerank_ret_weight=args.rerank_ret_weight)
+    except (ValueError, OSError, TypeError, ModuleNotFoundError) as err:
         return _fail("search", err)
     if args.json:
         rows = [{"sketch": s, "hits": [asdict(h) for h in hits]} for s, hits in zip(args.sketches, results)]
@@ -188,3 +289,17 @@ def search_main(argv: list[str] | None = None) -> int:
             where = f"  ({h.path})" if h.path and h.path != h.id else ""
             print(f"{h.rank:>4}  {h.ret_score:+.4f}{rel}  {h.id}{where}")
     return 0
+
+
+def _search_store(args):
+    """`zse-sbir search` on a database store: the hits of each sketch."""
+    from .milvus_store import ZseMilvusStore
+
+    with ZseMilvusStore.open(args.index_dir, collection=args.collection, token=os.environ.get("MILVUS_TOKEN")) as store:
+        model_dir = args.model or (store.model_info or {}).get("name_or_path")
+        if not model_dir:
+            raise ValueError("the store records no model; pass --model")
+        model, processor = _load_model(model_dir, args.device)
+        store.attach_model(model, processor)
+        return store.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
+                            rerank_ret_weight=args.rerank_ret_weight, filter=args.filter)

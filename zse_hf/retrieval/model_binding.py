@@ -25,13 +25,14 @@ def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-def check_model(info: dict | None, model) -> None:
-    """ValueError when `model`'s weights differ from the fingerprint recorded in `info`."""
+def check_model(info: dict | None, model, what: str = "index") -> None:
+    """ValueError when `model`'s weights differ from the fingerprint recorded in `info` (the
+    record of an `"index"` or a database `"collection"`, as the message says)."""
     if info is None or model is None:
         return
     digest = model_fingerprint(model)
     if digest != info.get("sha256"):
-        raise ValueError(f"model mismatch: the index was built with {info.get('name_or_path')!r} "
+        raise ValueError(f"model mismatch: the {what} was built with {info.get('name_or_path')!r} "
                          f"(weights sha256 {str(info.get('sha256'))[:12]}...), but the given model's weights hash to "
                          f"{digest[:12]}...; its embeddings would not be comparable")
 
