@@ -21,7 +21,10 @@ from .hub.errors import HubError
 from .hub.eval_json import load_eval_results
 from .metrics import bootstrap_ci
 
-GALLERIES = {"standard": "results", "all": "results_gallery_all"}
+GALLERIES = {"standard": "results", "all": "results_gallery_all", "natural": "results_natural",
+             "crisp": "results_crisp"}
+_EVAL_FLAG = {"standard": "", "all": " with --gallery all", "natural": " with --natural (--split val or train_fit)",
+              "crisp": " with --crisp"}
 
 
 class CompareError(ValueError):
@@ -31,7 +34,7 @@ class CompareError(ValueError):
 def _mode_results(payload: dict, mode: str, gallery: str, where: str) -> dict:
     results = payload.get(GALLERIES[gallery])
     if not isinstance(results, dict):
-        raise CompareError(f"{where}: no {GALLERIES[gallery]!r} (run `zse-sbir eval` with --gallery {gallery})")
+        raise CompareError(f"{where}: no {GALLERIES[gallery]!r} (run `zse-sbir eval`{_EVAL_FLAG[gallery]})")
     r = results.get(mode)
     if not isinstance(r, dict) or not isinstance(r.get("per_class_AP"), dict):
         have = ", ".join(k for k, v in results.items() if isinstance(v, dict) and "per_class_AP" in v)
@@ -46,7 +49,8 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
     Args:
         a, b: eval payloads (may be the same dict, for two modes of one run).
         mode_a, mode_b: result keys (`"ret"`, `"rn@10"`, a baseline name).
-        gallery: `"standard"` or `"all"` (`--gallery all` results).
+        gallery: `"standard"`, `"all"` (`--gallery all` results), `"natural"` (the natural
+            photos with backgrounds, `zse-sbir eval --natural`) or `"crisp"` (crisp-stroke sketches).
         n_bootstrap, seed, alpha: the class bootstrap (see `metrics.bootstrap_ci`).
 
     Returns:
@@ -57,9 +61,16 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
     """
     if gallery not in GALLERIES:
         raise CompareError(f"gallery must be one of {sorted(GALLERIES)}, got {gallery!r}")
-    if a.get("data_hash") != b.get("data_hash"):
-        raise CompareError(f"the two results are on different data (data_hash {a.get('data_hash')} vs "
-                           f"{b.get('data_hash')}): a paired comparison needs the same queries and gallery")
+    meta = {"all": "gallery_all", "natural": "natural", "crisp": "crisp"}.get(gallery)
+
+    def extra_hash(payload: dict):
+        return (payload.get(meta) or {}).get("data_hash") if meta else None
+
+    for ha, hb, what in ((a.get("data_hash"), b.get("data_hash"), "data_hash"),
+                         (extra_hash(a), extra_hash(b), f"{meta}.data_hash")):
+        if ha != hb:
+            raise CompareError(f"the two results are on different data ({what} {ha} vs {hb}): a paired "
+                               "comparison needs the same queries and gallery")
     ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
     ap_a, ap_b = ra["per_class_AP"], rb["per_class_AP"]
     if set(ap_a) != set(ap_b):

@@ -137,18 +137,21 @@ def data_hash(queries, gallery) -> str:
 
 def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] = ("ret",),
              rerank_k: int | None = 10, batch_size: int = 32, n_bootstrap: int = 1000,
-             query_features: ZseImageFeatures | None = None, ret_weight: float | None = None) -> dict:
+             query_features: ZseImageFeatures | None = None, ret_weight: float | None = None,
+             gallery_features: ZseImageFeatures | None = None) -> dict:
     """Evaluate a model on a (queries, gallery) pair in one or more modes.
 
     Args:
         ret_weight: the rn mode's cosine weight (None: the model config's), see :func:`rerank_scores`.
         query_features: the queries already encoded (``"_query_features"`` of an earlier call
             with the same queries and modes), e.g. to score a second gallery without re-encoding.
+        gallery_features: the gallery already encoded (``"_gallery_features"`` of an earlier call
+            with the same gallery and modes), e.g. to score a second set of queries against it.
 
     Returns:
         ``{mode: metrics}`` with the keys of :func:`zse_hf.metrics.compute_metrics`, plus
-        ``"_scores"`` ({mode: `[Q, G]` array}) for pictures and ``"_query_features"`` (drop
-        the ``_`` keys before saving JSON).
+        ``"_scores"`` ({mode: `[Q, G]` array}) for pictures, ``"_query_features"`` and
+        ``"_gallery_features"`` (drop the ``_`` keys before saving JSON).
     """
     model.eval()
     need_local = any(m == "rn" for m in modes)
@@ -157,7 +160,11 @@ def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] 
         q = encode_dataset(model, processor, queries, "sketch", batch_size, keep_local=need_local)
     elif q.ret_embeds.shape[0] != len(queries):
         raise ValueError(f"query_features hold {q.ret_embeds.shape[0]} queries, the dataset {len(queries)}")
-    g = encode_dataset(model, processor, gallery, "photo", batch_size, keep_local=need_local)
+    g = gallery_features
+    if g is None or (need_local and g.local_tokens is None):
+        g = encode_dataset(model, processor, gallery, "photo", batch_size, keep_local=need_local)
+    elif g.ret_embeds.shape[0] != len(gallery):
+        raise ValueError(f"gallery_features hold {g.ret_embeds.shape[0]} photos, the dataset {len(gallery)}")
     ret = (q.ret_embeds @ g.ret_embeds.T).numpy()
     targets = fine_grained_targets(queries, gallery)
     results, scores = {}, {}
@@ -173,6 +180,7 @@ def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] 
         scores[key] = s
     results["_scores"] = scores
     results["_query_features"] = q
+    results["_gallery_features"] = g
     return results
 
 
@@ -328,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gallery", choices=["split", "all"], default="split",
                    help="offline data: 'all' also scores the queries against every reviewed photo (the "
                         "demo's gallery, other classes' photos as distractors) next to the split's own gallery")
+    p.add_argument("--natural", action=argparse.BooleanOptionalAction, default=None,
+                   help="offline data, --split val/train_fit: also score the split's natural photos with "
+                        "backgrounds (GCompris) against the sketches of their classes, beside the cut-outs "
+                        "(default: on for those splits)")
+    p.add_argument("--crisp", action=argparse.BooleanOptionalAction, default=None,
+                   help="offline data: also score the same sketches re-drawn as crisp thin strokes "
+                        "(zse_hf.data.crisp) against the split's gallery, beside the 28 px bitmaps (default: on)")
     p.add_argument("--locality", action="store_true",
                    help="report kernel locality on warped pseudo-sketches of the split's photos (always with rn)")
     p.add_argument("--locality-warps", type=at_least(1), default=4, help="warps per photo for kernel locality")
@@ -359,6 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("--val-fold applies to --data offline with --split val or train_fit")
     if args.gallery == "all" and args.data != "offline":
         p.error("--gallery all needs --data offline (the reviewed photos of photos.csv)")
+    natural_ok = args.data == "offline" and args.split in ("val", "train_fit")
+    if args.natural and not natural_ok:
+        p.error("--natural needs --data offline with --split val or train_fit (there is no natural test set: "
+                "the unseen concepts' natural photos are never extracted)")
+    natural = natural_ok if args.natural is None else args.natural
+    if args.crisp and args.data != "offline":
+        p.error("--crisp needs --data offline (the QuickDraw bitmaps re-drawn as strokes)")
+    crisp = args.data == "offline" if args.crisp is None else args.crisp
     try:  # the data first: a bad --data/--split fails before the model loads
         queries, gallery = open_dataset(args.data, args.split, **kwargs)
         model, processor, _ = load_model(args.model, args.device)
@@ -389,6 +412,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "data_hash": data_hash(queries_all, gallery_all),
                             "note": "queries against every reviewed photo of photos.csv (test split: all 166; "
                                     "other splits: without the test-class photos); other classes are distractors"},
+        })
+    if crisp:
+        queries_crisp, _ = open_dataset(args.data, args.split, sketch_style="crisp", **kwargs)
+        res_crisp = evaluate(model, processor, queries_crisp, gallery, modes, rerank_k, args.batch_size,
+                             gallery_features=results["_gallery_features"], ret_weight=ret_weight)
+        extra.update({
+            "results_crisp": {k: v for k, v in res_crisp.items() if not k.startswith("_")},
+            "crisp": {"n_queries": len(queries_crisp), "data_hash": data_hash(queries_crisp, gallery),
+                      "note": "the same QuickDraw drawings re-drawn as crisp thin strokes (zse_hf.data.crisp) "
+                              "against the split's gallery"},
+        })
+    if natural:
+        queries_nat, gallery_nat = open_dataset(args.data, args.split, gallery="natural", **kwargs)
+        res_nat = evaluate(model, processor, queries_nat, gallery_nat, modes, rerank_k, args.batch_size,
+                           ret_weight=ret_weight)
+        if args.baselines:
+            for name, sc in baseline_scores(processor, queries_nat, gallery_nat).items():
+                res_nat[name] = compute_metrics(sc, queries_nat.labels, gallery_nat.labels)
+        extra.update({
+            "results_natural": {k: v for k, v in res_nat.items() if not k.startswith("_")},
+            "natural": {"n_queries": len(queries_nat), "n_gallery": len(gallery_nat),
+                        "classes": list(gallery_nat.classes), "data_hash": data_hash(queries_nat, gallery_nat),
+                        "note": "QuickDraw sketches of the split's classes that have natural photos (GCompris, "
+                                "with backgrounds) against those photos"},
         })
     if args.instance:
         if not hasattr(gallery, "load"):
@@ -431,6 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "results_gallery_all" in payload:
         print(f"\ngallery all ({payload['gallery_all']['n_gallery']} photos):")
         print(results_table(payload["results_gallery_all"]))
+    if "results_crisp" in payload:
+        print(f"\ncrisp sketches (the same {payload['crisp']['n_queries']} drawings as thin strokes):")
+        print(results_table(payload["results_crisp"]))
+    if "results_natural" in payload:
+        nat = payload["natural"]
+        print(f"\nnatural photos ({nat['n_queries']} sketches vs {nat['n_gallery']} photos with backgrounds, "
+              f"{len(nat['classes'])} classes):")
+        print(results_table(payload["results_natural"]))
     if "instance_level" in payload:
         inst = payload["instance_level"]
         for name in ("split", "all"):

@@ -104,6 +104,15 @@ class TrainConfig:
             once into a file all loader workers share (`zse_hf.data.render_cache`); the triplets
             are the same, only faster (GPU runs are otherwise data-bound).
         dataloader_workers: worker processes for data loading.
+        natural_photos: also train on the natural photos with backgrounds (GCompris) of the training
+            classes and of the natural-only classes outside the natural validation
+            (`zse_hf.data.split.natural_val_split`), with random resized crops, and validate on the
+            natural validation gallery beside the cut-outs. Off in the earlier recipes.
+        crisp_sketch_prob: share of sketch anchors rendered as crisp thin strokes
+            (`zse_hf.data.crisp`) instead of the upsampled 28 px bitmap.
+        selection: the validation number that picks the best checkpoint: `"cutout"` ([Ret] mAP@all on
+            the cut-out validation gallery) or `"cutout+natural"` (the mean of that and [Ret] mAP@all
+            on the natural validation gallery; needs `natural_photos`).
     """
 
     backbone: str = "offline"
@@ -140,6 +149,9 @@ class TrainConfig:
     warmup_steps: int = 0
     render_cache: bool = False
     val_fold: str | None = None
+    natural_photos: bool = False
+    crisp_sketch_prob: float = 0.0
+    selection: str = "cutout"
 
     def __post_init__(self):
         check_recipe_values(
@@ -149,9 +161,16 @@ class TrainConfig:
             at_least_zero=("freeze_blocks", "dataloader_workers", "warmup_steps", "weight_decay", "triplet_weight",
                            "relation_weight", "infonce_weight", "relation_rank_weight", "correspondence_weight"),
             positive=("lr", "head_lr", "correspondence_temperature"),
-            unit=("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob"),
+            unit=("pseudo_sketch_prob", "correspondence_fraction", "stamp_pair_prob", "stamp_negative_prob",
+                  "crisp_sketch_prob"),
         )
         parse_fold(self.val_fold)
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection == "cutout+natural" and not self.natural_photos:
+            raise ValueError("selection 'cutout+natural' needs natural_photos (the natural validation gallery)")
+        if self.natural_photos and self.data != "offline":
+            raise ValueError("natural_photos applies to data 'offline' (the reviewed GCompris photos)")
 
 
 def check_recipe_values(recipe, at_least_one: Sequence[str] = (), at_least_zero: Sequence[str] = (),
@@ -173,6 +192,8 @@ def check_recipe_values(recipe, at_least_one: Sequence[str] = (), at_least_zero:
                 raise ValueError(f"{name} must be {bound}, got {getattr(recipe, name)}")
 
 
+SELECTIONS = ("cutout", "cutout+natural")
+
 PRESETS = {
     # 2 CPU cores: small input, frozen early blocks; an InfoNCE term on [Ret] (not in the paper).
     "offline-cpu": TrainConfig(),
@@ -189,6 +210,13 @@ PRESETS = {
         image_size=224, relation_grid=7, max_steps=20000, eval_steps=250, save_steps=250,
         correspondence_weight=1.0, stamp_pair_prob=0.25, stamp_negative_prob=0.15, dataloader_workers=12,
         render_cache=True,
+    ),
+    # Photos and sketches as users have them: the CPU recipe at 224 px (7x7 relation cells) on cut-outs and
+    # natural photos with backgrounds, bitmap and crisp sketches, the checkpoint picked on both validations.
+    # Hours a 50-step block on 2 CPU cores: run it with --resume until done; minutes on a GPU.
+    "offline-natural-224": TrainConfig(
+        image_size=224, relation_grid=7, max_steps=3000, eval_steps=100, save_steps=100, natural_photos=True,
+        crisp_sketch_prob=0.5, selection="cutout+natural",
     ),
     # Seconds-long smoke run (tests, CI).
     "tiny": TrainConfig(image_size=56, relation_grid=2, freeze_blocks=0, batch_size=4, max_steps=4,
@@ -274,17 +302,26 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
     triplet_seed = cfg.seed if cfg.triplet_seed is None else cfg.triplet_seed
     length = num_triplets if num_triplets is not None else cfg.max_steps * cfg.batch_size
 
+    from .data.stamps import StampPhotoDataset
+
     def stamps(val_classes: Sequence[str]) -> dict:
         if not (cfg.stamp_pair_prob > 0 or cfg.stamp_negative_prob > 0):
             return {}
-        from .data.stamps import StampPhotoDataset
-
         return {"extra_photos": StampPhotoDataset(withhold_lookalikes_of=val_classes),
                 "extra_pair_prob": cfg.stamp_pair_prob, "extra_negative_prob": cfg.stamp_negative_prob}
 
     if cfg.data == "offline":
         fit, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes, fold=cfg.val_fold)
         extra = stamps(val_classes)
+        if cfg.natural_photos:
+            from .data.split import natural_val_split
+
+            natural_fit, natural_val = natural_val_split(cfg.seed, cfg.val_classes, fold=cfg.val_fold)
+            extra["natural_classes"] = natural_fit
+            if extra.get("extra_photos") is not None:  # no stamp resembling a natural validation class either
+                extra["extra_photos"] = StampPhotoDataset(withhold_lookalikes_of=[*val_classes, *natural_val])
+        if cfg.crisp_sketch_prob > 0:
+            extra["crisp_sketch_prob"] = cfg.crisp_sketch_prob
         triplets = TripletDataset.offline(
             fit, seed=triplet_seed, length=length, sketch_size=max(cfg.image_size, 112),
             augment=cfg.augment, pseudo_sketch_prob=cfg.pseudo_sketch_prob,
@@ -316,6 +353,19 @@ def build_datasets(cfg: TrainConfig, num_triplets: int | None = None):
                               correspondence_prob=cfg.correspondence_fraction if cfg.correspondence_weight > 0 else 0.0,
                               correspondence_size=cfg.image_size, correspondence_grid=cfg.relation_grid, **extra)
     return triplets, val_q, val_g
+
+
+def natural_validation_set(cfg: TrainConfig):
+    """`(queries, gallery)` of the natural validation gallery of the recipe (`natural_photos`), or
+    None: the sketches of the natural validation classes against their photos with backgrounds."""
+    if not cfg.natural_photos:
+        return None
+    from .data import evaluation_set
+
+    val = evaluation_set("val", val_seed=cfg.seed, num_val_classes=cfg.val_classes, val_fold=cfg.val_fold,
+                         max_per_class=cfg.val_sketches_per_class, sketch_size=max(cfg.image_size, 112),
+                         gallery="natural")
+    return val.queries, val.gallery
 
 
 class _Subset(RetrievalDataset):
@@ -452,9 +502,10 @@ class ZseTrainer(MarkedCheckpointsMixin, Trainer):
     and checkpoints that are marked complete only once fully written."""
 
     def __init__(self, *args, val_queries=None, val_gallery=None, head_lr: float | None = None,
-                 image_processor=None, **kwargs):
+                 image_processor=None, val_natural=None, selection: str = "cutout", **kwargs):
         super().__init__(*args, **kwargs)
         self.val_queries, self.val_gallery = val_queries, val_gallery
+        self.val_natural, self.selection = val_natural, selection
         self.head_lr = head_lr
         self.image_processor = image_processor
 
@@ -496,7 +547,9 @@ def retrieval_validation(trainer: Trainer, model: ZseModel, rerank_k: int, prefi
     """Validate `model` by retrieval on `trainer.val_queries` / `trainer.val_gallery`.
 
     Logs and returns `{prefix}_mAP@all` and `{prefix}_P@100` of [Ret] ranking and
-    `{prefix}_rn_mAP@all` of the rn@`rerank_k` re-rank, and fires the `on_evaluate` callbacks.
+    `{prefix}_rn_mAP@all` of the rn@`rerank_k` re-rank; with `trainer.val_natural` (queries,
+    gallery) also `{prefix}_natural_mAP@all` ([Ret] on the natural photos) and `{prefix}_select`,
+    the number `trainer.selection` picks checkpoints by. Fires the `on_evaluate` callbacks.
     With several processes, process 0 validates and the others receive its metrics (so every
     rank takes the same best-checkpoint decision).
     """
@@ -507,16 +560,30 @@ def retrieval_validation(trainer: Trainer, model: ZseModel, rerank_k: int, prefi
         was_training = model.training
         res = run_eval(model, trainer.image_processor, trainer.val_queries, trainer.val_gallery, modes=("ret", "rn"),
                        rerank_k=rerank_k, batch_size=trainer.args.per_device_eval_batch_size, n_bootstrap=0)
-        model.train(was_training)
         metrics = {
             f"{prefix}_mAP@all": res["ret"]["mAP@all"],
             f"{prefix}_P@100": res["ret"]["P@100"],
             f"{prefix}_rn_mAP@all": res[f"rn@{rerank_k}"]["mAP@all"],
         }
+        natural = getattr(trainer, "val_natural", None)
+        if natural is not None:
+            nat = run_eval(model, trainer.image_processor, *natural, modes=("ret",),
+                           batch_size=trainer.args.per_device_eval_batch_size, n_bootstrap=0)
+            metrics[f"{prefix}_natural_mAP@all"] = nat["ret"]["mAP@all"]
+            metrics[f"{prefix}_select"] = selection_score(metrics, getattr(trainer, "selection", "cutout"), prefix)
+        model.train(was_training)
     metrics = from_main_process(trainer.args, metrics)
     trainer.log(metrics)
     trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
     return metrics
+
+
+def selection_score(metrics: dict[str, float], selection: str, prefix: str = "eval") -> float:
+    """The validation number checkpoints are picked by (`TrainConfig.selection`): cut-out [Ret]
+    mAP@all, or its mean with natural-photo [Ret] mAP@all (`"cutout+natural"`, equal weights)."""
+    if selection == "cutout+natural":
+        return 0.5 * (metrics[f"{prefix}_mAP@all"] + metrics[f"{prefix}_natural_mAP@all"])
+    return metrics[f"{prefix}_mAP@all"]
 
 
 class JsonlLogger(TrainerCallback):
@@ -732,7 +799,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         save_steps=cfg.save_steps,
         save_total_limit=2,
         load_best_model_at_end=True,
-        metric_for_best_model="mAP@all",
+        metric_for_best_model="select" if cfg.selection != "cutout" else "mAP@all",
         greater_is_better=True,
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_workers,
@@ -752,6 +819,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         triplets, val_q, val_g = build_datasets(cfg, num_triplets=num_triplets)
+        val_natural = natural_validation_set(cfg)
     image_processor = ZseImageProcessor.from_model_config(model.config)
     trainer = ZseTrainer(
         model=model,
@@ -761,6 +829,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         data_collator=TripletCollator(image_processor),
         val_queries=val_q,
         val_gallery=val_g,
+        val_natural=val_natural,
+        selection=cfg.selection,
         head_lr=cfg.head_lr,
         image_processor=image_processor,
         callbacks=[JsonlLogger(out / "metrics.jsonl"), *callbacks,

@@ -176,12 +176,19 @@ def random_affine(image: Image.Image, rng: RngLike, max_rotate: float = 10.0, ma
 def stroke_jitter(image: Image.Image, rng: RngLike, p: float = 0.5, thicken_prob: float = 0.5,
                   kernel: int = 3) -> Image.Image:
     """With probability ``p``, thicken dark strokes (``MinFilter``) or thin them
-    (``MaxFilter``), each with odd ``kernel``; size and mode kept."""
+    (``MaxFilter``), each with odd ``kernel``; size and mode kept. Thinning that would remove
+    more than half of the ink (strokes already thin, as crisp sketches are) is skipped."""
     g = as_generator(rng)
     if g.random() >= p:
         return image
-    filt = ImageFilter.MinFilter(kernel) if g.random() < thicken_prob else ImageFilter.MaxFilter(kernel)
-    return image.filter(filt)
+    if g.random() < thicken_prob:
+        return image.filter(ImageFilter.MinFilter(kernel))
+    thin = image.filter(ImageFilter.MaxFilter(kernel))
+
+    def ink(im: Image.Image) -> int:
+        return int((np.asarray(im.convert("L")) < 128).sum())
+
+    return thin if 2 * ink(thin) >= ink(image) else image
 
 
 def augment_sketch(image: Image.Image, rng: RngLike, *, hflip_p: float = 0.5, max_rotate: float = 10.0,

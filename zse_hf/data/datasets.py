@@ -39,6 +39,7 @@ class RetrievalDataset(torch.utils.data.Dataset):
 
     modality: str = "photo"
     render_cache = None  # photo sets: pre-rendered inputs (zse_hf.data.render_cache.attach_render_cache)
+    has_cutouts = True  # photo sets: `load(i, rgba=True)` is a cut-out (False: a photo with its background)
 
     def __init__(self, classes: Sequence[str], class_names: Sequence[str], ids: Sequence[str],
                  instances: Sequence[str | None] | None = None, transform: Callable | None = None):
@@ -90,6 +91,8 @@ class OfflineSketchDataset(RetrievalDataset):
         root: QuickDraw folder (default ``assets.quickdraw_root()``).
         transform: optional callable on the PIL image.
         margin: white border for :func:`render_sketch`.
+        style: ``"bitmap"`` (the 28 px bitmap upsampled) or ``"crisp"`` (thin strokes re-drawn at high
+            resolution, :func:`~zse_hf.data.crisp.render_crisp_sketch`).
 
     Attributes:
         bitmaps: float32 ``[N, 28, 28]``, 1 = ink.
@@ -101,7 +104,13 @@ class OfflineSketchDataset(RetrievalDataset):
     modality = "sketch"
 
     def __init__(self, classes: Sequence[str], size: int = 224, max_per_class: int | None = None,
-                 root: str | os.PathLike | None = None, transform: Callable | None = None, margin: float = 0.0):
+                 root: str | os.PathLike | None = None, transform: Callable | None = None, margin: float = 0.0,
+                 style: str = "bitmap"):
+        from .crisp import SKETCH_STYLES
+
+        if style not in SKETCH_STYLES:
+            raise ValueError(f"sketch style must be one of {SKETCH_STYLES}, got {style!r}")
+        self.style = style
         classes = list(classes)
         bitmaps, names, ids = [], [], []
         for c in classes:
@@ -116,8 +125,17 @@ class OfflineSketchDataset(RetrievalDataset):
         super().__init__(classes, names, ids, transform=transform)
 
     def load(self, index: int, rgba: bool = False) -> Image.Image:
-        """Render sketch ``index`` (RGB; ``rgba=True`` gives an opaque RGBA copy)."""
-        im = render_sketch(self.bitmaps[index], self.size, margin=self.margin)
+        """Render sketch ``index`` in the set's style (RGB; ``rgba=True`` gives an opaque RGBA copy)."""
+        return self.render(index, self.style, rgba)
+
+    def render(self, index: int, style: str, rgba: bool = False) -> Image.Image:
+        """Sketch ``index`` in ``style`` (``"bitmap"`` or ``"crisp"``), whatever the set's own style."""
+        if style == "bitmap":
+            im = render_sketch(self.bitmaps[index], self.size, margin=self.margin)
+        else:
+            from .crisp import render_sketch_style
+
+            im = render_sketch_style(self.bitmaps[index], self.size, style, margin=self.margin)
         return im.convert("RGBA") if rgba else im
 
 
@@ -157,6 +175,80 @@ class OfflinePhotoDataset(RetrievalDataset):
         return cached_cutout(self, index, rgba, lambda: load_photo_rgba(
             self.records[index], verify=self.verify, crop=self.crop, square=self.crop, max_side=self.max_side,
             root=self.root))
+
+
+class NaturalPhotoDataset(RetrievalDataset):
+    """Reviewed natural photos with their backgrounds (GCompris, ``natural_photos.csv``) of the given
+    classes, as they are: no crop, no compositing beyond flattening any transparency onto white.
+
+    Args:
+        classes: class names; label = position in this list. Classes without natural photos
+            contribute no items.
+        verify: sha256-check each photo on first load.
+        max_side: downscale so the longer side is at most this.
+        cache: keep loaded photos in memory.
+        root: the ``rcc`` folder (default ``assets.gcompris_rcc_root()``).
+        transform: optional callable on the PIL image.
+        photo_classes: take photos of these of ``classes`` only (default all).
+
+    Attributes:
+        records: the :class:`~zse_hf.data.natural_photos.NaturalPhotoRecord` per item.
+
+    Items: ``{"image": RGB PIL, "label", "class_name", "id": "<rcc file>:<resource path>", "instance": None}``.
+    """
+
+    modality = "photo"
+    has_cutouts = False
+
+    def __init__(self, classes: Sequence[str], verify: bool = True, max_side: int | None = 512, cache: bool = True,
+                 root: str | os.PathLike | None = None, transform: Callable | None = None,
+                 photo_classes: Sequence[str] | None = None):
+        from .natural_photos import natural_photos_by_class
+
+        classes = list(classes)
+        wanted = classes if photo_classes is None else [c for c in classes if c in set(photo_classes)]
+        groups = natural_photos_by_class(wanted)
+        self.records = [r for c in wanted for r in groups.get(c, [])]
+        self.verify, self.max_side, self.root = verify, max_side, root
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        super().__init__(classes, [r.class_name for r in self.records], [r.id for r in self.records],
+                         transform=transform)
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        """Photo ``index`` as RGB (``rgba=True``: an opaque RGBA copy; there is no cut-out)."""
+        from .natural_photos import load_natural_photo
+
+        im = self._cache.get(index) if self._cache is not None else None
+        if im is None:
+            im = load_natural_photo(self.records[index], verify=self.verify, max_side=self.max_side, root=self.root)
+            if self._cache is not None:
+                self._cache[index] = im
+        return im.convert("RGBA") if rgba else im.copy()
+
+
+class CombinedPhotos(RetrievalDataset):
+    """Several photo sets of one class list as one (e.g. the cut-outs and the natural photos of the
+    training classes), items in part order.
+
+    Attributes:
+        parts: the sets.
+        cutout: bool ``[N]``, whether item ``i`` is a cut-out (its part's ``has_cutouts``).
+    """
+
+    modality = "photo"
+
+    def __init__(self, parts: Sequence[RetrievalDataset]):
+        self.parts = list(parts)
+        if not self.parts or any(list(p.classes) != list(self.parts[0].classes) for p in self.parts):
+            raise ValueError("CombinedPhotos needs one or more sets with the same classes list")
+        self._where = [(j, i) for j, part in enumerate(self.parts) for i in range(len(part))]
+        self.cutout = np.array([self.parts[j].has_cutouts for j, _ in self._where], dtype=bool)
+        super().__init__(self.parts[0].classes, [n for p in self.parts for n in p.class_names],
+                         [i for p in self.parts for i in p.ids], [i for p in self.parts for i in p.instances])
+
+    def load(self, index: int, rgba: bool = False) -> Image.Image:
+        j, i = self._where[index]
+        return self.parts[j].load(i, rgba=rgba)
 
 
 class PseudoSketchQueries(RetrievalDataset):
@@ -255,7 +347,7 @@ def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class
                    photo_max_side: int | None = 512, verify: bool = True, val_seed: int = 0,
                    num_val_classes: int = 10, quickdraw_root: str | os.PathLike | None = None,
                    photo_root: str | os.PathLike | None = None, gallery: str = "split",
-                   val_fold=None) -> RetrievalPair:
+                   val_fold=None, sketch_style: str = "bitmap") -> RetrievalPair:
     """Deterministic category-level retrieval set from the offline data.
 
     Args:
@@ -270,25 +362,47 @@ def evaluation_set(split: str = "test", *, sketch_size: int = 224, max_per_class
         val_seed, num_val_classes, val_fold: passed to :func:`train_val_split` (``val_fold``
             ``"I/K"``: fold I of a K-fold partition of the validation candidates).
         quickdraw_root, photo_root: data folders (default: the asset cache).
-        gallery: ``"split"`` (the split's own photos: the standard protocol) or ``"all"`` (the
+        gallery: ``"split"`` (the split's own photos: the standard protocol), ``"all"`` (the
             demo's setting: every reviewed photo of ``photos.csv`` as gallery, the other classes'
             photos as distractors; for a split other than ``"test"`` the test-class photos are
-            left out, so model selection never sees them).
+            left out, so model selection never sees them) or ``"natural"`` (the split's natural
+            photos with backgrounds and the sketches of their classes, :func:`natural_split_classes`;
+            ``"val"`` and ``"train_fit"`` only).
+        sketch_style: ``"bitmap"`` or ``"crisp"`` queries (:class:`OfflineSketchDataset`).
 
     Returns:
         :class:`RetrievalPair` ``(queries, gallery)``: classes in ``split.json`` order (with
         ``gallery="all"`` followed by the distractor classes in ``photos.csv`` order), sketches
         in file order, photos in ``photos.csv`` order; labels index ``queries.classes``.
     """
-    if gallery not in ("split", "all"):
-        raise ValueError(f"gallery must be 'split' or 'all', got {gallery!r}")
+    if gallery not in ("split", "all", "natural"):
+        raise ValueError(f"gallery must be 'split', 'all' or 'natural', got {gallery!r}")
+    if gallery == "natural":
+        classes = natural_split_classes(split, val_seed, num_val_classes, val_fold)
+        queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root,
+                                       style=sketch_style)
+        return RetrievalPair(queries, NaturalPhotoDataset(classes, verify=verify, max_side=photo_max_side))
     classes = _offline_split_classes(split, val_seed, num_val_classes, val_fold)
-    queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root)
+    queries = OfflineSketchDataset(classes, size=sketch_size, max_per_class=max_per_class, root=quickdraw_root,
+                                   style=sketch_style)
     if gallery == "all":
         classes = classes + distractor_classes(classes, include_test=split == "test")
         queries.classes = list(classes)  # the split's classes come first: the query labels are unchanged
     photos = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
     return RetrievalPair(queries, photos)
+
+
+def natural_split_classes(split: str, val_seed: int = 0, num_val_classes: int = 10, val_fold=None) -> list[str]:
+    """The classes of a split's natural gallery (:func:`~zse_hf.data.split.natural_val_split`): ``"val"``
+    its natural validation classes, ``"train_fit"`` the natural-photo classes training uses. There is
+    none for ``"test"``: the unseen concepts' natural photos are never extracted."""
+    from .split import natural_val_split
+
+    if split not in ("val", "train_fit"):
+        raise ValueError(f"no natural gallery for split {split!r}: natural photos exist for 'val' and 'train_fit' "
+                         "only (the unseen concepts' photos are never extracted, so there is no natural test set)")
+    fit, val = natural_val_split(val_seed, num_val_classes, fold=val_fold)
+    return val if split == "val" else fit
 
 
 def distractor_classes(classes: Sequence[str], include_test: bool = True) -> list[str]:
@@ -315,5 +429,6 @@ def collate_retrieval(batch: list[dict]) -> dict:
             "instance": [b["instance"] for b in batch]}
 
 
-__all__ = ["OfflinePhotoDataset", "OfflineSketchDataset", "PseudoSketchQueries", "RetrievalDataset", "RetrievalPair",
-           "collate_retrieval", "distractor_classes", "evaluation_set", "with_instance_ids"]
+__all__ = ["CombinedPhotos", "NaturalPhotoDataset", "OfflinePhotoDataset", "OfflineSketchDataset",
+           "PseudoSketchQueries", "RetrievalDataset", "RetrievalPair", "collate_retrieval", "distractor_classes",
+           "evaluation_set", "natural_split_classes", "with_instance_ids"]

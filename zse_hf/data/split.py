@@ -112,6 +112,15 @@ def parse_fold(value) -> tuple[int, int] | None:
     return i, k
 
 
+def _val_candidates(pool: Sequence[str], max_val_photos: int | None) -> list[str]:
+    """The classes of `pool` that may be held out for validation (1 to `max_val_photos` cut-outs)."""
+    from .photos import photos_by_class
+
+    check_classes_allowed(pool)
+    counts = {c: len(v) for c, v in photos_by_class(pool).items()}
+    return [c for c in pool if counts.get(c, 0) >= 1 and (max_val_photos is None or counts[c] <= max_val_photos)]
+
+
 def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: int | None = 3,
                     classes: Sequence[str] | None = None, fold=None) -> tuple[list[str], list[str]]:
     """Hold out validation classes from the *training* classes, for model selection.
@@ -132,12 +141,8 @@ def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: in
     Returns:
         ``(fit_classes, val_classes)``: disjoint, each sorted.
     """
-    from .photos import photos_by_class
-
     pool = sorted(load_split()["train"] if classes is None else classes)
-    check_classes_allowed(pool)
-    counts = {c: len(v) for c, v in photos_by_class(pool).items()}
-    cand = [c for c in pool if counts.get(c, 0) >= 1 and (max_val_photos is None or counts[c] <= max_val_photos)]
+    cand = _val_candidates(pool, max_val_photos)
     rng = np.random.default_rng(seed)
     folded = parse_fold(fold)
     if folded is not None:
@@ -154,4 +159,50 @@ def train_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: in
     return fit, val
 
 
-__all__ = ["canonical_class", "check_classes_allowed", "check_split", "load_split", "parse_fold", "train_val_split"]
+def natural_only_classes() -> list[str]:
+    """Classes with reviewed natural photos (`natural_photos.csv`) that are neither in `split.json`'s
+    `train` nor `test` list (castle, cat, chair, ...): extra training classes, never unseen concepts."""
+    from .natural_photos import natural_photo_classes
+
+    s = load_split()
+    known = {canonical_class(c) for c in s["train"] + s["test"]}
+    extra = [c for c in natural_photo_classes() if canonical_class(c) not in known]
+    check_classes_allowed(extra)
+    return extra
+
+
+def natural_val_split(seed: int = 0, num_val_classes: int = 10, max_val_photos: int | None = 3,
+                      fold=None) -> tuple[list[str], list[str]]:
+    """The classes of the *natural* validation gallery (photos with backgrounds) beside
+    :func:`train_val_split`'s cut-out validation classes, and the natural-photo classes training may use.
+
+    The natural validation classes are the cut-out validation classes that have natural photos, plus
+    a held-out part of :func:`natural_only_classes`: with ``fold="I/K"`` those are cut into K parts by
+    ``seed`` (a stream of its own, so the cut-out folds stay as they are) and part I is held out;
+    without a fold, as many as the cut-out validation's share of its candidates (at least one).
+
+    Returns:
+        ``(fit_classes, val_classes)``: disjoint, sorted; ``fit_classes`` are the natural-photo classes
+        (of ``train`` and the natural-only ones) outside the cut-out and the natural validation.
+    """
+    from .natural_photos import natural_photo_classes
+
+    fit_cut, val_cut = train_val_split(seed, num_val_classes, max_val_photos, fold=fold)
+    extra = natural_only_classes()
+    rng = np.random.default_rng([seed, 49])
+    order = rng.permutation(len(extra))
+    folded = parse_fold(fold)
+    if folded is not None:
+        i, k = folded
+        held = np.array_split(order, k)[i]
+    else:
+        n_cand = len(_val_candidates(sorted(load_split()["train"]), max_val_photos))
+        held = order[:max(1, round(len(extra) * len(val_cut) / n_cand))]
+    natural = set(natural_photo_classes())
+    val = sorted((natural & set(val_cut)) | {extra[j] for j in held})
+    fit = sorted((natural & set(fit_cut)) | (set(extra) - set(val)))
+    return fit, val
+
+
+__all__ = ["canonical_class", "check_classes_allowed", "check_split", "load_split", "natural_only_classes",
+           "natural_val_split", "parse_fold", "train_val_split"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import OfflinePhotoDataset, OfflineSketchDataset, RetrievalDataset
+from .datasets import CombinedPhotos, NaturalPhotoDataset, OfflinePhotoDataset, OfflineSketchDataset, RetrievalDataset
 from .pseudo_sketch import photo_to_pseudo_sketch
 from .split import check_classes_allowed
 
@@ -54,6 +54,12 @@ class TripletDataset(torch.utils.data.Dataset):
         extra_negative_prob: share of items whose negative is an extra photo instead; an extra
             photo that resembles the anchor's class (``extra_photos.lookalikes``, where the set
             has it) gives way to the next one that does not.
+        crisp_sketch_prob: share of real sketch anchors drawn as crisp thin strokes
+            (``sketches.render(i, "crisp")``) instead of the set's own style; from its own stream
+            ``default_rng([seed, i, 4])``, so the chosen ids do not depend on it.
+        natural_augment: callable ``(rgb_image, rng) -> RGB image`` for photos that are not cut-outs
+            (``photos.cutout`` false, e.g. natural photos with backgrounds; default ``photo_augment``).
+            Pseudo-sketches and correspondence pairs are drawn from cut-outs only.
 
     Items: ``{"sketch", "positive", "negative"}`` images plus ``"label"``, ``"negative_label"``
     (indices into ``classes``), ``"sketch_id"``, ``"positive_id"``, ``"negative_id"``, ``"pseudo"``
@@ -66,7 +72,8 @@ class TripletDataset(torch.utils.data.Dataset):
                  unseen: Iterable[str] | None = None, correspondence_prob: float = 0.0,
                  correspondence_size: int = 112, correspondence_grid: int = 4,
                  extra_photos: RetrievalDataset | None = None, extra_pair_prob: float = 0.0,
-                 extra_negative_prob: float = 0.0):
+                 extra_negative_prob: float = 0.0, natural_augment: Callable | None = None,
+                 crisp_sketch_prob: float = 0.0):
         if list(sketches.classes) != list(photos.classes):
             raise ValueError("sketches and photos must share the same classes list")
         self.classes = list(sketches.classes)
@@ -90,6 +97,16 @@ class TripletDataset(torch.utils.data.Dataset):
             raise ValueError("extra_pair_prob / extra_negative_prob need extra_photos (e.g. StampPhotoDataset())")
         self.extra_photos = extra_photos
         self.extra_pair_prob, self.extra_negative_prob = float(extra_pair_prob), float(extra_negative_prob)
+        self.natural_augment = natural_augment
+        if not 0.0 <= float(crisp_sketch_prob) <= 1.0:
+            raise ValueError(f"crisp_sketch_prob must be in [0, 1], got {crisp_sketch_prob}")
+        if crisp_sketch_prob > 0 and not hasattr(sketches, "render"):
+            raise ValueError("crisp_sketch_prob needs sketches that render both styles (OfflineSketchDataset)")
+        self.crisp_sketch_prob = float(crisp_sketch_prob)
+        cutout = getattr(photos, "cutout", None)  # per item (CombinedPhotos), else one flag for the set
+        if cutout is None:
+            cutout = [getattr(photos, "has_cutouts", True)] * len(photos)
+        self._cutout = np.asarray(cutout, dtype=bool)
         self._sk = sketches.indices_by_label()
         self._ph = photos.indices_by_label()
         self.anchor_labels = sorted(set(self._sk) & set(self._ph))
@@ -102,21 +119,33 @@ class TripletDataset(torch.utils.data.Dataset):
     def offline(cls, classes: Sequence[str], seed: int = 0, length: int | None = None, *, sketch_size: int = 224,
                 photo_max_side: int | None = 512, augment: bool = False, pseudo_sketch_prob: float = 0.0,
                 allow_unseen: bool = False, verify: bool = True, quickdraw_root=None, photo_root=None,
+                natural_classes: Sequence[str] | None = None, natural_crop_scale: tuple[float, float] = (0.35, 1.0),
                 **kwargs) -> TripletDataset:
         """Triplets from the offline data; refuses ``unseen_all`` classes unless ``allow_unseen``.
 
         ``augment=True`` uses the default :class:`~zse_hf.data.augment.SketchAugment` and
         :class:`~zse_hf.data.augment.PhotoAugment`; other keyword arguments go to ``__init__``.
+        ``natural_classes``: also the natural photos with backgrounds of these classes (classes
+        without cut-outs are added to ``classes``), augmented with random resized crops of
+        ``natural_crop_scale`` of the area (with ``augment``).
         """
+        classes = list(classes)
+        if natural_classes:
+            classes += [c for c in natural_classes if c not in set(classes)]
         if not allow_unseen:
             check_classes_allowed(classes)
         sk = OfflineSketchDataset(classes, size=sketch_size, root=quickdraw_root)
         ph = OfflinePhotoDataset(classes, verify=verify, max_side=photo_max_side, root=photo_root)
+        if natural_classes:
+            ph = CombinedPhotos([ph, NaturalPhotoDataset(classes, verify=verify, max_side=photo_max_side,
+                                                         photo_classes=natural_classes)])
         if augment:
             from .augment import PhotoAugment, SketchAugment
 
             kwargs.setdefault("sketch_augment", SketchAugment())
             kwargs.setdefault("photo_augment", PhotoAugment())
+            if natural_classes:
+                kwargs.setdefault("natural_augment", PhotoAugment(crop_scale=natural_crop_scale))
         kwargs.setdefault("pseudo_sketch_kwargs", {"size": sketch_size})
         return cls(sk, ph, seed=seed, length=length, pseudo_sketch_prob=pseudo_sketch_prob, **kwargs)
 
@@ -137,8 +166,9 @@ class TripletDataset(torch.utils.data.Dataset):
         label = self.anchor_labels[int(rng.integers(len(self.anchor_labels)))]
         photos = self._ph[label]
         use_pseudo = self.pseudo_sketch_prob > 0 and rng.random() < self.pseudo_sketch_prob
-        if use_pseudo:
-            src = int(rng.integers(len(photos)))
+        cutouts = [k for k in range(len(photos)) if self._cutout[photos[k]]]  # pseudo-sketches need a cut-out
+        if use_pseudo and cutouts:
+            src = cutouts[int(rng.integers(len(cutouts)))]
             rest = [k for k in range(len(photos)) if k != src] or [src]
             pos = rest[int(rng.integers(len(rest)))]
             sketch_index, pseudo_index = None, int(photos[src])
@@ -154,9 +184,10 @@ class TripletDataset(torch.utils.data.Dataset):
                 "pseudo_photo_index": pseudo_index, "positive_index": int(photos[pos]), "negative_index": neg}
 
     def _photo(self, index: int, rng: np.random.Generator) -> Image.Image:
-        if self.photo_augment is None:
+        augment = self.photo_augment if self._cutout[index] else (self.natural_augment or self.photo_augment)
+        if augment is None:
             return self.photos.load(index)
-        return self.photo_augment(self.photos.load(index, rgba=True), rng)
+        return augment(self.photos.load(index, rgba=True), rng)
 
     def extra_sample(self, index: int, sample: dict | None = None) -> dict:
         """The extra-photo choice of item ``index``: ``{"kind": None | "pair" | "negative",
@@ -206,8 +237,11 @@ class TripletDataset(torch.utils.data.Dataset):
     def _triplet(self, index: int, s: dict) -> dict:
         rng = np.random.default_rng([self.seed, int(index), 1])
         if s["sketch_index"] is not None:
-            sketch = self.sketches.load(s["sketch_index"])
-            sketch_id = self.sketches.ids[s["sketch_index"]]
+            crisp = self.crisp_sketch_prob > 0 and (
+                np.random.default_rng([self.seed, int(index), 4]).random() < self.crisp_sketch_prob)
+            k = s["sketch_index"]
+            sketch = self.sketches.render(k, "crisp") if crisp else self.sketches.load(k)
+            sketch_id = self.sketches.ids[s["sketch_index"]] + ("#crisp" if crisp else "")
         else:
             sketch = self._pseudo_sketch(self.photos, s["pseudo_photo_index"])
             sketch_id = "pseudo:" + self.photos.ids[s["pseudo_photo_index"]]
@@ -266,7 +300,7 @@ class TripletDataset(torch.utils.data.Dataset):
         from .warps import sample_warp, warped_pair
 
         rng = np.random.default_rng([self.seed, int(index), 2])
-        if rng.random() >= self.correspondence_prob:
+        if rng.random() >= self.correspondence_prob or not self._cutout[photo_index]:
             return {"correspondence": None}
         warp, cache = sample_warp(rng), self.photos.render_cache
         if cache is not None and cache.pair_size == self.correspondence_size:
