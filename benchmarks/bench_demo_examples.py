@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zse_hf.demo_launcher import load_app
 from zse_hf.loading import load_model
 from zse_hf.retrieval import ZseIndex
+from zse_hf.serving.launcher import load_app
 
 REPO = Path(__file__).resolve().parents[1]
 

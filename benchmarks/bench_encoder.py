@@ -12,7 +12,7 @@ brackets); on a shared machine the best-round figures are the less noisy ones. F
 `torch.utils.flop_counter.FlopCounterMode` on one image (matmuls, convs and attention; no
 element-wise ops), with the tokenizer stem's share.
 
-`--onnx` (CPU) also exports the ZSE encoder with `zse_hf.onnx_export.export_image_encoder_onnx`
+`--onnx` (CPU) also exports the ZSE encoder with `zse_hf.conversion.onnx_export.export_image_encoder_onnx`
 (dynamic batch, weights inside one file), checks it against eager, and times it on onnxruntime
 (CPUExecutionProvider, intra-op threads = torch's threads) in the same interleaved rounds: the
 row `ZSE encoder, ONNX (onnxruntime)` with its ratio vs plain and vs eager ZSE.
@@ -128,7 +128,7 @@ def onnx_encoder_for(zse: ZseModel, threads: int):
     raises if it disagrees with eager by more than 1e-4 of the output scale."""
     import tempfile
 
-    from zse_hf.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
+    from zse_hf.conversion.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
 
     folder = tempfile.mkdtemp(prefix="zse-bench-onnx-")
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ then ordered by
     the pair heads of other models that share its encoder (e.g. other relation-stage checkpoints;
     checked to 1e-3), adding one head at a time.
 Each variant's mAP@all is printed with its difference to the relation-only order and the paired
-class-bootstrap 95% interval of that difference (`zse_hf.compare`), for the split's gallery and
+class-bootstrap 95% interval of that difference (`zse_hf.evaluation.compare`), for the split's gallery and
 the `--gallery all` one. Choose on validation; `--split test` needs `--allow-test`. `--val-fold I/K`
 scores the validation fold of the ranking protocol (the reference sketches then come from that
 fold's training classes), and `--out` writes every variant's metrics as a `zse-sbir eval` JSON
@@ -42,12 +42,12 @@ import torch
 from PIL import ImageOps
 from safetensors.torch import load_file
 
-from zse_hf.compare import compare_results
 from zse_hf.data import open_dataset
 from zse_hf.data.split import parse_fold
 from zse_hf.evaluation import data_hash, encode_dataset, place_reranked
+from zse_hf.evaluation.compare import compare_results
+from zse_hf.evaluation.metrics import compute_metrics, rank_gallery
 from zse_hf.loading import load_model
-from zse_hf.metrics import compute_metrics, rank_gallery
 from zse_hf.modeling_zse import ZseImageFeatures, ZseModel
 
 HEAD_PREFIXES = ("cross_attention.", "relation_network.")

@@ -9,7 +9,7 @@ per codec:
   * bytes per photo of the token store (codes; the [n, N] mask adds N bytes to every codec),
     and the codec file's size (once per index);
   * rn@K mAP@all and its change vs fp16 with the paired class-bootstrap 95% interval
-    (`zse_hf.compare.compare_results`);
+    (`zse_hf.evaluation.compare.compare_results`);
   * agreement of the re-ranked top-K with fp16's: the same top-1, and the share of the K
     positions that hold the same photo (the *set* of the top K is the same for every codec:
     only its order comes from the tokens);
@@ -46,11 +46,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zse_hf.compare import compare_results  # noqa: E402
 from zse_hf.data import evaluation_set  # noqa: E402
 from zse_hf.evaluation import data_hash, encode_dataset, rerank_scores  # noqa: E402
+from zse_hf.evaluation.compare import compare_results  # noqa: E402
+from zse_hf.evaluation.metrics import compute_metrics, rank_gallery  # noqa: E402
 from zse_hf.loading import load_model  # noqa: E402
-from zse_hf.metrics import compute_metrics, rank_gallery  # noqa: E402
 from zse_hf.modeling_zse import ZseImageFeatures  # noqa: E402
 from zse_hf.retrieval import ZseIndex  # noqa: E402
 from zse_hf.retrieval.token_codec import TokenCodec, codec_factory, training_sample  # noqa: E402

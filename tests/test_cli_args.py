@@ -38,7 +38,7 @@ def test_eval_refuses_bad_values_before_loading(argv, message, capsys):
 
 
 def test_compare_refuses_zero_bootstrap_draws(capsys):
-    from zse_hf.compare import main
+    from zse_hf.evaluation.compare import main
 
     with pytest.raises(SystemExit) as exit_info:  # before the result files are read
         main(["nowhere.json", "--n-bootstrap", "0"])
@@ -59,7 +59,7 @@ def test_eval_reports_bad_data_in_one_line_before_loading_the_model(argv, messag
 
 
 def test_report_refuses_bad_counts(tmp_path, capsys):
-    from zse_hf.report import main
+    from zse_hf.evaluation.report import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "nowhere", "--max-per-class", "-1", "--out", str(tmp_path / "rep")])

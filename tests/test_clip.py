@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, CLIPVi
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from zse_hf import ZseConfig, ZseModel, ZseProcessor
-from zse_hf import convert_open_clip as oc
+from zse_hf.conversion import open_clip as oc
 from zse_hf.modeling_zse import backbone_blocks, backbone_embeddings
 
 from hf_cache import make_hf_cache

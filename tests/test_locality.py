@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageOps
 from zse_hf import ZseModel
 from zse_hf.data import RetrievalDataset
 from zse_hf.data.warps import Warp, cell_targets, inked_cells, sample_warp, warp_sketch, warped_pair
-from zse_hf.metrics import kernel_locality
+from zse_hf.evaluation.metrics import kernel_locality
 
 from conftest import asset_root, save_tiny_model, tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests for zse_hf.metrics and zse_hf.plots (fast, CPU only)."""
+"""Tests for zse_hf.evaluation.metrics and zse_hf.evaluation.plots (fast, CPU only)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zse_hf import metrics as M
+from zse_hf.evaluation import metrics as M
 
 # ------------------------------------------------------------------ references
-# Plain-Python loops, written straight from the metric definitions in zse_hf/metrics.py's docstrings.
+# Plain-Python loops, written straight from the metric definitions in zse_hf/evaluation/metrics.py's docstrings.
 
 
 def ref_rank(row):
@@ -390,7 +390,7 @@ def test_compute_metrics_fine_grained_only():
 
 def test_plot_pr_curves_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from zse_hf.plots import plot_pr_curves
+    from zse_hf.evaluation.plots import plot_pr_curves
 
     r, p = M.precision_recall_curve(REL_A + REL_B)
     path = plot_pr_curves({"Ret": (r, p), "RN": (r, p * 0.9)}, tmp_path / "sub" / "pr.png", title="t")
@@ -400,7 +400,7 @@ def test_plot_pr_curves_png(tmp_path):
 
 
 def test_results_grid_png(tmp_path):
-    from zse_hf.plots import HIT_COLOR, MISS_COLOR, grid_size, results_grid
+    from zse_hf.evaluation.plots import HIT_COLOR, MISS_COLOR, grid_size, results_grid
 
     rng = np.random.default_rng(0)
     queries = [Image.new("L", (40, 60), 128), Image.new("RGBA", (50, 50), (0, 0, 255, 100))]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from zse_hf import assets
-from zse_hf.compare import CompareError, compare_results
 from zse_hf.data.datasets import CombinedPhotos, NaturalPhotoDataset, evaluation_set
 from zse_hf.data.natural_photos import natural_photo_classes
 from zse_hf.data.split import load_split, natural_only_classes, natural_val_split, train_val_split
+from zse_hf.evaluation.compare import CompareError, compare_results
 from zse_hf.training import PRESETS, TrainConfig, load_train_config, selection_score
 
 from conftest import asset_root

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from zse_hf import ZseConfig
-from zse_hf import metrics as M
 from zse_hf.cli import main as cli_main
-from zse_hf.compare import CompareError
+from zse_hf.evaluation import metrics as M
+from zse_hf.evaluation.compare import CompareError
+from zse_hf.evaluation.ranking_protocol import decide
 from zse_hf.hub.eval_json import load_eval_results
-from zse_hf.ranking_protocol import decide
 
 K = 5
 

@@ -9,7 +9,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from zse_hf import ZseModel
 from zse_hf.modeling_zse import ZseImageFeatures
-from zse_hf.relation_training import (
+from zse_hf.training.relation import (
     RelationHeadObjective,
     RelationStageConfig,
     concat_features,
@@ -94,7 +94,7 @@ def test_concat_features_stacks_one_grid():
                                  {"lr": float("nan")}, {"weight_decay": -1.0},
                                  {"grid_flip_p": 1.5}])
 def test_stage_config_refuses_bad_values(bad, capsys):
-    from zse_hf.relation_training import main
+    from zse_hf.training.relation import main
 
     with pytest.raises(ValueError, match=next(iter(bad))):
         RelationStageConfig(**bad)
@@ -105,7 +105,7 @@ def test_stage_config_refuses_bad_values(bad, capsys):
 
 
 def test_stamp_distractors_need_the_stamps(capsys):
-    from zse_hf.relation_training import main
+    from zse_hf.training.relation import main
 
     assert RelationStageConfig(stamp_query_variants=2, stamp_distractors=True).stamp_distractors
     with pytest.raises(ValueError, match="stamp_query_variants"):

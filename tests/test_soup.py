@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from zse_hf import ZseModel
 from zse_hf.assets import sha256_file
-from zse_hf.soup import SoupError, check_ingredients, main, make_soup, save_soup
+from zse_hf.training.soup import SoupError, check_ingredients, main, make_soup, save_soup
 
 from conftest import save_tiny_model, tiny_config
 

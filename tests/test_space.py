@@ -22,7 +22,8 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 
-from zse_hf import cli, space  # noqa: E402
+from zse_hf import cli  # noqa: E402
+from zse_hf.serving import space  # noqa: E402
 
 from conftest import save_tiny_model  # noqa: E402
 from hf_cache import make_hf_cache  # noqa: E402
@@ -121,7 +122,7 @@ def test_space_with_index_is_loaded_by_the_app(inputs, tmp_path):
     assert (out / "model" / "config.json").is_file() and (out / "model" / "eval_results.json").is_file()
     assert "models" not in space.split_front_matter((out / "README.md").read_text())[0]
     assert list((out / "index_cache").glob("*/gallery.json"))
-    from zse_hf import demo_launcher
+    from zse_hf.serving import launcher as demo_launcher
 
     app = demo_launcher.load_app()
     dm = app.load_demo_model(str(out / "model"), "--model")

@@ -254,7 +254,7 @@ def test_presets_and_yaml(tmp_path):
 
 
 def test_head_only_and_report_table():
-    from zse_hf.report import HeadOnly, markdown_table
+    from zse_hf.evaluation.report import HeadOnly, markdown_table
 
     head = HeadOnly(8, hidden=16, out_dim=4)
     out = head(torch.randn(5, 8))

@@ -4,7 +4,7 @@ A pseudo-sketch of a photo, drawn through a known geometric warp (crop/scale, sh
 tells where every sketch cell lies in the photo. The relation network's `G x G` cells split
 the (square) input into equal windows, row-major (cell index `i * G + j`, row `i` from the top,
 column `j` from the left), so the true photo cell of each sketch cell follows from the warp:
-kernel locality (:func:`zse_hf.metrics.kernel_locality`) and the correspondence training term
+kernel locality (:func:`zse_hf.evaluation.metrics.kernel_locality`) and the correspondence training term
 (:func:`zse_hf.modeling_zse.correspondence_loss`) both use it.
 
 Coordinates are normalised to `[0, 1)` with pixel `k` of a side `S` covering `[k/S, (k+1)/S)`.

@@ -505,7 +505,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, model_nam
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     manifest = {
         "format": 1,
-        "converter": "zse_hf.convert_open_clip",
+        "converter": "zse_hf.conversion.open_clip",
         "source": source,
         "model_name": model_name,
         "act": act,

@@ -138,7 +138,7 @@ def shipped_model() -> Path:
     Raises:
         SpaceError: the folder (or its config.json) is not there.
     """
-    from zse_hf import demo_launcher
+    from . import launcher as demo_launcher
 
     folder = Path(demo_launcher.load_app().HUB_CARD_DIR)
     if not (folder / "config.json").is_file():
@@ -217,7 +217,7 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
         SpaceError: a missing input, an unusable model argument or a Hub id that does not
             resolve, `out` existing; nothing is written then.
     """
-    from zse_hf import demo_launcher
+    from . import launcher as demo_launcher
 
     app_file = demo_launcher.app_path()
     demo_dir = app_file.parent
@@ -284,7 +284,7 @@ def _installed(name: str) -> str | None:
 def prebuild_index(space: Path, model: str) -> Path:
     """Build the Space's gallery index with `model` into `space/index_cache/` (the demo's
     cache layout, read by `app.py` before building its own)."""
-    from zse_hf import demo_launcher
+    from . import launcher as demo_launcher
 
     app = demo_launcher.load_app()
     dm = app.load_demo_model(model, "--model")
@@ -295,7 +295,7 @@ def prebuild_index(space: Path, model: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`zse-sbir space --out DIR [--model DIR_OR_HUB_ID] ...`; returns the exit code."""
     p = argparse.ArgumentParser(prog="zse-sbir space", description="Assemble a self-contained Hugging Face Space "
-                                "of the Gradio demo in one step (see `zse_hf.space`).")
+                                "of the Gradio demo in one step (see `zse_hf.serving.space`).")
     p.add_argument("--out", required=True, help="the Space folder to write")
     p.add_argument("--model", default=None,
                    help="a model folder (copied into the Space) or a Hub id that resolves now (default: the "

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .cli_args import at_least
-from .hub.errors import HubError
-from .hub.eval_json import load_eval_results
+from ..cli_args import at_least
+from ..hub.errors import HubError
+from ..hub.eval_json import load_eval_results
 from .metrics import bootstrap_ci
 
 GALLERIES = {"standard": "results", "all": "results_gallery_all", "natural": "results_natural",

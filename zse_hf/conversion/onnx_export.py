@@ -4,7 +4,7 @@ The encoder (`ZseModel.get_image_features`) is wrapped as a plain module, tensor
 tensors out, and exported at a fixed image size with a dynamic batch dimension:
 
 ```python
->>> from zse_hf.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
+>>> from zse_hf.conversion.onnx_export import OnnxImageEncoder, export_image_encoder_onnx
 >>> export_image_encoder_onnx(model, "encoder.onnx")           # needs onnx + onnxscript
 >>> encoder = OnnxImageEncoder("encoder.onnx")                   # needs onnxruntime
 >>> feats = encoder(pixel_values)                                # ZseImageFeatures, like the model's
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling_zse import ZseImageFeatures, ZseModel
+from ..modeling_zse import ZseImageFeatures, ZseModel
 
 OUTPUT_NAMES = ("ret_embeds", "local_tokens", "token_mask")
 
@@ -147,7 +147,8 @@ class OnnxImageEncoder:
             raise FileNotFoundError(f"no ONNX file at {path}")
         meta_file = path.with_name(path.name + ".json")
         if not meta_file.is_file():
-            raise FileNotFoundError(f"{meta_file} is missing: export with zse_hf.onnx_export.export_image_encoder_onnx")
+            raise FileNotFoundError(f"{meta_file} is missing: export with "
+                                    "zse_hf.conversion.onnx_export.export_image_encoder_onnx")
         self.meta = json.loads(meta_file.read_text())
         options = ort.SessionOptions()
         if num_threads:

@@ -1,4 +1,4 @@
-"""Category-level and fine-grained evaluation of ZSE models (metrics: :mod:`zse_hf.metrics`).
+"""Category-level and fine-grained evaluation of ZSE models (metrics: :mod:`zse_hf.evaluation.metrics`).
 
 Two ranking modes:
 
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli_args import at_least, rerank_ret_weight
-from .data.split import parse_fold
-from .loading import load_model, weights_fingerprint
+from ..cli_args import at_least, rerank_ret_weight
+from ..data.split import parse_fold
+from ..loading import load_model, weights_fingerprint
+from ..model_summary import format_interval, results_table
+from ..modeling_zse import ZseImageFeatures, ZseModel
 from .metrics import compute_metrics, kernel_locality, rank_gallery
-from .model_summary import format_interval, results_table
-from .modeling_zse import ZseImageFeatures, ZseModel
 
 RN_OFFSET = 10.0  # re-ranked items are placed above every cosine score (cosine <= 1)
 
@@ -149,7 +149,7 @@ def evaluate(model: ZseModel, processor, queries, gallery, modes: Sequence[str] 
             with the same gallery and modes), e.g. to score a second set of queries against it.
 
     Returns:
-        ``{mode: metrics}`` with the keys of :func:`zse_hf.metrics.compute_metrics`, plus
+        ``{mode: metrics}`` with the keys of :func:`zse_hf.evaluation.metrics.compute_metrics`, plus
         ``"_scores"`` ({mode: `[Q, G]` array}) for pictures, ``"_query_features"`` and
         ``"_gallery_features"`` (drop the ``_`` keys before saving JSON).
     """
@@ -189,7 +189,7 @@ def warped_pairs(photos, size: int, grid: int, n_warps: int = 4, seed: int = 0) 
 
     Returns: a list of :func:`zse_hf.data.warps.warped_pair` dicts with ``"photo_index"`` added.
     """
-    from .data.warps import sample_warp, warped_pair
+    from ..data.warps import sample_warp, warped_pair
 
     pairs = []
     for i in tqdm(range(len(photos)), desc="warped pairs", unit="photo", leave=False):
@@ -224,7 +224,7 @@ def pair_kernels(model: ZseModel, processor, pairs: Sequence[dict], batch_size: 
 
 def evaluate_locality(model: ZseModel, processor, photos, n_warps: int = 4, seed: int = 0, batch_size: int = 32,
                       n_bootstrap: int = 1000) -> dict:
-    """Kernel locality (:func:`zse_hf.metrics.kernel_locality`) on warped pseudo-sketches of
+    """Kernel locality (:func:`zse_hf.evaluation.metrics.kernel_locality`) on warped pseudo-sketches of
     `photos` (use held-out photos: the validation or test split's gallery).
 
     Returns: the metric dict plus ``"n_photos"``, ``"n_warps"``, ``"seed"`` and ``"warps"``
@@ -260,7 +260,7 @@ def evaluate_instances(model: ZseModel, processor, photos, galleries: dict, mode
         `{name: {mode: metrics}}` (acc@1, acc@5, acc@10 beside the category-level keys), plus
         `"n_queries"`, `"variants"`, `"seed"` and `"queries"` (how they are drawn).
     """
-    from .data import PseudoSketchQueries, with_instance_ids
+    from ..data import PseudoSketchQueries, with_instance_ids
 
     side = getattr(getattr(processor, "image_processor", processor), "side", model.config.image_size)
     out, features = {}, None
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
-    from .data import open_dataset
+    from ..data import open_dataset
 
     kwargs = {}
     if args.data == "offline":

@@ -18,11 +18,11 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from .assets import sha256_file
-from .configuration_zse import ZseConfig
-from .image_processing_zse import ZseImageProcessor
-from .loading import save_model_folder
-from .modeling_zse import ZseModel
+from ..assets import sha256_file
+from ..configuration_zse import ZseConfig
+from ..image_processing_zse import ZseImageProcessor
+from ..loading import save_model_folder
+from ..modeling_zse import ZseModel
 
 WEIGHTS_NAME = "model.safetensors"
 

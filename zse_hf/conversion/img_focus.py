@@ -64,7 +64,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import assets
+from .. import assets
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ _FORMAT = 1
 _INPUT_NAME = "input_image"
 _EMBED_OUT = "/backbone/embeddings/Add_output_0"
 _FINAL_NORM_OUT = "/backbone/layernorm/Add_1_output_0"
-_PHOTOS_CSV = Path(__file__).resolve().parent / "data" / "photos.csv"
+_PHOTOS_CSV = Path(__file__).resolve().parents[1] / "data" / "photos.csv"
 
 _PREPROCESSOR_CONFIG = {
     "crop_size": {"height": 224, "width": 224},
@@ -560,11 +560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Converts, checks parity with onnxruntime on 2 real Tux Paint photos (224 px), prints a
     summary. Returns 0 on success, 1 if parity exceeds ``PARITY_TOL`` (``PARITY_TOL_DEPTH12`` at
     depth 12), 2 if an asset is missing. With ``--from-open-clip`` it hands over to
-    :func:`zse_hf.convert_open_clip.main`.
+    :func:`zse_hf.conversion.open_clip.main`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--from-open-clip" or a.startswith("--from-open-clip=") for a in argv):
-        from .convert_open_clip import main as open_clip_main
+        from .open_clip import main as open_clip_main
 
         return open_clip_main(argv)
     ap = argparse.ArgumentParser(

@@ -30,7 +30,7 @@ def plot_pr_curves(
 
     Args:
         curves: ``{name: (recall [S], precision [S])}``, e.g. from
-            :func:`zse_hf.metrics.precision_recall_curve`.
+            :func:`zse_hf.evaluation.metrics.precision_recall_curve`.
         path: output PNG path (parent folders are created).
         title: optional plot title.
         figsize, dpi: the image is ``figsize * dpi`` pixels (default 500 x 400).
@@ -69,7 +69,7 @@ def plot_protocol(decision: Mapping[str, Any], path: str | Path, min_difference:
     fold's gallery (left, with the rule's +`min_difference` line) and the `--gallery all` one (right).
 
     Args:
-        decision: :func:`zse_hf.ranking_protocol.decide`'s result.
+        decision: :func:`zse_hf.evaluation.ranking_protocol.decide`'s result.
         path: output PNG path (parent folders are created).
 
     Returns:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .image_processing_zse import ImageTooLargeError, ZseImageProcessor, to_rgb_on_white
+from ..image_processing_zse import ImageTooLargeError, ZseImageProcessor, to_rgb_on_white
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file
 MAX_SIDE = 1024  # uploads are downscaled to this longest side

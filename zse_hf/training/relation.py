@@ -20,7 +20,7 @@ too, minus those the review marks as resembling their class.
 The loop is the stock HF `Trainer` (checkpoints, `--resume`, logging); validation is rn@K
 mAP@all on the validation classes carved from the training classes, which also picks the
 saved model. Under `torchrun` / `accelerate launch` it runs data parallel like `zse-sbir
-train` (see `zse_hf.training`): every process caches the features itself (the caches are
+train` (see `zse_hf.training.trainer`): every process caches the features itself (the caches are
 never broadcast), all use process 0's candidate lists, and process 0 alone validates and
 writes files.
 """
@@ -40,13 +40,13 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from .data.split import parse_fold
-from .modeling_zse import ZseImageFeatures, ZseModel
-from .training import (
+from ..data.split import parse_fold
+from ..modeling_zse import ZseImageFeatures, ZseModel
+from .config import check_recipe_values
+from .trainer import (
     JsonlLogger,
     MarkedCheckpointsMixin,
     TimeLimit,
-    check_recipe_values,
     checkpoint_step,
     device_arguments,
     from_main_process,
@@ -249,7 +249,7 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     `cfg.stamp_query_variants`, the stamp pseudo-sketches follow the training sketches and the
     stamps follow the training photos, labelled after every class label.
     """
-    from .evaluation import encode_dataset
+    from ..evaluation.runner import encode_dataset
 
     if fit is None:
         fit = _fit_set(cfg, image_processor)
@@ -258,7 +258,7 @@ def cache_features(model: ZseModel, image_processor, cfg: RelationStageConfig, f
     p = encode_dataset(model, image_processor, fit.gallery, "photo", desc="caching training photos")
     s_lab, p_lab = np.asarray(fit.queries.labels), np.asarray(fit.gallery.labels)
     if cfg.stamp_query_variants > 0:
-        from .data.stamps import StampPseudoSketchDataset
+        from ..data.stamps import StampPseudoSketchDataset
 
         stamps = stamps if stamps is not None else stage_stamps(cfg)
         queries = StampPseudoSketchDataset(stamps, cfg.stamp_query_variants, size=fit.queries.size, seed=cfg.seed)
@@ -316,15 +316,15 @@ def stamp_lookalike_mask(sketch_classes: Sequence[str], lookalikes: Sequence[fro
 def stage_stamps(cfg: RelationStageConfig):
     """The usable stamps of a stage, minus the look-alikes of its validation classes
     (:class:`~zse_hf.data.stamps.StampPhotoDataset`)."""
-    from .data import train_val_split
-    from .data.stamps import StampPhotoDataset
+    from ..data import train_val_split
+    from ..data.stamps import StampPhotoDataset
 
     _, val_classes = train_val_split(seed=cfg.seed, num_val_classes=cfg.val_classes, fold=cfg.val_fold)
     return StampPhotoDataset(withhold_lookalikes_of=val_classes)
 
 
 def _fit_set(cfg: RelationStageConfig, image_processor):
-    from .data import evaluation_set
+    from ..data import evaluation_set
 
     return evaluation_set("train_fit", val_seed=cfg.seed, num_val_classes=cfg.val_classes, val_fold=cfg.val_fold,
                           max_per_class=cfg.sketches_per_class or None, sketch_size=max(image_processor.side, 112))
@@ -337,8 +337,8 @@ def train_relation_head(model_dir: str, out_dir: str, cfg: RelationStageConfig, 
 
     Returns: the path of the saved model folder.
     """
-    from .data import evaluation_set
-    from .loading import load_model, weights_fingerprint
+    from ..data import evaluation_set
+    from ..loading import load_model, weights_fingerprint
 
     out = Path(out_dir)
     args = TrainingArguments(
