@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from zse_hf import assets
 from zse_hf.data.crisp import (
     SKETCH_STYLES,
+    _polylines,
     centre_lines,
     render_crisp_sketch,
     render_sketch_style,
@@ -115,6 +116,26 @@ def test_thin_keeps_small_blobs():
         mask = np.zeros((12, 12), dtype=bool)
         mask[2:2 + n, 3:3 + n] = True
         assert thin(mask).sum() >= 1, n
+
+
+def test_trace_survives_a_knot_of_junction_cells():
+    """Thinning can leave a knot where a junction cell has only junction cells around it; such a
+    cell starts no path and must not be walked as a loop (real case: QuickDraw bus #97)."""
+    knot = np.array([
+        [0, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 1, 1],
+        [1, 1, 1, 1, 1, 1, 0],
+        [1, 0, 1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0, 0],
+    ], dtype=bool)
+    skel = np.pad(knot, 3)
+    lines = _polylines(skel, sigma=2.8, bridge=4)
+    assert lines and all(np.isfinite(p).all() for p in lines)
+    # every line end of the knot is reached by a line
+    for y, x in [(3, 5), (9, 7), (4, 9)]:
+        assert min(np.hypot(*(p - (y, x)).T).min() for p in lines) < 1.5, (y, x)
 
 
 # -- centre lines -----------------------------------------------------------------------------------------------
@@ -305,6 +326,14 @@ def test_sketch_styles_dispatch():
 @pytest.fixture(scope="module")
 def qd_root():
     return asset_root(assets.quickdraw_root)
+
+
+@pytest.mark.slow
+def test_crisp_real_drawings_with_junction_knots(qd_root):
+    for class_name, index in [("bus", 97), ("calendar", 41), ("aircraft carrier", 24)]:
+        bitmap = read_quickdraw(class_name, qd_root)[index]
+        assert centre_lines(bitmap)
+        check_like_bitmap(bitmap, 224, 2.0)
 
 
 @pytest.mark.slow
