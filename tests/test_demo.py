@@ -26,6 +26,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from zse_hf import ZseModel  # noqa: E402
 from zse_hf.data import read_quickdraw, render_sketch  # noqa: E402
+from zse_hf.serving import gallery_index  # noqa: E402
 from zse_hf.serving import launcher as demo_launcher  # noqa: E402
 
 from conftest import save_tiny_model  # noqa: E402
@@ -361,7 +362,7 @@ def test_browser_shows_indexing_progress_and_enables_search_when_done(app_module
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    real, first_in, go_on = app_module.build_gallery_index, threading.Event(), threading.Event()
+    real, first_in, go_on = gallery_index.build_gallery_index, threading.Event(), threading.Event()
 
     def held_after_first_photo(dm, files, progress=None, run=None):
         def report(done, total):
@@ -372,8 +373,8 @@ def test_browser_shows_indexing_progress_and_enables_search_when_done(app_module
 
         return real(dm, files, progress=report, run=run)
 
-    monkeypatch.setattr(app_module, "INDEX_CHUNK", 1)
-    monkeypatch.setattr(app_module, "build_gallery_index", held_after_first_photo)
+    monkeypatch.setattr(gallery_index, "INDEX_CHUNK", 1)
+    monkeypatch.setattr(gallery_index, "build_gallery_index", held_after_first_photo)
     tmp = served["tmp"]
     demo = app_module.build_demo(str(served["model_dir"]), gallery_dir=tmp / "gallery", cache_root=tmp / "cache-bg",
                                  background=True)

@@ -27,6 +27,7 @@ pytest.importorskip("gradio")
 pytest.importorskip("faiss")
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio", "ignore::UserWarning")
 
+from zse_hf.serving import gallery_index  # noqa: E402
 from zse_hf.serving import launcher as demo_launcher  # noqa: E402
 from zse_hf.serving.uploads import UploadLimits  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_background_index_shows_progress_refuses_bundled_search_then_caches(app,
     model, gallery, _ = tiny
     sketch = upload_area / "sketch.png"
     _sketch().save(sketch)
-    real, first_in, go_on = app.build_gallery_index, threading.Event(), threading.Event()
+    real, first_in, go_on = gallery_index.build_gallery_index, threading.Event(), threading.Event()
 
     def held_after_first_photo(dm, files, progress=None, run=None):
         def report(done, total):
@@ -104,8 +105,8 @@ def test_background_index_shows_progress_refuses_bundled_search_then_caches(app,
 
         return real(dm, files, progress=report, run=run)
 
-    monkeypatch.setattr(app, "INDEX_CHUNK", 1)
-    monkeypatch.setattr(app, "build_gallery_index", held_after_first_photo)
+    monkeypatch.setattr(gallery_index, "INDEX_CHUNK", 1)
+    monkeypatch.setattr(gallery_index, "build_gallery_index", held_after_first_photo)
     zse = app.DemoApp(str(model), gallery_dir=gallery, cache_root=tmp_path / "cache", background=True)
     try:
         assert first_in.wait(60)
@@ -122,7 +123,7 @@ def test_background_index_shows_progress_refuses_bundled_search_then_caches(app,
     assert not note["visible"] and button["interactive"] is True and not timer.active
     items, _, status, _, _ = zse.search(None, str(sketch), app.BUNDLED, 3, "ret", 5, "upload", None)
     assert len(items) == 3 and status.startswith("Top 3 of 3")
-    monkeypatch.setattr(app, "build_gallery_index", real)
+    monkeypatch.setattr(gallery_index, "build_gallery_index", real)
     again = app.DemoApp(str(model), gallery_dir=gallery, cache_root=tmp_path / "cache", background=True)
     assert again.index_from_cache and again.bundled_ready()  # the next start serves at once
 
