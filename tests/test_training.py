@@ -222,7 +222,7 @@ def test_subset_keeps_labels_and_items(tmp_path):
     from PIL import Image
 
     from zse_hf.data import ImageListDataset
-    from zse_hf.training import _Subset
+    from zse_hf.training.data import _Subset
 
     paths = []
     for i in range(6):
