@@ -100,7 +100,7 @@ def test_few_modules_beside_the_remote_code():
 MAX_MODULE_LINES = 700
 MAX_DEMO_APP_LINES = 500
 # modules being split right now, allowed over MAX_MODULE_LINES until then; this list must end empty
-OVER_LENGTH_WHILE_SPLIT = {"zse_hf/retrieval/index.py", "zse_hf/retrieval/milvus_store.py"}
+OVER_LENGTH_WHILE_SPLIT = {"zse_hf/retrieval/milvus_store.py"}
 
 
 def _lines(path: Path) -> int:
