@@ -74,6 +74,16 @@ def test_compare_reads_the_natural_rows():
                         gallery="natural")
 
 
+def test_compare_crisp_rows_against_the_bitmap_rows_of_one_evaluation():
+    payload = _payload({"0": 0.5, "1": 0.7}, {"0": 0.2})
+    payload["results_crisp"] = {"ret": {"per_class_AP": {"0": 0.4, "1": 0.7}, "mAP@all": 0.55}}
+    payload["crisp"] = {"data_hash": "c1"}
+    c = compare_results(payload, payload, "ret", "ret", gallery="standard", gallery_b="crisp", n_bootstrap=200)
+    assert c["difference"] == pytest.approx(-0.05) and c["classes_a_better"] == 1 and c["n_classes"] == 2
+    with pytest.raises(CompareError, match="different classes"):
+        compare_results(payload, payload, "ret", "ret", gallery="standard", gallery_b="natural")
+
+
 def test_recipe_selection():
     assert PRESETS["offline-natural-224"].selection == "cutout+natural"
     cfg = load_train_config("offline-natural-224")

@@ -43,7 +43,7 @@ def _mode_results(payload: dict, mode: str, gallery: str, where: str) -> dict:
 
 
 def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "standard", n_bootstrap: int = 10000,
-                    seed: int = 0, alpha: float = 0.05) -> dict:
+                    seed: int = 0, alpha: float = 0.05, gallery_b: str | None = None) -> dict:
     """mAP@all of ranking B minus ranking A on the same queries, with a paired class bootstrap.
 
     Args:
@@ -52,6 +52,9 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
         gallery: `"standard"`, `"all"` (`--gallery all` results), `"natural"` (the natural
             photos with backgrounds, `zse-sbir eval --natural`) or `"crisp"` (crisp-stroke sketches).
         n_bootstrap, seed, alpha: the class bootstrap (see `metrics.bootstrap_ci`).
+        gallery_b: B's rows from another of these (default `gallery`), e.g. `"crisp"` against
+            `"standard"`: the same drawings, crisp against bitmap, class by class (the two rows
+            must score the same classes).
 
     Returns:
         `{"a", "b", "difference", "difference_CI", "n_classes", "classes_b_better",
@@ -59,19 +62,21 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
         classes, `weights` says whether per-class query counts were recorded (else classes weigh
         equally, exact for splits with the same queries per class).
     """
-    if gallery not in GALLERIES:
-        raise CompareError(f"gallery must be one of {sorted(GALLERIES)}, got {gallery!r}")
-    meta = {"all": "gallery_all", "natural": "natural", "crisp": "crisp"}.get(gallery)
+    gallery_b = gallery if gallery_b is None else gallery_b
+    for g in (gallery, gallery_b):
+        if g not in GALLERIES:
+            raise CompareError(f"gallery must be one of {sorted(GALLERIES)}, got {g!r}")
+    meta = {"all": "gallery_all", "natural": "natural", "crisp": "crisp"}
 
-    def extra_hash(payload: dict):
-        return (payload.get(meta) or {}).get("data_hash") if meta else None
+    def extra_hash(payload: dict, g: str):
+        return (payload.get(meta[g]) or {}).get("data_hash") if g in meta else None
 
     for ha, hb, what in ((a.get("data_hash"), b.get("data_hash"), "data_hash"),
-                         (extra_hash(a), extra_hash(b), f"{meta}.data_hash")):
-        if ha != hb:
+                         (extra_hash(a, gallery), extra_hash(b, gallery), f"{meta.get(gallery)}.data_hash")):
+        if ha != hb and (what == "data_hash" or gallery_b == gallery):
             raise CompareError(f"the two results are on different data ({what} {ha} vs {hb}): a paired "
                                "comparison needs the same queries and gallery")
-    ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
+    ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery_b, "B")
     ap_a, ap_b = ra["per_class_AP"], rb["per_class_AP"]
     if set(ap_a) != set(ap_b):
         raise CompareError(f"the rankings score different classes ({len(ap_a)} vs {len(ap_b)})")
@@ -179,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode-a", default="ret", help="result of A (default ret)")
     p.add_argument("--mode-b", default="rn@10", help="result of B (default rn@10)")
     p.add_argument("--gallery", choices=sorted(GALLERIES), default="standard")
+    p.add_argument("--gallery-b", choices=sorted(GALLERIES), default=None,
+                   help="B's rows from another gallery of the same classes (e.g. --gallery standard --gallery-b "
+                        "crisp: the crisp re-drawings against the bitmaps); default --gallery")
     p.add_argument("--n-bootstrap", type=at_least(1), default=10000, help="bootstrap draws (default 10000)")
     p.add_argument("--level", type=_level, default=0.95,
                    help="interval level (default 0.95; e.g. 0.975 for each of two variants, Bonferroni)")
@@ -187,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.paired and args.pool is None:
         p.error("--paired needs --pool")
+    if args.gallery_b and args.pool is not None:
+        p.error("--gallery-b compares two rows of single evaluations, not pooled folds")
     try:
         if args.pool is not None:
             files = [args.a, *([args.b] if args.b else []), *args.pool]
@@ -203,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             a = load_eval_results(args.a)
             b = load_eval_results(args.b) if args.b else a
             c = compare_results(a, b, args.mode_a, args.mode_b, args.gallery, args.n_bootstrap, args.seed,
-                                alpha=1 - args.level)
-            names = (f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}")
+                                alpha=1 - args.level, gallery_b=args.gallery_b)
+            rows_b = f" ({args.gallery_b})" if args.gallery_b and args.gallery_b != args.gallery else ""
+            names = (f"{args.mode_a} of {args.a}", f"{args.mode_b} of {args.b or args.a}{rows_b}")
     except (CompareError, HubError, ValueError) as e:
         print(f"zse-sbir compare: {e}", file=sys.stderr)
         return 2
