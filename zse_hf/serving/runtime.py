@@ -19,6 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..retrieval.token_store import pid_alive
+
 PICTURE_PREFIX = "zse-demo-"  # `<upload folder>/zse-demo-<pid>`: one serving process's pictures
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc mallopt parameters
 
@@ -93,16 +95,6 @@ class ModelThread:
             trim_memory()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_picture_dirs(root: str | os.PathLike) -> list[Path]:
     """Delete `root/zse-demo-<pid>` folders (explanation pictures) whose process is gone.
 
@@ -117,7 +109,7 @@ def remove_stale_picture_dirs(root: str | os.PathLike) -> list[Path]:
     for entry in entries:
         pid = entry.name[len(PICTURE_PREFIX):]
         if entry.name.startswith(PICTURE_PREFIX) and pid.isdigit() and int(pid) != os.getpid() \
-                and not _pid_alive(int(pid)) and entry.is_dir():
+                and not pid_alive(int(pid)) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
