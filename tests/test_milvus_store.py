@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from zse_hf import ZseModel, ZseProcessor, retrieval
-from zse_hf.retrieval import ZseIndex, open_store
-from zse_hf.retrieval import milvus_store as ms
+from zse_hf.retrieval import ZseIndex, milvus_ingest, open_store
+from zse_hf.retrieval import milvus_schema as ms
 from zse_hf.retrieval.milvus_store import StoreAddress, ZseMilvusStore, is_store_uri, parse_store_uri
 
 from conftest import tiny_config
@@ -267,16 +267,16 @@ def test_an_interrupted_ingest_resumes(uri_of, model, processor, monkeypatch):
     rng = np.random.default_rng(4)
     photos = [_photo(rng) for _ in range(30)]
     uri = uri_of("resume")
-    monkeypatch.setattr(ms, "INSERT_ROWS", 4)
+    monkeypatch.setattr(milvus_ingest, "INSERT_ROWS", 4)
 
     def interrupt(written):
         if written >= 12:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ms, "insert_hook", interrupt)
+    monkeypatch.setattr(milvus_ingest, "insert_hook", interrupt)
     with pytest.raises(KeyboardInterrupt):
         ZseMilvusStore.build(model, processor, photos, uri=uri, progress=False, batch_size=8, token_codec="sq8")
-    monkeypatch.setattr(ms, "insert_hook", None)
+    monkeypatch.setattr(milvus_ingest, "insert_hook", None)
     with ZseMilvusStore.open(uri, model) as store:
         assert len(store) == 12 and sorted(store.ids) == list(range(12))
         assert store.token_codec_name == "sq8"  # trained on the first photos and recorded before any row
@@ -289,12 +289,35 @@ def test_an_interrupted_ingest_resumes(uri_of, model, processor, monkeypatch):
         _same_hits(store.search(photos[:3], k=6, rerank_k=5), idx.search(photos[:3], k=6, rerank_k=5))
 
 
+def test_shards_fill_one_collection(uri_of, model, processor, photo_dir, index):
+    """Two processes' worth of shards (threads here) write one collection; shard 1 waits for shard 0 to create it."""
+    uri = uri_of("shards")
+    errors = []
+
+    def shard_one():
+        try:
+            ZseMilvusStore.build(model, processor, photo_dir, uri=uri, shard=(1, 2), progress=False).close()
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    worker = threading.Thread(target=shard_one)
+    worker.start()
+    ZseMilvusStore.build(model, processor, photo_dir, uri=uri, shard=(0, 2), progress=False, batch_size=5).close()
+    worker.join(timeout=300)
+    assert not errors and not worker.is_alive()
+    with ZseMilvusStore.open(uri, model) as store:
+        assert len(store) == N_PHOTOS and sorted(store.ids) == sorted(index.ids)
+        assert store.token_codec_name == "sq6"  # trained by shard 0 on its photos
+        assert [h.id for h in store.search(index.paths[0], k=5, rerank_k=0)[0]] == \
+               [h.id for h in index.search(index.paths[0], k=5, rerank_k=0)[0]]
+
+
 def test_server_killed_mid_ingest_loses_and_duplicates_nothing(server, model, processor, monkeypatch):
     """SIGKILL the server while rows are being inserted, restart it on its data folder, resume: every photo is
     stored exactly once (a primary key inserted twice would be counted twice by `count(*)`)."""
     rng = np.random.default_rng(6)
     photos = [_photo(rng) for _ in range(60)]
-    monkeypatch.setattr(ms, "INSERT_ROWS", 5)
+    monkeypatch.setattr(milvus_ingest, "INSERT_ROWS", 5)
     killer = threading.Thread(target=server.kill)
 
     def kill_while_inserting(written):
@@ -303,13 +326,13 @@ def test_server_killed_mid_ingest_loses_and_duplicates_nothing(server, model, pr
         if written >= 30:
             killer.join()  # ... and has landed before the seventh
 
-    monkeypatch.setattr(ms, "insert_hook", kill_while_inserting)
+    monkeypatch.setattr(milvus_ingest, "insert_hook", kill_while_inserting)
     uri = f"{server.uri}?collection=killed"
     with pytest.raises(ValueError, match="Milvus (insert|flush) on http"):
         ZseMilvusStore.build(model, processor, photos, uri=uri, progress=False, batch_size=5, timeout=20)
     killer.join()
     assert not server.running
-    monkeypatch.setattr(ms, "insert_hook", None)
+    monkeypatch.setattr(milvus_ingest, "insert_hook", None)
     server.restart()
     uri = f"{server.uri}?collection=killed"
     with ZseMilvusStore.open(uri, model) as store:

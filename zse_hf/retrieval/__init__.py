@@ -50,11 +50,13 @@ Modules (each one concern):
     records.py        Hit, Skipped
     ranking.py        the relation re-rank of each query's candidates and the hit order (shared by every store)
     milvus_store.py   ZseMilvusStore: the same gallery in a Milvus collection (embedded file or server), open_store
+    milvus_ingest.py  its writing: build, add, upsert, the resumable ingest, the store's creation
+    milvus_schema.py  its URIs, its record beside the collection, the token codes as base64 text
     milvus_local.py   a local Milvus server process from the `milvus` package (tests, benchmarks)
     cli.py            zse-sbir index / merge-index / search (a faiss folder or a store URI)
 
 The same gallery can live in a vector database instead of an index folder (`pip install
-'zse-sbir[milvus]'`; see docs/retrieval.md#vector-database-store):
+'zse-sbir[milvus]'`; see docs/retrieval.md#vector-database-store-milvus):
 
 ```python
 >>> from zse_hf.retrieval import ZseMilvusStore, open_store

@@ -69,7 +69,8 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--factory", default=None, help="faiss index_factory string (default: by gallery size: Flat "
                    f"below {FLAT_MAX}, IVF+SQ8 below {IVF_SQ_MAX}, IVF+PQ above)")
     p.add_argument("--shard", default=None, help="I/N: embed only every N-th image starting at I "
-                   "('auto': RANK/WORLD_SIZE; writes OUT/shard-I-of-N); combine with merge-index")
+                   "('auto': RANK/WORLD_SIZE; writes OUT/shard-I-of-N, combined with merge-index; into a store URI "
+                   "every shard writes the one collection)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--num-workers", type=at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
@@ -170,13 +171,17 @@ def _index_store(args) -> int:
     from .milvus_store import ZseMilvusStore, parse_store_uri
 
     try:
-        faiss_only = [flag for flag, on in (("--factory", args.factory), ("--shard", args.shard),
+        faiss_only = [flag for flag, on in (("--factory", args.factory),
                                             ("--store-projections", args.store_projections),
                                             ("--no-tokens", args.no_tokens)) if on]
         if faiss_only:
             raise ValueError(f"{faiss_only[0]} is for a faiss index folder, not a database store "
                              "(a store keeps every photo's tokens; its [Ret] index is --vector-index)")
         address = parse_store_uri(args.out, args.collection)
+        shard = parse_shard(args.shard) if args.shard else None  # shards of one store: one collection
+        if shard is not None and args.recreate:
+            raise ValueError("--recreate with --shard would drop the other shards' photos: drop the collection once "
+                             "before starting the shards")
         if not Path(args.photo_dir).is_dir():
             raise ValueError(f"photo folder {args.photo_dir} is not a directory")
         root = Path(args.photo_dir)
@@ -193,7 +198,7 @@ def _index_store(args) -> int:
                                          else args.token_codec, vector_index=args.vector_index,
                                          batch_size=args.batch_size, num_workers=args.num_workers,
                                          progress=not args.quiet, existing="skip", recreate=args.recreate,
-                                         token=os.environ.get("MILVUS_TOKEN"))
+                                         shard=shard, token=os.environ.get("MILVUS_TOKEN"))
         with store:
             if store.added:
                 store.flush()

@@ -17,279 +17,58 @@ URIs ([`parse_store_uri`]): a path ending in `.db` or `milvus:///abs/path.db` (e
 `milvus://host[:port]`, `http://host:port`, `https://host:port` (a server); any of them with
 `?collection=NAME` (default `zse_photos`).
 
-Ingest is resumable: rows are written in batches as photos are encoded (an acknowledged insert is
-durable: a server logs it before it answers), and
-`add(..., existing="skip")` (what `zse-sbir index` does on an existing collection) encodes only
-the photos whose ids are not stored yet. A batch is one insert, so a server killed mid-ingest
-loses at most the batches it had not acknowledged, and the resumed ingest neither loses nor
-duplicates a photo. One writer per collection at a time.
+Writing (build, add, upsert, the resumable ingest) lives in `milvus_ingest`, the URIs, the
+record and the token packing in `milvus_schema`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import logging
-import math
-import os
-import re
 import threading
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
-from urllib.parse import parse_qs, urlparse
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..configuration_zse import default_rerank_k
 from ..modeling_zse import ZseImageFeatures
-from .encoding import encode_photos, encode_sketches
-from .inputs import json_id, resolve_items
-from .model_binding import check_model, default_processor, model_fingerprint, model_name
+from .encoding import encode_sketches
+from .inputs import json_id
+from .milvus_ingest import MilvusIngest
+from .milvus_schema import (  # noqa: F401 (re-exported: the store's URIs, record and token packing)
+    DEFAULT_COLLECTION,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_LIMIT,
+    META_SUFFIX,
+    QUERY_IDS,
+    VECTOR_INDEXES,
+    StoreAddress,
+    StoreLayout,
+    _pymilvus,
+    _quiet,
+    _quote,
+    _reason,
+    is_store_uri,
+    pack_tokens,
+    parse_store_uri,
+    token_field_count,
+    unpack_tokens,
+)
+from .model_binding import check_model, default_processor
 from .quantization import int8_pair_model
 from .ranking import check_k, check_rerank_k, ranked_hits, relation_scores
 from .records import Hit, Skipped
-from .token_codec import FP16, TRAIN_PHOTOS, TokenCodec, default_token_codec, resolve_token_codec, training_sample
-
-FORMAT_NAME = "zse-sbir-milvus-store"
-FORMAT_VERSION = 1
-DEFAULT_COLLECTION = "zse_photos"
-META_SUFFIX = "_zse_meta"
-DEFAULT_PORT = 19530
-VARCHAR_MAX = 65_535  # Milvus' longest VARCHAR
-CHUNK = 65_532  # base64 characters per VARCHAR field (a multiple of 4)
-INSERT_ROWS = 256  # rows per insert request (a batch of the resumable ingest)
-QUERY_IDS = 1_000  # ids per `id in [...]` lookup
-MAX_LIMIT = 16_384  # Milvus' largest search limit (topk)
-# searches read this process's own writes without waiting for the server's next time tick
-# ("Strong" costs ~200 ms a search on a server); counts and the id checks of an ingest are "Strong"
-READ_CONSISTENCY = "Session"
-RESERVED_FIELDS = ("id", "ret", "path", "tokens")
-VECTOR_INDEXES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "SCANN", "AUTOINDEX")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-
-# Test seam: called with the number of rows written so far after each insert of an ingest
-# (tests kill the server there).
-insert_hook: Callable[[int], None] | None = None
+from .token_codec import FP16, TokenCodec
 
 _LITE_USERS: dict[str, int] = {}  # embedded file -> open stores in this process
-_LITE_LOCK = threading.Lock()
+_LITE_LOCK = threading.RLock()
 
 
-class _QuietCalls(logging.Filter):
-    """Drops pymilvus' log records (an error with its traceback per failed call, reconnection
-    warnings) emitted on a thread while it runs one of this module's calls: the store raises a
-    one-line error instead."""
-
-    local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "depth", 0)
-
-
-_QUIET = _QuietCalls()
-
-
-@contextlib.contextmanager
-def _quiet():
-    _QuietCalls.local.depth = getattr(_QuietCalls.local, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QuietCalls.local.depth -= 1
-
-
-def _pymilvus():
-    try:
-        import pymilvus
-    except ImportError as err:
-        raise ModuleNotFoundError("the Milvus store needs pymilvus (and milvus-lite for .db files): "
-                                  "pip install 'zse-sbir[milvus]'", name="pymilvus") from err
-    for name in ("pymilvus", "pymilvus.milvus_client"):  # pymilvus' own handlers (children propagate to them)
-        for handler in logging.getLogger(name).handlers:
-            if _QUIET not in handler.filters:
-                handler.addFilter(_QUIET)
-    lite = logging.getLogger("milvus_lite.server_manager")  # a locked .db file: a traceback, then None
-    if _QUIET not in lite.filters:
-        lite.addFilter(_QUIET)
-    return pymilvus
-
-
-def _reason(err: Exception) -> str:
-    """The first line of a pymilvus error without its `<MilvusException: (code=..., message=` wrapper."""
-    text = str(err).strip()
-    match = re.search(r"message=(.*?)\)>?$", text, re.S)
-    text = match.group(1) if match else text
-    return (text.strip().splitlines() or [type(err).__name__])[0]
-
-
-# ----------------------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True)
-class StoreAddress:
-    """Where a store lives.
-
-    Args:
-        uri: what `pymilvus.MilvusClient` connects to: an embedded `.db` file path (absolute)
-            or a server's `http(s)://host:port[/db_name]`.
-        collection: the collection's name (its metadata lives in `collection + "_zse_meta"`).
-        embedded: True for a Milvus Lite file.
-    """
-
-    uri: str
-    collection: str
-    embedded: bool
-
-    def __str__(self) -> str:
-        base = f"milvus://{self.uri}" if self.embedded else self.uri
-        return base if self.collection == DEFAULT_COLLECTION else f"{base}?collection={self.collection}"
-
-
-def is_store_uri(target) -> bool:
-    """True when `target` names a database store rather than a faiss index folder: a URL
-    (`milvus://`, `http://`, `https://`) or a path ending in `.db`."""
-    if not isinstance(target, (str, os.PathLike)):
-        return False
-    text = os.fspath(target)
-    scheme = urlparse(text).scheme.lower()
-    return scheme in ("milvus", "http", "https") or text.split("?", 1)[0].endswith(".db")
-
-
-def parse_store_uri(target, collection: str | None = None) -> StoreAddress:
-    """The [`StoreAddress`] of a store URI (see the module docstring); ValueError for anything else.
-    `collection` overrides the URI's `?collection=`."""
-    text = os.fspath(target)
-    base, _, query = text.partition("?")
-    params = parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(params) - {"collection"})
-    if unknown:
-        raise ValueError(f"unknown store URI parameter(s) {unknown} in {text!r}; only ?collection=NAME is understood")
-    name = collection or (params.get("collection") or [DEFAULT_COLLECTION])[-1]
-    if not _NAME.fullmatch(name) or len(name) + len(META_SUFFIX) > 255:
-        raise ValueError(f"invalid collection name {name!r}: letters, digits and underscores, not starting with "
-                         "a digit")
-    parsed = urlparse(base)
-    scheme = parsed.scheme.lower()
-    if scheme == "milvus" and not parsed.netloc:  # milvus:///path/photos.db
-        base, scheme = parsed.path, ""
-    if not scheme:
-        if not base.endswith(".db"):
-            raise ValueError(f"an embedded Milvus store is a file ending in .db, got {base!r}")
-        return StoreAddress(str(Path(base).expanduser().absolute()), name, True)
-    if scheme not in ("milvus", "http", "https"):
-        raise ValueError(f"not a store URI: {text!r} (use a .db file, milvus://host:port or http://host:port)")
-    if not parsed.hostname:
-        raise ValueError(f"store URI {text!r} names no host")
-    port = parsed.port or DEFAULT_PORT
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    http = "https" if scheme == "https" else "http"
-    return StoreAddress(f"{http}://{host}:{port}{parsed.path.rstrip('/')}", name, False)
-
-
-def _quote(value: str) -> str:
-    """A Milvus expression string literal."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-# ----------------------------------------------------------------------------- layout
-
-
-@dataclass
-class StoreLayout:
-    """What the `<name>_zse_meta` collection records about a store (its `"store"` entry).
-
-    Args:
-        format, version: `"zse-sbir-milvus-store"`, 1.
-        model: `{"name_or_path", "sha256"}` of the model the rows were encoded with.
-        dim: D of the [Ret] embeddings; token_shape: `(N, D)` local tokens per photo; grid_size: `(h, w)`.
-        id_type: `"str"` (VARCHAR primary key) or `"int"` (INT64).
-        codec: the token codec's record (`TokenCodec.record()` plus its `sha256`), None for float16 tokens.
-        token_fields: how many VARCHAR fields (`tokens`, `tokens_1`, ...) hold a photo's base64 tokens.
-        vector_index: `{"index_type", "metric_type", "params"}` of the [Ret] field's index.
-    """
-
-    model: dict
-    dim: int
-    token_shape: tuple[int, int]
-    grid_size: tuple[int, int]
-    id_type: str
-    codec: dict | None
-    token_fields: int
-    vector_index: dict
-    format: str = FORMAT_NAME
-    version: int = FORMAT_VERSION
-
-    @property
-    def token_bytes(self) -> int:
-        """Bytes of one photo's packed tokens: the mask's bits, then codes (or float16 tokens)."""
-        n, d = self.token_shape
-        per_token = self.codec["code_size"] if self.codec else 2 * d
-        return math.ceil(n / 8) + n * per_token
-
-    @property
-    def token_field_names(self) -> list[str]:
-        return ["tokens"] + [f"tokens_{i}" for i in range(1, self.token_fields)]
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> StoreLayout:
-        try:
-            raw = json.loads(text)
-            if raw.get("format") != FORMAT_NAME:
-                raise ValueError(f"format {raw.get('format')!r}")
-            if int(raw["version"]) > FORMAT_VERSION:
-                raise ValueError(f"format version {raw['version']} is newer than this zse-sbir reads "
-                                 f"({FORMAT_VERSION}); upgrade zse-sbir")
-            raw["token_shape"], raw["grid_size"] = tuple(raw["token_shape"]), tuple(raw["grid_size"])
-            return cls(**raw)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{where} is not a zse-sbir store record: {err}") from None
-
-
-def token_field_count(token_bytes: int) -> int:
-    """VARCHAR fields needed for `token_bytes` bytes as base64."""
-    return max(1, math.ceil(4 * math.ceil(token_bytes / 3) / CHUNK))
-
-
-def pack_tokens(tokens: np.ndarray, mask: np.ndarray, fields: int) -> list[list[str]]:
-    """Per photo, `fields` base64 strings of its mask bits `[N]` and tokens `[N, C]` (uint8
-    codes, or float16 tokens `[N, D]`), from `tokens [m, N, C]` and `mask [m, N]`."""
-    bits = np.packbits(np.asarray(mask, dtype=bool), axis=1)
-    body = np.ascontiguousarray(tokens).reshape(len(tokens), -1).view(np.uint8)
-    rows = np.concatenate([bits, body], axis=1)
-    out = []
-    for row in rows:
-        text = base64.b64encode(row.tobytes()).decode("ascii")
-        out.append([text[i * CHUNK:(i + 1) * CHUNK] for i in range(fields)])
-    return out
-
-
-def unpack_tokens(texts: Sequence[str], layout: StoreLayout) -> tuple[np.ndarray, np.ndarray]:
-    """`(tokens [m, N, C] uint8 codes or [m, N, D] float16, mask [m, N] bool)` from each photo's
-    joined base64 text; ValueError when a row does not have the layout's size."""
-    n, d = layout.token_shape
-    nbits = math.ceil(n / 8)
-    raw = b"".join(base64.b64decode(t) for t in texts)
-    m = len(texts)
-    if len(raw) != m * layout.token_bytes:
-        raise ValueError(f"stored tokens are {len(raw)} bytes for {m} photos, expected {layout.token_bytes} each: "
-                         "the collection does not match its record")
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(m, layout.token_bytes)
-    mask = np.unpackbits(rows[:, :nbits], axis=1, count=n).astype(bool)
-    body = np.ascontiguousarray(rows[:, nbits:])
-    if layout.codec:
-        return body.reshape(m, n, layout.codec["code_size"]), mask
-    return body.view(np.float16).reshape(m, n, d), mask
-
-
-# ----------------------------------------------------------------------------- the store
-
-
-class ZseMilvusStore:
+class ZseMilvusStore(MilvusIngest):
     """A gallery of photos in a Milvus collection, searchable by sketches: the database searches
     the [Ret] embeddings (with its own index types and filter expressions), and the top K are
     re-ranked with the relation network from the compressed tokens the same search returns,
@@ -329,16 +108,21 @@ class ZseMilvusStore:
         self.client = None
         if address.embedded and not Path(address.uri).parent.is_dir():
             raise ValueError(f"cannot create {address.uri}: folder {Path(address.uri).parent} does not exist")
-        try:
-            with warnings.catch_warnings(), _quiet():
-                warnings.simplefilter("ignore")
-                self.client = pymilvus.MilvusClient(uri=address.uri, token=token or "", timeout=timeout)
-        except Exception as err:  # noqa: BLE001 (pymilvus raises its own and grpc errors)
-            hint = " (an embedded file is opened by one process at a time)" if address.embedded else ""
-            raise ValueError(f"cannot connect to the Milvus store {address}: {_reason(err)}{hint}") from None
-        if address.embedded:
-            self._embedded_key = address.uri
-            with _LITE_LOCK:
+        # the embedded engine of a file is started once per process, under a lock (milvus-lite's own start
+        # races when two threads open one file), and stopped with the last store using it (`close`)
+        with _LITE_LOCK if address.embedded else contextlib.nullcontext():
+            try:
+                with warnings.catch_warnings(), _quiet():
+                    warnings.simplefilter("ignore")
+                    # the embedded engine's gRPC server refuses pymilvus' 10 s keepalive pings on idle
+                    # connections ("too_many_pings"); in one process they have nothing to detect
+                    extra = {"grpc_options": {"grpc.keepalive_time_ms": 300_000}} if address.embedded else {}
+                    self.client = pymilvus.MilvusClient(uri=address.uri, token=token or "", timeout=timeout, **extra)
+            except Exception as err:  # noqa: BLE001 (pymilvus raises its own and grpc errors)
+                hint = " (an embedded file is opened by one process at a time)" if address.embedded else ""
+                raise ValueError(f"cannot connect to the Milvus store {address}: {_reason(err)}{hint}") from None
+            if address.embedded:
+                self._embedded_key = address.uri
                 _LITE_USERS[address.uri] = _LITE_USERS.get(address.uri, 0) + 1
         try:
             self._read_record()
@@ -396,10 +180,10 @@ class ZseMilvusStore:
                     _LITE_USERS[key] = left
                     return
                 _LITE_USERS.pop(key, None)
-            with contextlib.suppress(Exception):
-                from milvus_lite.server_manager import server_manager_instance
+                with contextlib.suppress(Exception):
+                    from milvus_lite.server_manager import server_manager_instance
 
-                server_manager_instance.release_server(key)
+                    server_manager_instance.release_server(key)
 
     def __enter__(self) -> ZseMilvusStore:
         return self
@@ -433,6 +217,8 @@ class ZseMilvusStore:
     def _call(self, what: str, fn, *args, **kwargs):
         """`fn(*args, **kwargs)` with database errors as one-line ValueErrors naming `what`."""
         pymilvus = _pymilvus()
+        if getattr(fn, "__self__", None) is self.client and self.timeout is not None:
+            kwargs.setdefault("timeout", self.timeout)  # every call of the client is bounded
         try:
             with _quiet():
                 return fn(*args, **kwargs)
@@ -470,68 +256,12 @@ class ZseMilvusStore:
             self._create_data_collection()
         self.layout, self.token_codec, self.vector_index = layout, codec, layout.vector_index
 
-    def _write_record(self, layout: StoreLayout, codec: TokenCodec | None) -> None:
-        pymilvus = _pymilvus()
-        c = self._client()
-        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("key", pymilvus.DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("value", pymilvus.DataType.VARCHAR, max_length=VARCHAR_MAX)
-        schema.add_field("v", pymilvus.DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field
-        params = c.prepare_index_params()
-        params.add_index(field_name="v", index_type="FLAT", metric_type="L2")
-        self._call("create collection", c.create_collection, self._meta_name, schema=schema, index_params=params,
-                   consistency_level="Strong")
-        rows = [{"key": "store", "value": json.dumps(asdict(layout)), "v": [0.0, 0.0]}]
-        if codec is not None:
-            text = base64.b64encode(codec.data).decode("ascii")
-            rows += [{"key": f"codec.{i}", "value": text[s:s + CHUNK], "v": [0.0, 0.0]}
-                     for i, s in enumerate(range(0, len(text), CHUNK))]
-        self._call("insert", c.insert, self._meta_name, rows)
-        self._call("flush", c.flush, self._meta_name)
-
-    def _create_data_collection(self) -> None:
-        pymilvus = _pymilvus()
-        layout, c = self.layout, self._client()
-        dt = pymilvus.DataType
-        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
-        if layout.id_type == "int":
-            schema.add_field("id", dt.INT64, is_primary=True)
-        else:
-            schema.add_field("id", dt.VARCHAR, is_primary=True, max_length=VARCHAR_MAX)
-        schema.add_field("ret", dt.FLOAT_VECTOR, dim=layout.dim)
-        schema.add_field("path", dt.VARCHAR, max_length=VARCHAR_MAX)
-        for name in layout.token_field_names:
-            schema.add_field(name, dt.VARCHAR, max_length=VARCHAR_MAX)
-        params = c.prepare_index_params()
-        vi = layout.vector_index
-        params.add_index(field_name="ret", index_type=vi["index_type"], metric_type=vi["metric_type"],
-                         params=vi.get("params") or {})
-        self._call("create collection", c.create_collection, self.address.collection, schema=schema,
-                   index_params=params, consistency_level=READ_CONSISTENCY)
-
     def _ensure_loaded(self, timeout: float, name: str | None = None) -> None:
         name = name or self.address.collection
         c = self._client()
         state = self._call("load state", c.get_load_state, name).get("state")
         if "Loaded" not in str(state):
             self._call("load", c.load_collection, name, timeout=timeout)
-
-    def _create(self, dim: int, token_shape, grid_size, id_type: str, codec: TokenCodec | None) -> None:
-        """Write the record and create the collection for the first photos' shapes."""
-        if self.model is None:
-            raise ValueError("creating a store needs the model it is built with: pass model=")
-        record = None
-        if codec is not None:
-            record = {**codec.record(), "sha256": codec.sha256}
-            record.pop("file", None)
-        n_bytes = math.ceil(token_shape[0] / 8) + token_shape[0] * (codec.code_size if codec else 2 * token_shape[1])
-        layout = StoreLayout(model={"name_or_path": model_name(self.model), "sha256": model_fingerprint(self.model)},
-                             dim=int(dim), token_shape=tuple(int(x) for x in token_shape),
-                             grid_size=tuple(int(x) for x in grid_size), id_type=id_type, codec=record,
-                             token_fields=token_field_count(n_bytes), vector_index=self.vector_index)
-        self._write_record(layout, codec)
-        self.layout, self.token_codec = layout, codec
-        self._create_data_collection()
 
     # ------------------------------------------------------------------ basic views
 
@@ -561,6 +291,7 @@ class ZseMilvusStore:
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
+        """`(h, w)` of the token grid (None while empty)."""
         return self.layout.grid_size if self.layout else None
 
     @property
@@ -579,7 +310,7 @@ class ZseMilvusStore:
 
     @property
     def ids(self) -> list[str | int]:
-        """Ids of all stored photos (database order)."""
+        """Ids of all stored photos (database order; read with a query iterator, 4,096 at a time)."""
         if self.layout is None:
             return []
         c = self._client()
@@ -669,120 +400,6 @@ class ZseMilvusStore:
         return ZseImageFeatures(local_tokens=torch.from_numpy(np.ascontiguousarray(tokens)),
                                 token_mask=torch.from_numpy(mask), grid_size=self.layout.grid_size)
 
-    # ------------------------------------------------------------------ building
-
-    @classmethod
-    def build(cls, model, processor, images_or_paths, ids: Sequence | None = None, *, uri,
-              collection: str | None = None, metadata: Sequence[dict] | None = None, token_codec=None,
-              vector_index: str | None = None,
-              index_params: dict | None = None, batch_size: int = 32, device: str | torch.device | None = None,
-              num_workers: int = 0, progress: bool = True, existing: str = "error", recreate: bool = False,
-              token: str | None = None, timeout: float | None = 60.0) -> ZseMilvusStore:
-        """Encode a gallery into a store (created, or added to when it exists).
-
-        Args:
-            model, processor: as for [`ZseIndex.build`] (photos are processed with `modality="photo"`).
-            images_or_paths: a folder, a list of paths / PIL images / arrays / tensors, or a
-                Hugging Face `datasets.Dataset` (or its image column).
-            ids: one str or int per item (default: paths relative to a folder, positions for lists);
-                one store holds str ids or int ids, not both.
-            uri: the store URI (see [`parse_store_uri`]); collection: overrides its `?collection=`.
-            metadata: one dict per item of extra fields (dynamic fields, filterable in `search`).
-            token_codec: how tokens are stored: None for the default (`"sq6"`, LOSSY, trained on
-                the first 256 photos stored), `"fp16"` (exact), another codec name, or a trained
-                [`TokenCodec`] / `Path` of an index or codec file (e.g. to share a `ZseIndex`'s).
-            vector_index: the Milvus index of the [Ret] field of a new collection (None:
-                `"FLAT"`, exact; `"IVF_SQ8"`, `"HNSW"`, `"DISKANN"`, ... on a server) with
-                `index_params` (e.g. `{"nlist": 1024}`); inner product always.
-            batch_size, device, num_workers, progress: as for [`ZseIndex.build`].
-            existing: what to do with ids already stored: `"error"`, `"skip"` (resume an ingest)
-                or `"replace"` (upsert).
-            recreate: drop an existing collection first.
-            token, timeout: see [`open`].
-
-        Raises:
-            ValueError: a collection built with other weights (one line), bad arguments.
-        """
-        store = cls._for_writing(uri, model, processor, collection, token_codec, vector_index, index_params, recreate,
-                                 token, timeout)
-        try:
-            store.add(images_or_paths, ids=ids, metadata=metadata, batch_size=batch_size, device=device,
-                      num_workers=num_workers, progress=progress, existing=existing)
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    @classmethod
-    def from_features(cls, ret_embeds, local_tokens, token_mask=None, grid_size=None, ids: Sequence | None = None,
-                      paths: Sequence | None = None, model=None, processor=None, *, uri, collection: str | None = None,
-                      metadata: Sequence[dict] | None = None, token_codec=None, vector_index: str | None = None,
-                      index_params: dict | None = None, existing: str = "error", recreate: bool = False,
-                      progress: bool = True, token: str | None = None, timeout: float | None = 60.0
-                      ) -> ZseMilvusStore:
-        """A store over precomputed features (as [`ZseIndex.from_features`]).
-
-        Args:
-            ret_embeds: `[M, D]` L2-normalised [Ret] embeddings; local_tokens: `[M, N, D]`
-                (any array-like whose row slices are arrays); token_mask: `[M, N]` bool
-                (default all True); grid_size: `(h, w)` with `h * w = N`.
-            ids, paths: per row (default ids `0..M-1`); model: the model the features came from
-                (its fingerprint is recorded; needed).
-            Other arguments: as for [`build`].
-        """
-        store = cls._for_writing(uri, model, processor, collection, token_codec, vector_index, index_params, recreate,
-                                 token, timeout)
-        try:
-            store.add_features(ret_embeds, local_tokens, token_mask, grid_size, ids=ids, paths=paths,
-                               metadata=metadata, existing=existing, progress=progress)
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    @classmethod
-    def _for_writing(cls, uri, model, processor, collection, token_codec, vector_index, index_params, recreate,
-                     token, timeout) -> ZseMilvusStore:
-        if model is None:
-            raise ValueError("building a store needs the model (its weights fingerprint is recorded): pass model=")
-        address = uri if isinstance(uri, StoreAddress) else parse_store_uri(uri, collection)
-        kind = "FLAT" if vector_index is None else str(vector_index).upper()
-        if kind not in VECTOR_INDEXES:
-            raise ValueError(f"unknown vector_index {vector_index!r}; use one of {list(VECTOR_INDEXES)}")
-        if index_params is not None and not isinstance(index_params, dict):
-            raise ValueError(f"index_params must be a dict, got {type(index_params).__name__}")
-        codec = resolve_token_codec(default_token_codec(token_codec, True))
-        store = cls(address, None, None, token=token, timeout=timeout)
-        try:
-            if recreate:
-                store.drop()
-            store.attach_model(model, processor)
-            if store.layout is None:
-                store.vector_index = {"index_type": kind, "metric_type": "IP", "params": dict(index_params or {})}
-                store._codec_request = codec
-            else:
-                store._check_same_settings(codec, token_codec is not None, vector_index, index_params)
-                store._ensure_loaded(600.0)
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    def _check_same_settings(self, codec, codec_given: bool, vector_index, index_params) -> None:
-        """ValueError when a build asks an existing store for another token codec or vector index."""
-        if codec_given:
-            stored = self.token_codec_name
-            wanted = codec.name if isinstance(codec, TokenCodec) else codec[0] if codec else FP16
-            same = codec == self.token_codec if isinstance(codec, TokenCodec) else wanted == stored
-            if not same:
-                raise ValueError(f"{self.address} stores {stored} tokens; it cannot take token_codec={wanted!r} "
-                                 "(recreate it, or leave token_codec out)")
-        vi = self.layout.vector_index
-        if vector_index is not None and str(vector_index).upper() != vi["index_type"] or (
-                index_params is not None and dict(index_params) != (vi.get("params") or {})):
-            raise ValueError(f"{self.address} has a {vi['index_type']} index {vi.get('params') or {}}; recreate it "
-                             "to change it")
-
     def attach_model(self, model, processor=None) -> ZseMilvusStore:
         """Use `model` (and `processor`, default derived from its config) to encode and re-rank;
         ValueError (one line) when its weights differ from the ones the store was built with."""
@@ -796,206 +413,6 @@ class ZseMilvusStore:
         if self._int8 is None or self._int8[0] is not self.model:
             self._int8 = (self.model, int8_pair_model(self.model))
         return self._int8[1]
-
-    def _plan(self, item_ids: list, existing: str) -> set:
-        """The ids to skip; ValueError for stored ids when `existing="error"`."""
-        if existing not in ("error", "skip", "replace"):
-            raise ValueError(f"existing must be 'error', 'skip' or 'replace', got {existing!r}")
-        kinds = {type(i) for i in item_ids}
-        if len(kinds) > 1:
-            raise TypeError("ids of one store must all be str or all int")
-        self._check_ids(item_ids)
-        if existing == "replace" or self.layout is None:
-            return set()
-        stored = self.existing_ids(item_ids)
-        if stored and existing == "error":
-            shown = sorted(stored, key=str)[:5]
-            raise ValueError(f"ids already in the store: {shown}{' ...' if len(stored) > 5 else ''} (existing='skip' "
-                             "resumes an ingest, 'replace' or upsert() replaces them)")
-        return stored
-
-    @staticmethod
-    def _check_metadata(metadata, n: int) -> list[dict]:
-        if metadata is None:
-            return [{}] * n
-        metadata = list(metadata)
-        if len(metadata) != n:
-            raise ValueError(f"{n} items but {len(metadata)} metadata entries")
-        for m in metadata:
-            if not isinstance(m, dict):
-                raise ValueError(f"metadata entries must be dicts, got {type(m).__name__}")
-            for key in m:
-                if not isinstance(key, str) or not _NAME.fullmatch(key) or key.startswith("tokens") \
-                        or key in RESERVED_FIELDS:
-                    raise ValueError(f"invalid metadata field {key!r}: a name of letters, digits and underscores, "
-                                     f"not one of {list(RESERVED_FIELDS)} or tokens_*")
-        return metadata
-
-    def add(self, images_or_paths, ids: Sequence | None = None, metadata: Sequence[dict] | None = None,
-            batch_size: int = 32, device: str | torch.device | None = None, num_workers: int = 0,
-            progress: bool = True, existing: str = "error") -> list[Skipped]:
-        """Encode photos and store them (arguments as [`build`]); returns the items skipped as
-        unreadable by this call (also appended to `self.skipped`). Rows are written in batches
-        of `INSERT_ROWS` as they are encoded; rerun with `existing="skip"` to resume an ingest
-        that stopped."""
-        if self.model is None:
-            raise ValueError("no model attached: pass model= or call attach_model() first")
-        items, item_ids, item_paths = resolve_items(images_or_paths, ids)
-        metadata = self._check_metadata(metadata, len(items))
-        skip = self._plan(item_ids, existing)
-        selected = [p for p in range(len(items)) if item_ids[p] not in skip]
-        if device is not None:
-            self.model.to(device)
-        skipped: list[Skipped] = []
-
-        def batches():
-            with contextlib.closing(encode_photos(self.model, self.processor, items, selected, batch_size,
-                                                  num_workers, progress)) as encoded:
-                for kept, feats, failed in encoded:
-                    skipped.extend(Skipped(p, item_ids[p], item_paths[p], reason) for p, reason in failed)
-                    if feats is None:
-                        continue
-                    yield (feats.ret_embeds.float().cpu().numpy(),
-                           feats.local_tokens.float().clamp(-65504, 65504).cpu().numpy().astype(np.float16),
-                           feats.token_mask.cpu().numpy(), feats.grid_size,
-                           [item_ids[p] for p in kept], [item_paths[p] for p in kept], [metadata[p] for p in kept])
-
-        try:
-            self._ingest(batches(), existing == "replace", progress=False)
-        finally:
-            self.skipped.extend(skipped)
-        if skipped:
-            shown = "; ".join(f"{s.path or s.id}: {s.reason}" for s in skipped[:3])
-            warnings.warn(f"skipped {len(skipped)} unreadable item(s) of {len(selected)}: {shown}"
-                          f"{' ...' if len(skipped) > 3 else ''} (see store.skipped)", stacklevel=2)
-        return skipped
-
-    def upsert(self, images_or_paths, ids: Sequence | None = None, metadata: Sequence[dict] | None = None,
-               **kwargs) -> list[Skipped]:
-        """Encode photos and store them, replacing stored photos of the same ids (`add(...,
-        existing="replace")`)."""
-        return self.add(images_or_paths, ids=ids, metadata=metadata, existing="replace", **kwargs)
-
-    def add_features(self, ret_embeds, local_tokens, token_mask=None, grid_size=None, ids: Sequence | None = None,
-                     paths: Sequence | None = None, metadata: Sequence[dict] | None = None, existing: str = "error",
-                     progress: bool = True, chunk: int = 4096) -> int:
-        """Store precomputed features (see [`from_features`]); returns the rows written."""
-        if isinstance(ret_embeds, torch.Tensor):
-            ret_embeds = ret_embeds.detach().cpu().numpy()
-        emb = np.asarray(ret_embeds, dtype=np.float32)
-        m = emb.shape[0]
-        if len(local_tokens) != m:
-            raise ValueError(f"{m} embeddings but {len(local_tokens)} rows of local tokens")
-        ids = list(range(m)) if ids is None else [json_id(i) for i in ids]
-        paths = [None] * m if paths is None else [None if p is None else os.fspath(p) for p in paths]
-        if len(ids) != m or len(paths) != m:
-            raise ValueError(f"{m} embeddings but {len(ids)} ids and {len(paths)} paths")
-        if len(set(ids)) != m:
-            raise ValueError("ids must be unique")
-        metadata = self._check_metadata(metadata, m)
-        skip = self._plan(ids, existing)
-        keep = np.asarray([i not in skip for i in ids])
-
-        def as_array(x):
-            return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-        def batches():
-            for s in range(0, m, chunk):
-                sel = np.flatnonzero(keep[s:s + chunk])
-                if len(sel) == 0:
-                    continue
-                tok = as_array(local_tokens[s:s + chunk])[sel]
-                mask = (np.ones(tok.shape[:2], dtype=bool) if token_mask is None
-                        else as_array(token_mask[s:s + chunk]).astype(bool)[sel])
-                if grid_size is None:
-                    side = int(round(math.sqrt(tok.shape[1])))
-                    if side * side != tok.shape[1]:
-                        raise ValueError(f"give grid_size for {tok.shape[1]} tokens per photo")
-                grid = tuple(grid_size) if grid_size is not None else (side, side)
-                yield (emb[s:s + chunk][sel], np.clip(tok, -65504, 65504).astype(np.float16), mask, grid,
-                       [ids[s + j] for j in sel], [paths[s + j] for j in sel], [metadata[s + j] for j in sel])
-
-        return self._ingest(batches(), existing == "replace", progress=progress, total=int(keep.sum()))
-
-    def _ingest(self, batches: Iterator, replace: bool, progress: bool, total: int | None = None) -> int:
-        """Write `(emb [m, D], tokens [m, N, D] fp16, mask [m, N], grid, ids, paths, metadata)`
-        batches; the store is created (and its codec trained on the first `TRAIN_PHOTOS` photos)
-        before the first row is written."""
-        from tqdm.auto import tqdm
-
-        self.added = 0
-        pending: list[tuple] = []
-        buffered = 0
-        written = 0
-        bar = tqdm(total=total, desc="storing photos", unit="photo", disable=not progress or total is None)
-        with bar:
-            for batch in batches:
-                if self.layout is None:
-                    pending.append(batch)
-                    buffered += len(batch[0])
-                    if buffered < TRAIN_PHOTOS and isinstance(self._codec_request, tuple):
-                        continue
-                    self._create_from(pending)
-                    batch_list, pending = pending, []
-                else:
-                    batch_list = [batch]
-                for b in batch_list:
-                    written += self._write(b, replace, written)
-                    bar.update(len(b[0]))
-            if pending:
-                self._create_from(pending)
-                for b in pending:
-                    written += self._write(b, replace, written)
-                    bar.update(len(b[0]))
-        self.added = written
-        return written
-
-    def flush(self) -> None:
-        """Seal the collection's growing segments into the database's storage (Milvus does this on
-        its own; an acknowledged insert is durable before, in the server's log). Worth calling
-        once after a bulk ingest, so the segments get their vector index built."""
-        if self.layout is not None:
-            self._call("flush", self._client().flush, self.address.collection)
-
-    def _create_from(self, batches: list[tuple]) -> None:
-        """Create the store for the first batches (training the requested codec on them)."""
-        emb, tok, mask, grid, ids = batches[0][:5]
-        codec = self._codec_request
-        if isinstance(codec, tuple):
-            name, factory = codec
-            tokens = np.concatenate([b[1] for b in batches])
-            masks = np.concatenate([b[2] for b in batches])
-            codec = TokenCodec.train(name, factory, training_sample(tokens, masks))
-        self._create(emb.shape[1], tok.shape[1:], grid, "str" if isinstance(ids[0], str) else "int", codec)
-
-    def _write(self, batch: tuple, replace: bool, written: int) -> int:
-        emb, tok, mask, grid, ids, paths, metadata = batch
-        layout = self.layout
-        if emb.shape[1] != layout.dim:
-            raise ValueError(f"embedding width {emb.shape[1]} does not match the store ({layout.dim})")
-        if tuple(tok.shape[1:]) != tuple(layout.token_shape):
-            raise ValueError(f"local tokens of shape {tuple(tok.shape[1:])} do not match the store "
-                             f"({tuple(layout.token_shape)})")
-        if tuple(grid) != tuple(layout.grid_size):
-            raise ValueError(f"token grid {tuple(grid)} does not match the store ({tuple(layout.grid_size)}); use the "
-                             "processor (image size) the store was built with")
-        self._check_ids(ids)
-        c = self._client()
-        op = c.upsert if replace else c.insert
-        for s in range(0, len(ids), INSERT_ROWS):
-            e = slice(s, s + INSERT_ROWS)
-            codes = self.token_codec.encode(tok[e]) if self.token_codec is not None else tok[e]
-            packed = pack_tokens(codes, mask[e], layout.token_fields)
-            rows = []
-            for j, parts in enumerate(packed):
-                row = {**metadata[s + j], "id": ids[s + j], "ret": emb[s + j].tolist(), "path": paths[s + j] or ""}
-                row.update(zip(layout.token_field_names, parts))
-                rows.append(row)
-            self._call("upsert" if replace else "insert", op, self.address.collection, rows)
-            written += len(rows)
-            if insert_hook is not None:
-                insert_hook(written)
-        return len(ids)
 
     # ------------------------------------------------------------------ removing
 
