@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from transformers import Dinov2Config, Dinov2Model
 
 from zse_hf import ZseConfig, ZseModel, assets
@@ -111,3 +112,24 @@ def tiny_backbone(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("backbone")
     Dinov2Model(cfg).save_pretrained(folder)
     return str(folder)
+
+
+def random_photo(rng) -> Image.Image:
+    """A random photo for index tests: two coloured shapes on a coloured ground, 48-89 px a side."""
+    size = (int(rng.integers(48, 90)), int(rng.integers(48, 90)))
+    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(2):
+        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
+        box = [x0, y0, x0 + int(rng.integers(10, 40)), y0 + int(rng.integers(10, 40))]
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    return img
+
+
+def random_sketch(rng) -> Image.Image:
+    """A random sketch for index tests: a 4-point black polyline on an 80 px white square."""
+    img = Image.new("L", (80, 80), 255)
+    draw = ImageDraw.Draw(img)
+    draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
+    return img

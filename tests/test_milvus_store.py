@@ -13,38 +13,22 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.retrieval import ZseIndex, milvus_ingest, open_store
 from zse_hf.retrieval import milvus_schema as ms
 from zse_hf.retrieval.milvus_store import StoreAddress, ZseMilvusStore, is_store_uri, parse_store_uri
 
-from conftest import tiny_config
+from conftest import random_photo, random_sketch, tiny_config
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 EXTRA = "the milvus extra is not installed (pip install 'zse-sbir[milvus]')"
 N_PHOTOS = 24
 
 
-def _photo(rng) -> Image.Image:
-    """A random photo: two coloured shapes on a coloured ground (as tests/test_retrieval.py)."""
-    size = (int(rng.integers(48, 90)), int(rng.integers(48, 90)))
-    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(2):
-        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
-        box = [x0, y0, x0 + int(rng.integers(10, 40)), y0 + int(rng.integers(10, 40))]
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-    return img
 
 
-def _sketch(rng) -> Image.Image:
-    img = Image.new("L", (80, 80), 255)
-    draw = ImageDraw.Draw(img)
-    draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +85,7 @@ def photo_dir(tmp_path_factory):
     for i in range(N_PHOTOS):
         sub = folder / ("a" if i % 2 else "b")
         sub.mkdir(exist_ok=True)
-        _photo(rng).save(sub / f"p{i:02d}.png")
+        random_photo(rng).save(sub / f"p{i:02d}.png")
     return folder
 
 
@@ -112,7 +96,7 @@ def sketches(tmp_path_factory):
     paths = []
     for i in range(3):
         paths.append(str(folder / f"s{i}.png"))
-        _sketch(rng).save(paths[-1])
+        random_sketch(rng).save(paths[-1])
     return paths
 
 
@@ -217,7 +201,7 @@ def test_search_matches_zse_index(uri_of, model, processor, photo_dir, sketches,
 
 def test_deletes_upserts_and_ids(uri_of, model, processor, photo_dir, sketches):
     rng = np.random.default_rng(5)
-    photos = [_photo(rng) for _ in range(10)]
+    photos = [random_photo(rng) for _ in range(10)]
     with ZseMilvusStore.build(model, processor, photos, uri=uri_of("edit"), progress=False,
                               metadata=[{"even": i % 2 == 0} for i in range(10)], token_codec="fp16") as store:
         assert len(store) == 10 and sorted(store.ids) == list(range(10)) and store.token_codec is None
@@ -246,9 +230,10 @@ def test_deletes_upserts_and_ids(uri_of, model, processor, photo_dir, sketches):
 def test_refuses_another_models_collection(uri_of, model, processor, other_model, sketches):
     uri = uri_of("bound")
     rng = np.random.default_rng(3)
-    ZseMilvusStore.build(model, processor, [_photo(rng) for _ in range(4)], uri=uri, progress=False).close()
+    ZseMilvusStore.build(model, processor, [random_photo(rng) for _ in range(4)], uri=uri, progress=False).close()
     for attempt in (lambda: ZseMilvusStore.open(uri, other_model),
-                    lambda: ZseMilvusStore.build(other_model, None, [_photo(rng)], ids=[9], uri=uri, progress=False),
+                    lambda: ZseMilvusStore.build(other_model, None, [random_photo(rng)], ids=[9], uri=uri,
+                                                 progress=False),
                     lambda: ZseMilvusStore.open(uri).attach_model(other_model)):
         with pytest.raises(ValueError) as info:
             attempt()
@@ -260,12 +245,12 @@ def test_refuses_another_models_collection(uri_of, model, processor, other_model
     with pytest.raises(ValueError, match="no zse-sbir collection 'elsewhere'"):
         ZseMilvusStore.open(parse_store_uri(uri, "elsewhere"))
     with pytest.raises(ValueError, match="stores sq6 tokens; it cannot take token_codec='sq8'"):
-        ZseMilvusStore.build(model, None, [_photo(rng)], ids=[8], uri=uri, progress=False, token_codec="sq8")
+        ZseMilvusStore.build(model, None, [random_photo(rng)], ids=[8], uri=uri, progress=False, token_codec="sq8")
 
 
 def test_an_interrupted_ingest_resumes(uri_of, model, processor, monkeypatch):
     rng = np.random.default_rng(4)
-    photos = [_photo(rng) for _ in range(30)]
+    photos = [random_photo(rng) for _ in range(30)]
     uri = uri_of("resume")
     monkeypatch.setattr(milvus_ingest, "INSERT_ROWS", 4)
 
@@ -316,7 +301,7 @@ def test_server_killed_mid_ingest_loses_and_duplicates_nothing(server, model, pr
     """SIGKILL the server while rows are being inserted, restart it on its data folder, resume: every photo is
     stored exactly once (a primary key inserted twice would be counted twice by `count(*)`)."""
     rng = np.random.default_rng(6)
-    photos = [_photo(rng) for _ in range(60)]
+    photos = [random_photo(rng) for _ in range(60)]
     monkeypatch.setattr(milvus_ingest, "INSERT_ROWS", 5)
     killer = threading.Thread(target=server.kill)
 

@@ -15,35 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.configuration_zse import default_rerank_k
 from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
-from conftest import tiny_config
+from conftest import random_photo, random_sketch, tiny_config
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 N_PHOTOS = 24
 
 
-def _photo(rng) -> Image.Image:
-    size = (int(rng.integers(48, 90)), int(rng.integers(48, 90)))
-    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(2):
-        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
-        box = [x0, y0, x0 + int(rng.integers(10, 40)), y0 + int(rng.integers(10, 40))]
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-    return img
 
 
-def _sketch(rng) -> Image.Image:
-    img = Image.new("L", (80, 80), 255)
-    draw = ImageDraw.Draw(img)
-    draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +48,7 @@ def photo_dir(tmp_path_factory):
     for i in range(N_PHOTOS):
         sub = folder / ("a" if i % 2 else "b")
         sub.mkdir(exist_ok=True)
-        _photo(rng).save(sub / f"p{i:02d}.png")
+        random_photo(rng).save(sub / f"p{i:02d}.png")
     return folder
 
 
@@ -75,7 +59,7 @@ def sketches(tmp_path_factory):
     paths = []
     for i in range(3):
         paths.append(str(folder / f"s{i}.png"))
-        _sketch(rng).save(paths[-1])
+        random_sketch(rng).save(paths[-1])
     return paths
 
 
