@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configurations that run in milliseconds on CPU."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -133,3 +134,23 @@ def random_sketch(rng) -> Image.Image:
     draw = ImageDraw.Draw(img)
     draw.line([tuple(int(v) for v in rng.integers(0, 80, 2)) for _ in range(4)], fill=0, width=3)
     return img
+
+
+def write_photo_dir(folder, n: int):
+    """`n` random photos (seed 0) as `folder/{a,b}/pNN.png` (odd ones in `a`); returns `folder`."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        random_photo(rng).save(sub / f"p{i:02d}.png")
+    return folder
+
+
+def write_sketches(folder, n: int = 3) -> list[str]:
+    """`n` random sketches (seed 1) as `folder/sN.png`; their paths."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        paths.append(str(folder / f"s{i}.png"))
+        random_sketch(rng).save(paths[-1])
+    return paths

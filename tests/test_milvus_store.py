@@ -20,7 +20,7 @@ from zse_hf.retrieval import ZseIndex, milvus_ingest, open_store
 from zse_hf.retrieval import milvus_schema as ms
 from zse_hf.retrieval.milvus_store import StoreAddress, ZseMilvusStore, is_store_uri, parse_store_uri
 
-from conftest import random_photo, random_sketch, tiny_config
+from conftest import random_photo, tiny_config, write_photo_dir, write_sketches
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 EXTRA = "the milvus extra is not installed (pip install 'zse-sbir[milvus]')"
@@ -80,24 +80,12 @@ def other_model():
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(N_PHOTOS):
-        sub = folder / ("a" if i % 2 else "b")
-        sub.mkdir(exist_ok=True)
-        random_photo(rng).save(sub / f"p{i:02d}.png")
-    return folder
+    return write_photo_dir(tmp_path_factory.mktemp("photos"), N_PHOTOS)
 
 
 @pytest.fixture(scope="module")
 def sketches(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sketches")
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(3):
-        paths.append(str(folder / f"s{i}.png"))
-        random_sketch(rng).save(paths[-1])
-    return paths
+    return write_sketches(tmp_path_factory.mktemp("sketches"))
 
 
 @pytest.fixture(scope="module")
