@@ -37,7 +37,7 @@ from zse_hf.serving import gallery_index, models
 from zse_hf.serving.gallery_index import bundled_index, cache_key, gallery_files, gallery_fingerprint  # noqa: F401
 from zse_hf.serving.runtime import ModelThread, env_number, remove_stale_picture_dirs  # noqa: F401
 from zse_hf.serving.runtime import exit_on_signal as _exit_on_signal
-from zse_hf.serving.service import BUNDLED, MINE, RERANK, RET, SketchSearchService, caption, sketch_files, sketch_query
+from zse_hf.serving.service import BUNDLED, MINE, RERANK, RET, SketchSearchService, sketch_files, sketch_query
 from zse_hf.serving.service import photo_class as photo_class  # the bundled photos' class rule, read by benchmarks
 from zse_hf.serving.sessions import SESSION_TTL_S, FileHost, Session
 from zse_hf.serving.uploads import MAX_UPLOAD_BYTES, UploadLimits, read_upload, upload_roots
@@ -172,17 +172,18 @@ class DemoApp:
         model: model folder or Hub id; None picks one with [`resolve_model_path`].
         gallery_dir, examples_dir: the bundled photos (`<class>__<stem>.jpg`), example sketch PNGs.
         index_when_launched: with `background`, index once [`launch`] has the page up (a quicker start).
-        cache_root, background, limits, seed_roots: see `SketchSearchService`.
+        cache_root, background, limits, seed_roots, photos: see `SketchSearchService` (`photos`: a saved
+            store, searched as a third gallery, "Collection").
     """
 
     def __init__(self, model: str | None = None, *, gallery_dir: str | os.PathLike = GALLERY_DIR,
                  examples_dir: str | os.PathLike = EXAMPLES_DIR, cache_root: str | os.PathLike | None = "default",
                  background: bool = False, index_when_launched: bool = False, limits: UploadLimits | None = None,
-                 seed_roots=(SEED_INDEX_DIR,)):
+                 seed_roots=(SEED_INDEX_DIR,), photos: str | os.PathLike | None = None):
         dm = load_demo_model(*resolve_model_path(model))
         self.examples_dir = Path(examples_dir).resolve()
         self.demo: gr.Blocks | None = None  # the page, once `blocks()` built it
-        self.service = SketchSearchService(dm, gallery_dir, cache_root=cache_root, background=background,
+        self.service = SketchSearchService(dm, gallery_dir, cache_root=cache_root, background=background, photos=photos,
                                            defer_indexing=index_when_launched, limits=limits, seed_roots=seed_roots)
         self.service.registry.attach(GradioFiles(None, self.gallery_dir, self.examples_dir))
 
@@ -201,7 +202,7 @@ class DemoApp:
                 gr.Timer(active=not self.index_ready.is_set()))
 
     def _search_button(self, gallery: str | None):
-        return gr.update(interactive=self.bundled_ready() or gallery == MINE)
+        return gr.update(interactive=self.gallery_ready(gallery))
 
     def session_for(self, value, request: gr.Request | None = None) -> Session:
         """The session of a handler call: by Gradio's session hash, else the `gr.State` value, else new."""
@@ -231,7 +232,7 @@ class DemoApp:
             sketch = self._query(sketch_value, upload, input_tab or "draw")
             found = self.service.search(sketch, gallery, top_k, mode, rerank_k, session)
             status = found.summary() + " Select a result to see why it matched."
-            return [(r["path"], caption(r)) for r in found.results], found.public(), status, session, 1
+            return found.items(), found.public(), status, session, 1
         except UserError as err:
             gr.Warning(str(err))
             session.hits = []
@@ -340,14 +341,13 @@ class DemoApp:
                             upload_msg = gr.Markdown()
                     index_note = gr.Markdown(self.index_note(), visible=not ready, elem_id="index-status")
                     search_btn = gr.Button("Search", variant="primary", elem_id="search-btn", interactive=ready)
-                    gallery = gr.Radio([(f"Bundled photos ({self.n_bundled})", BUNDLED), ("My photos", MINE)],
-                                       value=BUNDLED, label="Search in", elem_id="gallery-choice")
+                    gallery = gr.Radio(self.gallery_choices(), value=BUNDLED, label="Search in",
+                                       elem_id="gallery-choice")
                     with gr.Group(visible=False) as mine_group:
                         lim = self.limits
                         photos = gr.File(label=f"Your photos (up to {lim.max_photos}, {lim.max_megabytes:g} MB and "
                                                f"{lim.max_megapixels:g} megapixels in all; only you can search them)",
-                                         file_count="multiple", type="filepath",
-                                         elem_id="user-photos")
+                                         file_count="multiple", type="filepath", elem_id="user-photos")
                         photos_msg = gr.Markdown("Upload photos to search them instead of the bundled gallery.")
                     with gr.Row():
                         top_k = gr.Slider(1, 50, value=10, step=1, label="Results (k)")
@@ -361,8 +361,7 @@ class DemoApp:
                     results = gr.Gallery(label="Best matches (click one to see why it matched)", columns=5, height=310,
                                          object_fit="contain", allow_preview=False, elem_id="results")
                     with gr.Row(equal_height=True):
-                        explain_rank = gr.Number(1, precision=0, minimum=1, label="Result #", scale=0,
-                                                 min_width=130)
+                        explain_rank = gr.Number(1, precision=0, minimum=1, label="Result #", scale=0, min_width=130)
                         explain_btn = gr.Button("Explain", scale=0, min_width=90, elem_id="explain-btn")
                         expl_md = gr.Markdown(elem_id="explain-summary")
                     with gr.Tabs():
@@ -462,6 +461,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "space_config.json, then hub_card/, else an untrained fallback)")
     p.add_argument("--gallery", default=os.environ.get("ZSE_DEMO_GALLERY") or str(GALLERY_DIR),
                    help="folder of the bundled photos (default: $ZSE_DEMO_GALLERY, else gallery/ next to the app)")
+    p.add_argument("--photos", default=os.environ.get("ZSE_DEMO_PHOTOS") or None, help="a saved photo store to search "
+                   "too: a Milvus URI (photos.db, http://host:19530) or a ZseIndex folder (default: $ZSE_DEMO_PHOTOS)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -482,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         print(prebuild_seed_index(args.model, Path(args.gallery)))
         return 0
     try:
-        demo = build_demo(args.model, gallery_dir=args.gallery, background=True, index_when_launched=True)
+        demo = build_demo(args.model, gallery_dir=args.gallery, background=True, index_when_launched=True,
+                          photos=args.photos)
     except (UserError, FileNotFoundError) as err:
         print(f"zse-sbir demo: {err}", file=sys.stderr)
         return 2

@@ -284,6 +284,40 @@ def test_launcher_errors_clearly(monkeypatch, capsys, tmp_path):
     assert exit_info.value.code == 0 and "--model" in capsys.readouterr().out
 
 
+def test_photos_option_adds_the_collection_to_the_page(app_module, monkeypatch, capsys, tmp_path):
+    """`--photos` (default $ZSE_DEMO_PHOTOS) reaches the service: a saved store is a third "Search in" choice;
+    one that cannot be opened is one line on stderr and exit code 2."""
+    import signal
+
+    from zse_hf.retrieval import ZseIndex
+    from zse_hf.serving import COLLECTION
+
+    model = save_tiny_model(tmp_path / "model")
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for photo in sorted(BUNDLED.glob("*.jpg"))[:2]:
+        shutil.copy(photo, gallery / photo.name)
+    with ZseIndex.build(model, None, gallery, progress=False) as index:
+        saved = index.save(tmp_path / "team-photos")
+    monkeypatch.setenv("ZSE_DEMO_PHOTOS", "from-env.db")
+    assert app_module.parse_args([]).photos == "from-env.db"
+    assert app_module.parse_args(["--photos", str(saved)]).photos == str(saved)
+    demo = app_module.build_demo(str(tmp_path / "model"), gallery_dir=gallery, cache_root=None, photos=saved)
+    radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "gallery-choice")
+    assert [tuple(c) for c in radio.choices][-1] == ("Collection: team-photos (2 photos)", COLLECTION)
+    assert demo.zse.gallery_ready(COLLECTION)
+    demo.zse.service.close()
+    capsys.readouterr()
+    before = signal.getsignal(signal.SIGTERM)  # main() installs its own
+    try:
+        assert app_module.main(["--model", str(tmp_path / "model"), "--gallery", str(gallery),
+                                "--photos", str(tmp_path / "missing")]) == 2
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("zse-sbir demo:")]
+    assert len(err) == 1 and err[0].startswith(f"zse-sbir demo: Cannot open the photo store {tmp_path / 'missing'}")
+
+
 # ----------------------------------------------------------------------------- browser
 
 

@@ -1,7 +1,9 @@
 """The demo's service layer without Gradio (`zse_hf.serving`): every module imports with Gradio
 blocked; `SketchSearchService` searches and explains on a tiny model and three bundled photos,
 indexes a session's uploads within its caps and frees them when the session ends; the bundled
-index's cache is bound to the model's and the gallery's fingerprints."""
+index's cache is bound to the model's and the gallery's fingerprints; a saved photo store (a
+Milvus Lite file, when the milvus extra is installed, or a `ZseIndex` folder) is searched as the
+collection, and one built with other weights is refused."""
 
 from __future__ import annotations
 
@@ -27,12 +29,16 @@ from zse_hf.serving.models import load_demo_model  # noqa: E402
 from zse_hf.serving.service import (  # noqa: E402
     BLANK_SKETCH,
     BUNDLED,
+    COLLECTION,
     MINE,
     RERANK,
     RET,
+    THUMBNAIL_PX,
     SketchSearchService,
     UserError,
+    caption,
     sketch_query,
+    thumbnail,
 )
 from zse_hf.serving.sessions import FileHost, Session  # noqa: E402
 from zse_hf.serving.uploads import UploadLimits  # noqa: E402
@@ -41,6 +47,7 @@ from conftest import save_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_PHOTOS = REPO / "demo" / "gallery"
+MILVUS_EXTRA = "the milvus extra is not installed (pip install 'zse-sbir[milvus]')"
 
 
 def small_gallery(folder: Path, n: int) -> Path:
@@ -133,6 +140,7 @@ def test_search_and_explain_through_the_service(service, mode):
         assert r["class"] == r["photo"].split("__")[0].replace("_", " ")
         assert (r["relation_score"] is None) == (mode == RET)
     assert all("path" not in r for r in ranking.public())
+    assert ranking.items() == [(r["path"], caption(r)) for r in ranking.results]
     shown = service.explain(2, session)
     assert len(shown.pictures) == 4 and all(Path(p).is_file() for p in shown.pictures)
     assert all(Path(p).parent.parent.parent == service.registry.host.folder for p in shown.pictures)
@@ -155,6 +163,9 @@ def test_user_errors_keep_their_words(service, upload_area):
         service.explain(9, session)
     with pytest.raises(UserError, match="Your photo gallery is empty: upload some photos under"):
         service.search(_sketch(), MINE, session=session)
+    with pytest.raises(UserError, match=r"^No photo collection was given to this server"):
+        service.search(_sketch(), COLLECTION, session=session)
+    assert session.hits == [] and [g for _, g in service.gallery_choices()] == [BUNDLED, MINE]
     with pytest.raises(UserError, match="^The canvas is empty: draw something"):
         sketch_query(None, None, "draw", service.dm.processor)
     with pytest.raises(UserError, match="^No sketch uploaded yet"):
@@ -264,3 +275,94 @@ def test_a_deferred_bundled_index_is_refused_until_built(tiny, tmp_path, monkeyp
     service.start_indexing()
     assert service.index_ready.wait(120) and service.bundled_ready() and service.index_note() == ""
     assert len(service.search(_sketch(), BUNDLED, k=3).results) == 3
+
+
+# ----------------------------------------------------------------------------- a saved photo store (photos=)
+
+
+def _team_photos(tmp_path: Path) -> list[Path]:
+    return sorted(small_gallery(tmp_path / "team", 5).glob("*.jpg"))
+
+
+def _check_collection(service, store, paths, name):
+    """`service` searches `store` (opened apart) as the collection: same ids and order, the stored paths."""
+    assert service.gallery_choices()[-1] == (f"Collection: {name} ({len(paths)} photos)", COLLECTION)
+    assert service.gallery_ready(COLLECTION)
+    session = service.session("team")
+    for mode, rerank_k in ((RET, 0), (RERANK, 3)):
+        ranking = service.search(_sketch(), COLLECTION, k=4, mode=mode, rerank_k=rerank_k, session=session)
+        want = store.search(_sketch(), k=4, rerank_k=rerank_k)[0]
+        assert [r["photo"] for r in ranking.results] == [h.id for h in want]
+        assert [r["ret_score"] for r in ranking.results] == pytest.approx([h.ret_score for h in want], abs=1e-4)
+        assert [r["path"] for r in ranking.results] == [h.path for h in want]
+        assert {r["path"] for r in ranking.results} <= {str(p) for p in paths}
+        assert all(r["class"] == r["photo"].split("__")[0].replace("_", " ") for r in ranking.results)
+        assert (ranking.results[0]["relation_score"] is None) == (mode == RET)
+        assert ranking.gallery == COLLECTION and ranking.n_photos == len(paths)
+        assert ranking.summary().startswith(f"Top 4 of {len(paths)} photos in the collection (")
+    shown = ranking.items()  # thumbnails: a page serves only its own folders
+    assert [c for _, c in shown] == [caption(r) for r in ranking.results]
+    assert all(isinstance(im, Image.Image) and max(im.size) <= THUMBNAIL_PX for im, _ in shown)
+    assert max(shown[0][0].size) == min(THUMBNAIL_PX, max(Image.open(ranking.results[0]["path"]).size))
+    assert thumbnail(service.gallery_dir / "gone.jpg").getpixel((0, 0)) == (208, 208, 208)
+    shown = service.explain(1, session)
+    assert len(shown.pictures) == 4 and all(Path(p).is_file() for p in shown.pictures)
+    service.end_session("team")
+
+
+def test_the_service_searches_a_milvus_store_as_the_collection(tiny, tmp_path, upload_area):
+    pytest.importorskip("pymilvus", reason=MILVUS_EXTRA)
+    pytest.importorskip("milvus_lite", reason=MILVUS_EXTRA)
+    from zse_hf.retrieval import ZseMilvusStore, open_store
+
+    dm, gallery, tmp = tiny
+    paths = _team_photos(tmp_path)
+    db = tmp_path / "photos.db"
+    ZseMilvusStore.build(dm.model, dm.processor, [str(p) for p in paths], ids=[p.name for p in paths], uri=str(db),
+                         progress=False).close()
+    service = SketchSearchService(dm, gallery, cache_root=tmp / "cache", files=RecordingHost(tmp_path / "pictures"),
+                                  photos=db)
+    store = open_store(str(db), dm.model, dm.processor)
+    try:
+        assert isinstance(store, ZseMilvusStore)
+        _check_collection(service, store, paths, "zse_photos")
+    finally:
+        store.close()
+        service.close()
+    assert service.collection is None
+    with pytest.raises(UserError, match=r"^No photo collection was given"):
+        service.search(_sketch(), COLLECTION)
+
+    save_tiny_model(tmp_path / "other", seed=1)  # other weights: refused in one line
+    other = load_demo_model(str(tmp_path / "other"))
+    with pytest.raises(UserError) as err:
+        SketchSearchService(other, gallery, cache_root=None, photos=db)
+    assert str(err.value).startswith(f"Cannot open the photo store {db}: model mismatch: the collection was built")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"^Cannot open the photo store .*typo\.db: .*typo\.db does not exist$"):
+        SketchSearchService(dm, gallery, cache_root=None, photos=tmp_path / "typo.db")
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_the_service_searches_a_saved_index_folder_as_the_collection(tiny, tmp_path, upload_area):
+    from zse_hf.retrieval import ZseIndex
+
+    dm, gallery, tmp = tiny
+    paths = _team_photos(tmp_path)
+    with ZseIndex.build(dm.model, dm.processor, [str(p) for p in paths], ids=[p.name for p in paths],
+                        progress=False) as index:
+        folder = index.save(tmp_path / "team.zse-index")
+    service = SketchSearchService(dm, gallery, cache_root=tmp / "cache", files=RecordingHost(tmp_path / "pictures"),
+                                  photos=folder)
+    store = ZseIndex.load(folder, dm.model, dm.processor)
+    try:
+        _check_collection(service, store, paths, "team.zse-index")
+    finally:
+        store.close()
+        service.close()
+    save_tiny_model(tmp_path / "other", seed=1)
+    with pytest.raises(UserError, match=r"^Cannot open the photo store .*: model mismatch: the index was built") as err:
+        SketchSearchService(load_demo_model(str(tmp_path / "other")), gallery, cache_root=None, photos=folder)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"^Cannot open the photo store .*missing: .*does not exist"):
+        SketchSearchService(dm, gallery, cache_root=None, photos=tmp_path / "missing")

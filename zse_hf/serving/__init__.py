@@ -1,7 +1,8 @@
 """Serving: what the demo and any other front end (an API server, another UI) share, without any
 web framework:
 
-- `service`: [`SketchSearchService`]: search, explain, index a user's photos, sessions;
+- `service`: [`SketchSearchService`]: search (the bundled gallery, a user's photos, a saved photo
+  store), explain, index a user's photos, sessions;
 - `models`: which model to serve, loading it (or the untrained fallback), the note about it;
 - `gallery_index`: the bundled gallery's index, its cache and fingerprints, built in the background;
 - `sessions`: per-user state, its caps, and freeing it (index, uploads, pictures) when a session ends;
@@ -24,7 +25,7 @@ import importlib
 # public names, imported on first use (`zse-sbir demo` / `space` start without loading the model code)
 _EXPORTS = {
     "SketchSearchService": "service", "Ranking": "service", "Explained": "service", "BUNDLED": "service",
-    "MINE": "service", "RET": "service", "RERANK": "service", "sketch_query": "service",
+    "MINE": "service", "COLLECTION": "service", "RET": "service", "RERANK": "service", "sketch_query": "service",
     "DemoModel": "models", "load_demo_model": "models", "resolve_model_path": "models",
     "BundledGallery": "gallery_index", "bundled_index": "gallery_index", "prebuild_seed_index": "gallery_index",
     "Session": "sessions", "SessionRegistry": "sessions", "FileHost": "sessions",

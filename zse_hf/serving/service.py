@@ -10,6 +10,9 @@ these calls and shows what comes back.
     shown = service.explain(1, session)       # four PNG paths and a Markdown summary
     service.end_session("user-1")             # its index, uploads and pictures are deleted
 
+With `photos=` (a Milvus store URI such as `photos.db`, or a saved `ZseIndex` folder) it also
+searches that collection (`COLLECTION`), opened once at start.
+
 Problems with the user's input raise `UserError` (`zse_hf.serving.uploads.UserInputError`) worded
 to be shown to them.
 """
@@ -23,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..explain import ink_map
 from ..image_processing_zse import BlankSketchError
 from ..model_summary import format_metric, mode_description
-from ..retrieval import ZseIndex
+from ..retrieval import ZseIndex, is_store_uri, open_store, parse_store_uri
 from . import gallery_index
 from .gallery_index import BundledGallery, default_cache_root
 from .models import DemoModel
@@ -40,8 +43,10 @@ from .uploads import UserInputError as UserError
 log = logging.getLogger("zse_demo")
 
 BUNDLED, MINE = "bundled", "mine"  # the galleries: the bundled photos, the session's own
+COLLECTION = "collection"  # a saved photo store given at start (`photos=`), shared by every session
 RET, RERANK = "ret", "rerank"  # the rankings: [Ret] cosine only, re-ranked by the relation network
 MIN_INK_PIXELS = 20  # fewer dark pixels than this = empty canvas
+THUMBNAIL_PX = 384  # a collection's result photos, as a page shows them
 BLANK_SKETCH = "The sketch is blank: draw something with dark lines."
 
 
@@ -108,6 +113,11 @@ def photo_class(name: str) -> str:
     return stem.split("__", 1)[0].replace("_", " ") if "__" in stem else ""
 
 
+def store_name(photos: str | os.PathLike) -> str:
+    """What a page calls a photo store: a database URI's collection, else the folder's name."""
+    return parse_store_uri(photos).collection if is_store_uri(photos) else Path(photos).name
+
+
 # ----------------------------------------------------------------------------- answers
 
 
@@ -118,9 +128,10 @@ class Ranking:
     Attributes:
         results: best first, one dict each: `rank` (1-based), `photo` (its id: the file name),
             `class` (from the file name, or None), `ret_score` and `relation_score` (None without
-            re-ranking; both rounded to 4 digits) and `path` (the photo's file on the server).
+            re-ranking; both rounded to 4 digits) and `path` (the photo's file on the server; in
+            a `COLLECTION`, the path stored with the photo).
         n_photos: photos in the gallery searched.
-        gallery: `BUNDLED` or `MINE`.
+        gallery: `BUNDLED`, `MINE` or `COLLECTION`.
         how: the ranking in words (`zse_hf.model_summary.mode_description`).
     """
 
@@ -131,12 +142,29 @@ class Ranking:
 
     def summary(self) -> str:
         """One line: how many of how many photos, where, and how they were ranked."""
-        where = "your photos" if self.gallery == MINE else "the bundled gallery"
+        where = {MINE: "your photos", COLLECTION: "the collection"}.get(self.gallery, "the bundled gallery")
         return f"Top {len(self.results)} of {self.n_photos} photos in {where} ({self.how})."
 
     def public(self) -> list[dict]:
         """`results` without the server's file paths."""
         return [{key: v for key, v in r.items() if key != "path"} for r in self.results]
+
+    def items(self) -> list[tuple]:
+        """`(photo, caption)` per result, for a page's gallery: the photo's path, or in a `COLLECTION`
+        its [`thumbnail`] (a page serves files of its own folders only, not a collection's)."""
+        return [(thumbnail(r["path"]) if self.gallery == COLLECTION else r["path"], caption(r)) for r in self.results]
+
+
+def thumbnail(path, size: int = THUMBNAIL_PX) -> Image.Image:
+    """The photo at `path` fit in `size` x `size` pixels (RGB, upright), or a grey tile when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # a JPEG is decoded at a reduced scale
+            image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((size, size))
+        return image
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Image.new("RGB", (size, size), "#d0d0d0")
 
 
 def caption(result: dict) -> str:
@@ -159,7 +187,8 @@ class Explained:
 
 
 class SketchSearchService:
-    """Sketch search over a bundled gallery and each session's own photos, with explanations.
+    """Sketch search over a bundled gallery, each session's own photos and optionally a saved
+    photo store (`COLLECTION`), with explanations.
 
     Args:
         model: the served model ([`load_demo_model`]).
@@ -171,24 +200,67 @@ class SketchSearchService:
         limits: caps on each session's uploaded gallery (default: [`default_limits`]).
         seed_roots: read-only folders of prebuilt cache entries, tried after `cache_root`.
         files: what the front end keeps of its own files (default: [`FileHost`]).
+        photos: a saved photo store searched as `COLLECTION`: a database URI (a Milvus Lite `.db`
+            file, `milvus://`, `http(s)://`) or a saved `ZseIndex` folder, built with the served
+            model's weights (`zse-sbir index photos/ --out photos.db`); see [`close`].
 
     Raises:
-        UserError: `gallery_dir` holds no images.
+        UserError: `gallery_dir` holds no images, or `photos` cannot be opened (missing,
+            unreachable, built with other weights).
     """
 
     def __init__(self, model: DemoModel, gallery_dir: str | os.PathLike, *,
                  cache_root: str | os.PathLike | None = "default", background: bool = False,
                  defer_indexing: bool = False, limits: UploadLimits | None = None, seed_roots=(),
-                 files: FileHost | None = None):
+                 files: FileHost | None = None, photos: str | os.PathLike | None = None):
         self.dm = model
         self.gallery_dir = Path(gallery_dir).resolve()
         self.cache_root = default_cache_root() if cache_root == "default" else cache_root
         self.limits = limits or default_limits()
         tune_heap()
         self.run = ModelThread()  # every model call, one at a time
+        self.collection, self.collection_name, self.n_collection = None, "", 0
+        if photos is not None:
+            self.collection, self.collection_name = self.run(self._open_collection, photos), store_name(photos)
+            self.n_collection = self.run(len, self.collection)
         self.registry = SessionRegistry(self.run, files)
-        self.bundled = BundledGallery(model, self.gallery_dir, self.run, self.cache_root, seed_roots=seed_roots,
-                                      background=background, defer=defer_indexing)
+        try:
+            self.bundled = BundledGallery(model, self.gallery_dir, self.run, self.cache_root, seed_roots=seed_roots,
+                                          background=background, defer=defer_indexing)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_collection(self, photos):
+        """`photos` opened with the served model (`open_store`); UserError, one line, when it cannot be."""
+        try:
+            if is_store_uri(photos):
+                address = parse_store_uri(photos)
+                if address.embedded and not Path(address.uri).exists():  # not created by a typo
+                    raise ValueError(f"{address.uri} does not exist")
+            return open_store(photos, self.dm.model, self.dm.processor)
+        except (ValueError, OSError, ImportError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"Cannot open the photo store {os.fspath(photos)}: {reason}") from None
+
+    def close(self) -> None:
+        """Close the `COLLECTION` store, if any (on the model thread, not while a search reads it)."""
+        store, self.collection = self.collection, None
+        if store is not None:
+            self.run(store.close)
+
+    def gallery_choices(self) -> list[tuple[str, str]]:
+        """`(label, gallery)` of each gallery a page offers: the bundled photos, the session's own,
+        and the `COLLECTION` when one was given."""
+        choices = [(f"Bundled photos ({self.n_bundled})", BUNDLED), ("My photos", MINE)]
+        if self.collection is not None:
+            choices.append((f"Collection: {self.collection_name} ({self.n_collection} photos)", COLLECTION))
+        return choices
+
+    def gallery_ready(self, gallery: str | None) -> bool:
+        """True when `gallery` can be searched now: the bundled one once indexed; the session's and
+        the collection always (an empty one says so when searched)."""
+        return gallery in (MINE, COLLECTION) or self.bundled_ready()
 
     # ------------------------------------------------------------------ bundled gallery
 
@@ -225,8 +297,13 @@ class SketchSearchService:
         return self.bundled.note()
 
     def check_gallery(self, gallery: str) -> None:
-        """UserError when `gallery` is `BUNDLED` (anything but `MINE`) and its index cannot be searched (yet)."""
-        if gallery != MINE:
+        """UserError when `gallery` is `COLLECTION` and none was given, or `BUNDLED` (anything else
+        but `MINE`) and its index cannot be searched (yet)."""
+        if gallery == COLLECTION:
+            if self.collection is None:
+                raise UserError("No photo collection was given to this server: search the bundled gallery or "
+                                "your own photos.")
+        elif gallery != MINE:
             self.bundled.check()
 
     # ------------------------------------------------------------------ sessions
@@ -269,7 +346,7 @@ class SketchSearchService:
 
     def search(self, sketch: Image.Image, gallery: str = BUNDLED, k=10, mode: str = RET, rerank_k=10,
                session: Session | None = None) -> Ranking:
-        """Rank `gallery` (`BUNDLED`, or `MINE`: the session's photos) for `sketch`.
+        """Rank `gallery` (`BUNDLED`; `MINE`: the session's photos; `COLLECTION`: the `photos=` store) for `sketch`.
 
         Args:
             sketch: the query, RGB (e.g. from [`sketch_query`]).
@@ -286,19 +363,22 @@ class SketchSearchService:
                 `session.hits` is emptied.
         """
         session = session if session is not None else Session()
-        mine = gallery == MINE
+        mine, shared = gallery == MINE, gallery == COLLECTION
         try:
             self.check_gallery(gallery)
             k = int(max(1, min(50, int(k or 10))))
             rerank = int(max(1, min(200, int(rerank_k or 10)))) if mode == RERANK else 0
 
             def ranked():  # on the model thread, where a session's release closes its index too
-                index = session.user_index if mine else self.index
-                if index is None or len(index) == 0:
+                index = session.user_index if mine else self.collection if shared else self.index
+                n_photos = 0 if index is None else len(index)
+                if shared and n_photos == 0:
+                    raise UserError("The photo collection is empty (or was closed): search the bundled gallery.")
+                if n_photos == 0:
                     raise UserError("Your photo gallery is empty: upload some photos under **My photos** first "
                                     "(or switch to the bundled gallery).")
                 how = mode_description(f"rn@{rerank}" if rerank else "ret", index.model.config.rerank_ret_weight)
-                return index.search(sketch, k=k, rerank_k=rerank)[0], len(index), how
+                return index.search(sketch, k=k, rerank_k=rerank)[0], n_photos, how
 
             hits, n_photos, how = self.run(ranked)
         except (UserError, BlankSketchError) as err:
@@ -308,14 +388,20 @@ class SketchSearchService:
             raise
         results = []
         for h in hits:
-            name = str(h.id)
-            path = str(self.gallery_dir / name) if not mine else session.user_paths.get(h.id, h.path)
-            results.append({"rank": h.rank, "photo": name, "class": photo_class(name) or None,
+            if shared:  # the path stored with the photo; named by its id, else its file name
+                path = str(h.path or "")
+                name = str(h.id) if isinstance(h.id, str) or not path else Path(path).name
+                cls = photo_class(Path(path or name).name)
+            else:
+                name = str(h.id)
+                path = session.user_paths.get(h.id, h.path) if mine else str(self.gallery_dir / name)
+                cls = photo_class(name)
+            results.append({"rank": h.rank, "photo": name, "class": cls or None,
                             "ret_score": round(h.ret_score, 4),
                             "relation_score": None if h.relation_score is None else round(h.relation_score, 4),
                             "path": path})
         session.sketch, session.hits = sketch, results
-        return Ranking(results, n_photos, MINE if mine else BUNDLED, how)
+        return Ranking(results, n_photos, MINE if mine else COLLECTION if shared else BUNDLED, how)
 
     def explain(self, rank, session: Session) -> Explained:
         """Why result number `rank` (1-based) of the session's last search matched: the four
@@ -335,7 +421,7 @@ class SketchSearchService:
         if not 1 <= rank <= len(session.hits):
             raise UserError(f"There is no result #{rank}; pick 1 to {len(session.hits)}.")
         r = session.hits[rank - 1]
-        if not Path(r["path"]).is_file():
+        if not r["path"] or not Path(r["path"]).is_file():
             raise UserError(f"The photo of result #{rank} is no longer on the server; search again.")
         dm = self.dm
         note = "" if dm.trained else "untrained demo model: encoder tokens, not a trained relation head"
@@ -433,6 +519,6 @@ class SketchSearchService:
                 + (" Note: " + "; ".join(notes) + "." if notes else ""), MINE)
 
 
-__all__ = ["BLANK_SKETCH", "BUNDLED", "Explained", "MINE", "MIN_INK_PIXELS", "RERANK", "RET", "Ranking",
+__all__ = ["BLANK_SKETCH", "BUNDLED", "COLLECTION", "Explained", "MINE", "MIN_INK_PIXELS", "RERANK", "RET", "Ranking",
            "SketchSearchService", "UserError", "canvas_image", "caption", "ink_pixels", "photo_class", "sketch_files",
-           "sketch_query"]
+           "sketch_query", "store_name", "thumbnail"]
