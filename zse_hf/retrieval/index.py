@@ -31,7 +31,7 @@ from .faiss_index import (
 )
 from .ingest import SegmentIngest
 from .inputs import json_id, resolve_items
-from .model_binding import check_model, default_processor, model_fingerprint, model_name
+from .model_binding import bind_photo_crop, check_model, default_processor, model_fingerprint, model_name
 from .persistence import load_index, save_index
 from .quantization import int8_pair_model
 from .ranking import check_k, check_rerank_k, ranked_hits, relation_scores
@@ -266,6 +266,7 @@ class ZseIndex(SegmentIngest):
         paths = [None] * m if paths is None else [None if p is None else os.fspath(p) for p in paths]
         if len(ids) != m or len(paths) != m:
             raise ValueError(f"{m} embeddings but {len(ids)} ids and {len(paths)} paths")
+        bind_photo_crop(index.model_info, index.processor, False)  # taken to be how the features were encoded
         writer = index._open_segment(emb.shape[1], None if local_tokens is None else tuple(local_tokens.shape[1:]),
                                      grid_size)
         try:
@@ -291,9 +292,11 @@ class ZseIndex(SegmentIngest):
             progress: bool = True) -> list[Skipped]:
         """Encode more photos and add them (same arguments as [`build`]); returns the items skipped
         by this call (also appended to `self.skipped`). An untrained IVF/PQ index is trained on
-        this batch first."""
+        this batch first. ValueError when the processor's `photo_crop` differs from the one that
+        encoded the photos already stored (recorded in `model_info` by the first `add`)."""
         if self.model is None:
             raise ValueError("no model attached: pass model= to ZseIndex.load or call attach_model() first")
+        bind_photo_crop(self.model_info, self.processor, bool(self.num_rows))
         items, item_ids, item_paths = resolve_items(images_or_paths, ids)
         base = max(self._positions, default=-1) + 1 if self.num_rows else 0
         if shard is not None:
@@ -402,11 +405,11 @@ class ZseIndex(SegmentIngest):
             self._ids[r] = None
 
     def attach_model(self, model, processor=None) -> ZseIndex:
-        """Use `model` (and `processor`, default derived from its config) for searching; raises
-        ValueError when its weights differ from the model the index was built with."""
+        """Use `model` (and `processor`, default derived from its config and the recorded `photo_crop`)
+        for searching; raises ValueError when its weights differ from the model the index was built with."""
         check_model(self.model_info, model)
         self.model = model
-        self.processor = processor if processor is not None else default_processor(model)
+        self.processor = processor if processor is not None else default_processor(model, self.model_info)
         if self.model_info is None:
             self.model_info = {"name_or_path": model_name(model), "sha256": model_fingerprint(model)}
         return self
@@ -645,14 +648,18 @@ class ZseIndex(SegmentIngest):
             directory: the index directory.
             model: the model it was built with (checked by weight hash), needed to search with
                 sketches; None loads it without one (see [`attach_model`]).
-            processor: default: derived from `model.config`.
+            processor: default: derived from `model.config`, cropping photos as the index records
+                (`model_info["photo_crop"]`; absent in older indexes: no crop).
             verify: check every file's sha256 (sizes are always checked).
 
         Raises:
             ValueError: a newer format version, a missing, truncated or modified file, or a
                 model whose weights differ from the recorded ones.
         """
-        return load_index(cls, directory, model=model, processor=processor, verify=verify, use_gpu=use_gpu)
+        index = load_index(cls, directory, model=model, processor=processor, verify=verify, use_gpu=use_gpu)
+        if processor is None and model is not None:  # later adds and explanations crop as the rows were
+            index.processor = default_processor(model, index.model_info)
+        return index
 
     @classmethod
     def merge(cls, directories: Sequence[str | os.PathLike], model=None, index_factory: str | None = "same",

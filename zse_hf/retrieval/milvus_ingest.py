@@ -41,7 +41,7 @@ from .milvus_schema import (
     parse_store_uri,
     token_field_count,
 )
-from .model_binding import check_model, model_fingerprint, model_name
+from .model_binding import check_model, check_photo_crop, model_fingerprint, model_name, photo_crop_of
 from .records import Skipped
 from .sharding import check_shard
 from .token_codec import FP16, TRAIN_PHOTOS, TokenCodec, default_token_codec, resolve_token_codec, training_sample
@@ -110,7 +110,9 @@ class MilvusIngest:
             record = {**codec.record(), "sha256": codec.sha256}
             record.pop("file", None)
         n_bytes = math.ceil(token_shape[0] / 8) + token_shape[0] * (codec.code_size if codec else 2 * token_shape[1])
-        layout = StoreLayout(model={"name_or_path": model_name(self.model), "sha256": model_fingerprint(self.model)},
+        model = {"name_or_path": model_name(self.model), "sha256": model_fingerprint(self.model),
+                 "photo_crop": photo_crop_of(self.processor)}  # how the rows' photos are encoded
+        layout = StoreLayout(model=model,
                              dim=int(dim), token_shape=tuple(int(x) for x in token_shape),
                              grid_size=tuple(int(x) for x in grid_size), id_type=id_type, codec=record,
                              token_fields=token_field_count(n_bytes), vector_index=self.vector_index)
@@ -279,7 +281,10 @@ class MilvusIngest:
 
         `shard=(i, n)` stores only items `i, i+n, i+2n, ...`: n processes (e.g. under `torchrun`,
         `zse-sbir index --shard auto`) fill one collection together. Shard 0 creates a new store
-        (and trains its codec); the others wait up to `create_timeout` seconds for it."""
+        (and trains its codec); the others wait up to `create_timeout` seconds for it.
+
+        ValueError (before any photo is encoded) when the processor's `photo_crop` differs from the
+        one recorded when the store was created."""
         if self.model is None:
             raise ValueError("no model attached: pass model= or call attach_model() first")
         items, item_ids, item_paths = resolve_items(images_or_paths, ids)
@@ -290,6 +295,8 @@ class MilvusIngest:
             part = range(i, len(items), n)
             if self.layout is None and i != 0:
                 self._wait_for_record(create_timeout)
+        if self.layout is not None:
+            check_photo_crop(self.layout.model, self.processor, "collection")
         skip = self._plan([item_ids[p] for p in part], existing)
         selected = [p for p in part if item_ids[p] not in skip]
         if device is not None:

@@ -183,7 +183,8 @@ class StoreLayout:
 
     Args:
         format, version: `"zse-sbir-milvus-store"`, 1.
-        model: `{"name_or_path", "sha256"}` of the model the rows were encoded with.
+        model: `{"name_or_path", "sha256", "photo_crop"}`: the model the rows were encoded with, and
+            the image processor's `photo_crop` for their photos (absent in older records: None).
         dim: D of the [Ret] embeddings; token_shape: `(N, D)` local tokens per photo; grid_size: `(h, w)`.
         id_type: `"str"` (VARCHAR primary key) or `"int"` (INT64).
         codec: the token codec's record (`TokenCodec.record()` plus its `sha256`), None for float16 tokens.

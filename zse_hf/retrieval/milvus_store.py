@@ -3,9 +3,9 @@
 Each photo is one row: its [Ret] embedding (a `FLOAT_VECTOR` the database searches), its local
 tokens compressed with the token codec (base64 `VARCHAR`, so the collection alone serves the
 re-rank), its path, and any metadata (dynamic fields, filterable with Milvus expressions). A
-second collection `<name>_zse_meta` records the model's weights fingerprint, the shapes and the
-trained codec. The same code runs on an embedded file (Milvus Lite, `photos.db`) and on a Milvus
-server or cluster (`http://host:19530`).
+second collection `<name>_zse_meta` records the model's weights fingerprint, the photos' crop
+(`photo_crop`), the shapes and the trained codec. The same code runs on an embedded file (Milvus
+Lite, `photos.db`) and on a Milvus server or cluster (`http://host:19530`).
 
 ```python
 >>> from zse_hf.retrieval import ZseMilvusStore
@@ -95,8 +95,7 @@ class ZseMilvusStore(MilvusIngest):
         fingerprint is checked against `model`). Usually made by `open`, `build` or `from_features`."""
         pymilvus = _pymilvus()
         self.address, self.timeout = address, timeout
-        self.model = model
-        self.processor = processor if processor is not None or model is None else default_processor(model)
+        self.model, self.processor = model, processor  # default processor: once the record is read
         self.layout: StoreLayout | None = None
         self.token_codec: TokenCodec | None = None
         self.skipped: list[Skipped] = []
@@ -135,6 +134,8 @@ class ZseMilvusStore(MilvusIngest):
             except ValueError:
                 self.close()
                 raise
+        if processor is None and model is not None:  # photos are cropped as the record says
+            self.processor = default_processor(model, self.layout.model if self.layout else None)
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -147,7 +148,8 @@ class ZseMilvusStore(MilvusIngest):
             uri: the store URI (see [`parse_store_uri`]) or a [`StoreAddress`].
             model: the model it was built with (checked by weights fingerprint; needed to search
                 with sketches); None opens it without one (see [`attach_model`]).
-            processor: default: derived from `model.config`.
+            processor: default: derived from `model.config`, cropping photos as the store's record
+                says (`model_info["photo_crop"]`; absent in older stores: no crop).
             collection: overrides the URI's `?collection=`.
             token: a Milvus server's token (`"user:password"` or an API key).
             timeout: seconds per database call; load_timeout: seconds to wait for the collection
@@ -296,7 +298,8 @@ class ZseMilvusStore(MilvusIngest):
 
     @property
     def model_info(self) -> dict | None:
-        """`{"name_or_path", "sha256"}` of the model the store was built with."""
+        """`{"name_or_path", "sha256", "photo_crop"}` of the model the store was built with and the
+        processor's `photo_crop` its photos were encoded with (no `"photo_crop"` in older stores: None)."""
         return self.layout.model if self.layout else None
 
     @property
@@ -401,12 +404,14 @@ class ZseMilvusStore(MilvusIngest):
                                 token_mask=torch.from_numpy(mask), grid_size=self.layout.grid_size)
 
     def attach_model(self, model, processor=None) -> ZseMilvusStore:
-        """Use `model` (and `processor`, default derived from its config) to encode and re-rank;
-        ValueError (one line) when its weights differ from the ones the store was built with."""
+        """Use `model` (and `processor`, default derived from its config and the recorded `photo_crop`)
+        to encode and re-rank; ValueError (one line) when its weights differ from the ones the store
+        was built with."""
         if self.layout is not None:
             check_model(self.layout.model, model, "collection")
         self.model = model
-        self.processor = processor if processor is not None else default_processor(model)
+        self.processor = processor if processor is not None else default_processor(
+            model, self.layout.model if self.layout else None)
         return self
 
     def _int8_model(self):
