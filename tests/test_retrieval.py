@@ -635,6 +635,15 @@ def test_index_without_a_recorded_photo_crop_loads_as_none(saved, model, tmp_pat
     assert len(loaded) == N_PHOTOS + 1
 
 
+def test_merge_refuses_indexes_of_other_photo_crops(saved, model, tmp_path):
+    parts = [Path(shutil.copytree(saved, tmp_path / name)) for name in ("a", "b")]
+    manifest = json.loads((parts[1] / "manifest.json").read_text())
+    manifest["model"]["photo_crop"] = "saliency"
+    (parts[1] / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(ValueError, match=r"photo_crop='saliency'.*with None"):
+        ZseIndex.merge(parts, model=model)
+
+
 def test_cli_index_photo_crop(model, processor, sketches, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
     (tmp_path / "photos").mkdir()

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .model_binding import default_processor
+from .model_binding import default_processor, recorded_photo_crop
 from .token_store import KINDS
 
 
@@ -57,6 +57,10 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
     for d, p in zip(directories, parts):
         if (p.model_info or {}).get("sha256") != (first.model_info or {}).get("sha256"):
             raise ValueError(f"{d} was built with a different model than {directories[0]}")
+        if recorded_photo_crop(p.model_info) != recorded_photo_crop(first.model_info):
+            raise ValueError(f"{d} encoded its photos with photo_crop={recorded_photo_crop(p.model_info)!r}, "
+                             f"{directories[0]} with {recorded_photo_crop(first.model_info)!r}; their embeddings "
+                             "would not be comparable")
         shape = (p.dim, p.token_shape, p.grid_size, p.store_local_tokens)
         if shape != (first.dim, first.token_shape, first.grid_size, first.store_local_tokens):
             raise ValueError(f"{d} stores features of another shape than {directories[0]}")
@@ -81,7 +85,7 @@ def merge_indexes(cls, directories: Sequence[str | os.PathLike], model=None, ind
                  store_projections=all(p.store_projections for p in parts),  # kept when every input has them
                  token_codec=first.token_codec)  # codes are copied as they are
     merged.model, merged.model_info = model, first.model_info
-    merged.processor = default_processor(model) if model is not None else None
+    merged.processor = default_processor(model, first.model_info) if model is not None else None
     for p in parts:
         merged.skipped.extend(p.skipped)
     ids = [parts[pi]._ids[r] for pi, r in entries]
