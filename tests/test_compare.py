@@ -158,3 +158,43 @@ def test_pool_folds_with_per_fold_labels():
     assert pooled["n_classes"] == sum(len(f["results"]["ret"]["per_class_AP"]) for f in (f0, f1))
     with pytest.raises(CompareError, match="disjoint"):
         pool_comparisons([(f0, f0), (f0, f0)], "ret", "rn@10", n_bootstrap=200)
+
+
+def _instance_payload(rankings: dict, targets, photo_ids, seed=0):
+    """An eval JSON with `instance_level` rows: real `compute_metrics` plus `per_photo_hits`."""
+    from zse_hf.evaluation.runner import per_photo_hits
+
+    gl = np.arange(rankings["ret"].shape[1])
+    rows = {name: {**M.compute_metrics(s, np.asarray(targets), gl, true_index=np.asarray(targets), n_bootstrap=0),
+                   **per_photo_hits(s, targets, photo_ids)} for name, s in rankings.items()}
+    inst = {"split": rows, "n_queries": len(targets), "variants": 4, "seed": seed}
+    return json.loads(json.dumps({"results": rows, "data_hash": "d1", "instance_level": inst}))
+
+
+def test_instance_level_compares_photos_acc1(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    n_photos, variants = 10, 4
+    targets = np.repeat(np.arange(n_photos), variants)
+    photo_ids = [f"p{t}.png" for t in targets]
+    noise = rng.normal(size=(len(targets), n_photos))
+    own = np.eye(n_photos)[targets]
+    p = _instance_payload({"ret": noise + 1.0 * own, "rn@10": noise + 3.0 * own}, targets, photo_ids)
+    c = compare_results(p, p, "ret", "rn@10", gallery="instance", n_bootstrap=2000)
+    acc = {m: float((np.argmax(s, 1) == targets).mean()) for m, s in (("ret", noise + own), ("rn@10", noise + 3 * own))}
+    assert c["unit"] == "photos" and c["metric"] == "acc@1" and c["n_classes"] == n_photos
+    assert c["a"] == pytest.approx(acc["ret"]) and c["b"] == pytest.approx(acc["rn@10"])
+    assert c["a"] == pytest.approx(p["instance_level"]["split"]["ret"]["acc@1"])
+    lo, hi = c["difference_CI"]
+    assert lo <= c["difference"] <= hi and c["difference"] > 0
+    with pytest.raises(CompareError, match="different things"):
+        compare_results(p, p, "ret", "rn@10", gallery="standard", gallery_b="instance")
+    other = _instance_payload({"ret": noise, "rn@10": noise}, targets, photo_ids, seed=1)
+    with pytest.raises(CompareError, match="different data"):
+        compare_results(p, other, "ret", "ret", gallery="instance")
+    with pytest.raises(CompareError, match="instance_level.all"):
+        compare_results(p, p, "ret", "rn@10", gallery="instance-all")
+    path = tmp_path / "inst.json"
+    path.write_text(json.dumps(p))
+    assert main([str(path), "--gallery", "instance"]) == 0
+    out = capsys.readouterr().out
+    assert "acc@1" in out and "over 10 photos" in out and "photo-bootstrap" in out

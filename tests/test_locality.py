@@ -273,6 +273,9 @@ def test_evaluate_instances_scores_each_query_against_its_own_photo():
         best = (q.ret_embeds @ g.ret_embeds.T).argmax(dim=1).numpy()
         assert res[name]["ret"]["acc@1"] == pytest.approx(np.mean(best == np.repeat(np.arange(3), 2)))
         assert res[name]["ret"]["acc@5"] == 1.0  # at most 4 photos
+        per_photo = res[name]["ret"]["per_photo_acc@1"]  # what `zse-sbir compare --gallery instance` pairs
+        assert len(per_photo) == 3 and set(res[name]["ret"]["per_photo_queries"].values()) == {2}
+        assert np.mean(list(per_photo.values())) == pytest.approx(res[name]["ret"]["acc@1"])
     with pytest.raises(ValueError, match="lacks"):
         evaluate_instances(model, proc, bigger, {"split": photos})
 

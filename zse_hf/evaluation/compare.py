@@ -22,9 +22,27 @@ from ..hub.eval_json import load_eval_results
 from .metrics import bootstrap_ci
 
 GALLERIES = {"standard": "results", "all": "results_gallery_all", "natural": "results_natural",
-             "crisp": "results_crisp"}
+             "crisp": "results_crisp", "instance": "instance_level.split", "instance-all": "instance_level.all"}
 _EVAL_FLAG = {"standard": "", "all": " with --gallery all", "natural": " with --natural (--split val or train_fit)",
-              "crisp": " with --crisp"}
+              "crisp": " with --crisp", "instance": " with --instance",
+              "instance-all": " with --instance --gallery all"}
+# the unit resampled and the value compared: classes' AP (category level), or photos' acc@1 (the
+# instance level: pseudo-sketches of each photo, that photo found first)
+_UNIT = {"instance": ("photos", "acc@1", "per_photo_acc@1", "per_photo_queries"),
+         "instance-all": ("photos", "acc@1", "per_photo_acc@1", "per_photo_queries")}
+_CLASSES = ("classes", "mAP@all", "per_class_AP", "per_class_queries")
+
+
+def _unit(gallery: str) -> tuple[str, str, str, str]:
+    """`(unit, metric, values key, counts key)` of a gallery's rows."""
+    return _UNIT.get(gallery, _CLASSES)
+
+
+def _rows(payload: dict, gallery: str):
+    results = payload
+    for key in GALLERIES[gallery].split("."):
+        results = results.get(key) if isinstance(results, dict) else None
+    return results
 
 
 class CompareError(ValueError):
@@ -32,14 +50,17 @@ class CompareError(ValueError):
 
 
 def _mode_results(payload: dict, mode: str, gallery: str, where: str) -> dict:
-    results = payload.get(GALLERIES[gallery])
+    """`{"values": {unit: value}, "counts": {unit: queries} | None}` of one mode's rows."""
+    results = _rows(payload, gallery)
     if not isinstance(results, dict):
         raise CompareError(f"{where}: no {GALLERIES[gallery]!r} (run `zse-sbir eval`{_EVAL_FLAG[gallery]})")
+    unit, _, values, counts = _unit(gallery)
     r = results.get(mode)
-    if not isinstance(r, dict) or not isinstance(r.get("per_class_AP"), dict):
-        have = ", ".join(k for k, v in results.items() if isinstance(v, dict) and "per_class_AP" in v)
-        raise CompareError(f"{where}: no per-class APs for mode {mode!r} (has: {have or 'none'})")
-    return r
+    if not isinstance(r, dict) or not isinstance(r.get(values), dict):
+        have = ", ".join(k for k, v in results.items() if isinstance(v, dict) and values in v)
+        what = "per-class APs" if unit == "classes" else "per-photo acc@1"
+        raise CompareError(f"{where}: no {what} for mode {mode!r} (has: {have or 'none'})")
+    return {"values": r[values], "counts": r.get(counts)}
 
 
 def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "standard", n_bootstrap: int = 10000,
@@ -66,9 +87,15 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
     for g in (gallery, gallery_b):
         if g not in GALLERIES:
             raise CompareError(f"gallery must be one of {sorted(GALLERIES)}, got {g!r}")
-    meta = {"all": "gallery_all", "natural": "natural", "crisp": "crisp"}
+    if _unit(gallery) != _unit(gallery_b):
+        raise CompareError(f"rows of {gallery!r} and {gallery_b!r} compare different things")
+    meta = {"all": "gallery_all", "natural": "natural", "crisp": "crisp", "instance": "instance_level",
+            "instance-all": "instance_level"}
 
     def extra_hash(payload: dict, g: str):
+        if g.startswith("instance"):  # the same pseudo-sketches: their count, warps per photo and seed
+            inst = payload.get("instance_level") or {}
+            return str([inst.get(k) for k in ("n_queries", "variants", "seed")])
         return (payload.get(meta[g]) or {}).get("data_hash") if g in meta else None
 
     for ha, hb, what in ((a.get("data_hash"), b.get("data_hash"), "data_hash"),
@@ -77,16 +104,18 @@ def compare_results(a: dict, b: dict, mode_a: str, mode_b: str, gallery: str = "
             raise CompareError(f"the two results are on different data ({what} {ha} vs {hb}): a paired "
                                "comparison needs the same queries and gallery")
     ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery_b, "B")
-    ap_a, ap_b = ra["per_class_AP"], rb["per_class_AP"]
+    ap_a, ap_b = ra["values"], rb["values"]
+    unit, metric = _unit(gallery)[:2]
     if set(ap_a) != set(ap_b):
-        raise CompareError(f"the rankings score different classes ({len(ap_a)} vs {len(ap_b)})")
+        raise CompareError(f"the rankings score different {unit} ({len(ap_a)} vs {len(ap_b)})")
     classes = sorted(ap_a, key=str)
-    counts = ra.get("per_class_queries")
+    counts = ra["counts"]
     weights = np.array([counts[c] for c in classes], dtype=np.float64) if isinstance(counts, dict) else \
         np.ones(len(classes))
     va = np.array([ap_a[c] for c in classes], dtype=np.float64)
     vb = np.array([ap_b[c] for c in classes], dtype=np.float64)
-    return _paired(va, vb, weights, isinstance(counts, dict), n_bootstrap, seed, alpha)
+    return {**_paired(va, vb, weights, isinstance(counts, dict), n_bootstrap, seed, alpha), "unit": unit,
+            "metric": metric}
 
 
 def _paired(va: np.ndarray, vb: np.ndarray, weights: np.ndarray, by_queries: bool, n_bootstrap: int, seed: int,
@@ -130,22 +159,23 @@ def pool_comparisons(pairs: Sequence[tuple[dict, dict]], mode_a: str, mode_b: st
         c = compare_results(a, b, mode_a, mode_b, gallery, n_bootstrap=1, seed=seed, alpha=alpha)
         folds.append({k: c[k] for k in ("a", "b", "difference", "n_classes", "classes_b_better", "classes_a_better")})
         ra, rb = _mode_results(a, mode_a, gallery, "A"), _mode_results(b, mode_b, gallery, "B")
-        counts = ra.get("per_class_queries")
+        counts = ra["counts"]
         equal_weights |= not isinstance(counts, dict)
         fold = a.get("val_fold")  # labels are per-fold indices: a fold's classes are (fold, label)
-        for cls in sorted(ra["per_class_AP"], key=str):
+        for cls in sorted(ra["values"], key=str):
             key = (fold, cls) if fold is not None else cls
             if key in seen:
-                raise CompareError(f"class {cls!r} is in evaluations {seen[key] + 1} and {n + 1}: pooling needs "
+                raise CompareError(f"{cls!r} is in evaluations {seen[key] + 1} and {n + 1}: pooling needs "
                                    "disjoint classes (one evaluation per fold)")
             seen[key] = n
-            va.append(ra["per_class_AP"][cls])
-            vb.append(rb["per_class_AP"][cls])
+            va.append(ra["values"][cls])
+            vb.append(rb["values"][cls])
             weights.append(counts[cls] if isinstance(counts, dict) else 1.0)
     w = np.ones(len(va)) if equal_weights else np.array(weights, dtype=np.float64)
     pooled = _paired(np.array(va, dtype=np.float64), np.array(vb, dtype=np.float64), w, not equal_weights,
                      n_bootstrap, seed, alpha)
-    return {**pooled, "n_folds": len(pairs), "folds": folds}
+    unit, metric = _unit(gallery)[:2]
+    return {**pooled, "unit": unit, "metric": metric, "n_folds": len(pairs), "folds": folds}
 
 
 def format_comparison(c: dict, name_a: str, name_b: str) -> str:
@@ -153,9 +183,10 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
     lo, hi = c["difference_CI"]
     verdict = ("B is better" if lo > 0 else "A is better" if hi < 0 else
                "the interval holds 0: this data cannot tell them apart")
-    return (f"A {name_a}: mAP@all {c['a']:.4f}\nB {name_b}: mAP@all {c['b']:.4f}\n"
-            f"B - A: {c['difference']:+.4f}, {100 * c['level']:g}% paired class-bootstrap interval "
-            f"[{lo:+.4f}, {hi:+.4f}] over {c['n_classes']} classes ({c['weights']} weights; B better in "
+    unit, metric = c.get("unit", "classes"), c.get("metric", "mAP@all")
+    return (f"A {name_a}: {metric} {c['a']:.4f}\nB {name_b}: {metric} {c['b']:.4f}\n"
+            f"B - A: {c['difference']:+.4f}, {100 * c['level']:g}% paired {unit[:-1]}-bootstrap interval "
+            f"[{lo:+.4f}, {hi:+.4f}] over {c['n_classes']} {unit} ({c['weights']} weights; B better in "
             f"{c['classes_b_better']}, A in {c['classes_a_better']}): {verdict}")
 
 

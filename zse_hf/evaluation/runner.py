@@ -273,10 +273,28 @@ def evaluate_instances(model: ZseModel, processor, photos, galleries: dict, mode
                        query_features=features, ret_weight=ret_weight)
         features = res["_query_features"]
         out[name] = {k: v for k, v in res.items() if not k.startswith("_")}
+        photo_ids = [str(inst) for inst in queries.instances]
+        targets = fine_grained_targets(queries, with_instance_ids(gallery))
+        for key, scores in res["_scores"].items():  # per photo, for `zse-sbir compare --gallery instance`
+            out[name][key].update(per_photo_hits(scores, targets, photo_ids))
     out.update(n_queries=len(photos) * variants, variants=variants, seed=seed,
                queries="pseudo-sketches of each held-out photo (first straight, the others through a seeded "
                        "crop/scale, shift and flip warp); a hit = the query's own photo")
     return out
+
+
+def per_photo_hits(scores: np.ndarray, targets: np.ndarray, photo_ids: Sequence[str]) -> dict:
+    """Instance-level acc@1 per photo: the share of its pseudo-sketches (rows of `scores` `[Q, G]`
+    with true gallery index `targets` `[Q]`) whose top hit is that photo.
+
+    Returns: `{"per_photo_acc@1": {photo id: share}, "per_photo_queries": {photo id: count}}`.
+    """
+    hit = rank_gallery(scores, k=1)[:, 0] == np.asarray(targets)
+    acc, counts = {}, {}
+    for pid, h in zip(photo_ids, hit.tolist()):
+        acc[pid] = acc.get(pid, 0.0) + float(h)
+        counts[pid] = counts.get(pid, 0) + 1
+    return {"per_photo_acc@1": {k: acc[k] / counts[k] for k in acc}, "per_photo_queries": counts}
 
 
 def baseline_scores(processor, queries, gallery, seed: int = 0) -> dict[str, np.ndarray]:
