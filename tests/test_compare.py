@@ -196,5 +196,9 @@ def test_instance_level_compares_photos_acc1(tmp_path, capsys):
     path = tmp_path / "inst.json"
     path.write_text(json.dumps(p))
     assert main([str(path), "--gallery", "instance"]) == 0
+    assert "paired photo-bootstrap" in capsys.readouterr().out
+    assert main([str(path)]) == 0  # category level: classes
+    assert "paired class-bootstrap interval" in capsys.readouterr().out
+    assert main([str(path), "--gallery", "instance"]) == 0
     out = capsys.readouterr().out
     assert "acc@1" in out and "over 10 photos" in out and "photo-bootstrap" in out
