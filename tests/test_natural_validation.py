@@ -150,3 +150,9 @@ def test_a_natural_run_validates_on_both_galleries_and_selects_by_their_mean(tin
     summary = json.loads((best / "training_summary.json").read_text())
     assert summary["best_val_mAP@all"] == pytest.approx(max(r["eval_select"] for r in evals))
     assert summary["config"]["natural_photos"] and summary["config"]["selection"] == "cutout+natural"
+    # the natural photos it trained on are recorded, none of a natural validation class or unseen concept
+    fit, val = natural_val_split(0, 3)
+    recorded = summary["natural_photos"]
+    assert recorded and {r["class"] for r in recorded} == set(fit) and summary["natural_validation_classes"] == val
+    assert not {r["class"] for r in recorded} & (set(val) | set(load_split()["unseen_all"]))
+    assert all(len(r["sha256"]) == 64 and r["resource_path"] for r in recorded)

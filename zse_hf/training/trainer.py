@@ -420,6 +420,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         "processes": args.world_size,
         "config": portable_config(cfg),
         **trained_stamps(triplets),
+        **recipe_natural_photos(cfg),
         **warm_start_record(cfg),
     })
 
@@ -480,6 +481,21 @@ def recipe_stamps(cfg: TrainConfig) -> dict:
     return _stamp_record(StampPhotoDataset(verify=False, withhold_lookalikes_of=val_classes))
 
 
+def recipe_natural_photos(cfg: TrainConfig) -> dict:
+    """`{"natural_photos": [{"class", "resource_path", "sha256"}, ...], "natural_validation_classes": [...]}`:
+    the reviewed natural photos (GCompris, with backgrounds) an offline recipe with `natural_photos`
+    trains on, and the classes whose natural photos it validates on; `{}` otherwise."""
+    if not getattr(cfg, "natural_photos", False) or cfg.data != "offline":
+        return {}
+    from ..data.natural_photos import natural_photo_records
+    from ..data.split import natural_val_split
+
+    fit, val = natural_val_split(cfg.seed, cfg.val_classes, fold=cfg.val_fold)
+    return {"natural_photos": [{"class": r.class_name, "resource_path": r.resource_path, "sha256": r.sha256}
+                               for r in natural_photo_records(fit)],
+            "natural_validation_classes": list(val)}
+
+
 def _stamp_record(stamps) -> dict:
     return {"stamps": [{"path": r.stamp_path, "sha256": r.sha256} for r in stamps.records],
             "stamps_withheld": list(getattr(stamps, "withheld", []))}
@@ -520,7 +536,8 @@ def export_best(out_dir: str | os.PathLike) -> Path:
     config = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").exists() else None
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in fields}) if config else None
-    recipe = {"config": portable_config(cfg), **recipe_stamps(cfg), **warm_start_record(cfg)} if cfg else \
+    recipe = {"config": portable_config(cfg), **recipe_stamps(cfg), **recipe_natural_photos(cfg),
+              **warm_start_record(cfg)} if cfg else \
         {"config": None}
     return _save_best(out, model, ZseImageProcessor.from_model_config(model.config), {
         "best_checkpoint": portable_path(chosen, out),
