@@ -27,6 +27,7 @@ from zse_hf.data.natural_photos import (
     DeniedResourceError,
     deny_reason,
     extract_resource,
+    is_denied,
     natural_photo_records,
 )
 from zse_hf.data.rcc import RccError, RccFile
@@ -348,3 +349,28 @@ def test_verification_catches_a_modified_file(tmp_path):
     forged = npm.NaturalPhotoRecord(rec.class_name, rec.rcc_file, rec.resource_path, "0" * 64, rec.licence)
     with pytest.raises(npm.NaturalPhotoVerificationError):
         npm.natural_photo_bytes(forged, root=root)
+
+
+def test_the_shipped_model_trained_on_reviewed_natural_photos_only(rows, split):
+    """`hub_card/training_summary.json` records the natural photos each run in its chain trained on:
+    every one a reviewed row (same resource path and sha256), of an allowed class, none denied, none
+    of an unseen concept, none of the run's own natural validation classes."""
+    from pathlib import Path
+
+    summary = json.loads((Path(__file__).resolve().parents[1] / "hub_card" / "training_summary.json").read_text())
+    reviewed = {r["resource_path"]: r for r in rows}
+    unseen = set(split["unseen_all"])
+    stage, seen_any = summary, False
+    while stage is not None:
+        config = stage.get("config") or {}
+        if config.get("natural_photos"):
+            assert stage.get("natural_photos"), "a run on natural photos must record which ones"
+        for photo in stage.get("natural_photos", []):
+            seen_any = True
+            row = reviewed[photo["resource_path"]]
+            assert row["sha256"] == photo["sha256"] and row["class"] == photo["class"], photo
+            assert photo["class"] not in unseen and not is_denied(photo["resource_path"]), photo
+            assert photo["class"] not in stage.get("natural_validation_classes", []), photo
+        stage = stage.get("init_from_summary") if config.get("init_from") else None
+    if not seen_any:
+        pytest.skip("the shipped model was not trained on natural photos")
