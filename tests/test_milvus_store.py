@@ -454,7 +454,13 @@ def test_cli_index_photo_crop_into_a_store(lite, model, processor, sketches, tmp
     with ZseMilvusStore.open(uri) as store:
         assert store.model_info["photo_crop"] == "saliency" and len(store) == 4
     capsys.readouterr()
-    assert retrieval.index_main(argv) == 2  # the model's own processor does not crop
+    (photos / "more").mkdir()
+    write_photo_dir(photos / "more", 2)
+    assert retrieval.index_main(argv) == 0  # continued without the flag: crops as the store recorded
+    with ZseMilvusStore.open(uri) as store:
+        assert store.model_info["photo_crop"] == "saliency" and len(store) == 6
+    capsys.readouterr()
+    assert retrieval.index_main([*argv, "--photo-crop", "none"]) == 2  # an explicit other setting is refused
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
     assert len(err) == 1 and err[0].startswith("zse-sbir index: error: photo_crop mismatch"), err
     assert retrieval.search_main([uri, sketches[0], "-k", "2", "--json"]) == 0

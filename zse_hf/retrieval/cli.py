@@ -179,6 +179,24 @@ def _store_metadata(path: str | None, photo_dir: str, ids: list[str]) -> list[di
     return [{"folder": posixpath.dirname(i), **extra.get(i, {})} for i in ids]
 
 
+_NO_STORE = object()
+
+
+def _recorded_store_crop(address):
+    """The `photo_crop` an existing store recorded (None: no crop), or `_NO_STORE` when there is no
+    zse-sbir collection there yet (an embedded file that does not exist is not created)."""
+    from .milvus_store import ZseMilvusStore
+
+    if address.embedded and not Path(address.uri).exists():
+        return _NO_STORE
+    try:
+        store = ZseMilvusStore(address, token=os.environ.get("MILVUS_TOKEN"))
+    except ValueError:
+        return _NO_STORE
+    with store:
+        return _NO_STORE if store.layout is None else recorded_photo_crop(store.model_info)
+
+
 def _index_store(args) -> int:
     """`zse-sbir index` into a database store."""
     from .inputs import list_images
@@ -202,6 +220,10 @@ def _index_store(args) -> int:
         ids = [f.relative_to(root).as_posix() for f in list_images(root)]
         metadata = _store_metadata(args.metadata, args.photo_dir, ids)
         token_codec = resolve_token_codec(Path(args.token_codec_from) if args.token_codec_from else args.token_codec)
+        if args.photo_crop is None and not args.recreate:  # continuing a store: crop as it recorded
+            recorded = _recorded_store_crop(address)
+            if recorded is not _NO_STORE:
+                args.photo_crop = recorded or "none"
         model, processor = _load_photo_model(args)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
