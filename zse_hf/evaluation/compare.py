@@ -184,8 +184,9 @@ def format_comparison(c: dict, name_a: str, name_b: str) -> str:
     verdict = ("B is better" if lo > 0 else "A is better" if hi < 0 else
                "the interval holds 0: this data cannot tell them apart")
     unit, metric = c.get("unit", "classes"), c.get("metric", "mAP@all")
+    resampled = "photo" if unit == "photos" else "class"
     return (f"A {name_a}: {metric} {c['a']:.4f}\nB {name_b}: {metric} {c['b']:.4f}\n"
-            f"B - A: {c['difference']:+.4f}, {100 * c['level']:g}% paired {'photo' if unit == 'photos' else 'class'}-bootstrap interval "
+            f"B - A: {c['difference']:+.4f}, {100 * c['level']:g}% paired {resampled}-bootstrap interval "
             f"[{lo:+.4f}, {hi:+.4f}] over {c['n_classes']} {unit} ({c['weights']} weights; B better in "
             f"{c['classes_b_better']}, A in {c['classes_a_better']}): {verdict}")
 
