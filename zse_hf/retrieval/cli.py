@@ -124,7 +124,7 @@ def index_main(argv: list[str] | None = None) -> int:
             raise ValueError("--no-tokens stores no tokens: drop --token-codec / --token-codec-from")
         if token_codec is not None and args.store_projections:
             raise ValueError("--store-projections needs fp16 tokens (projections are not stored with a token codec)")
-        model, processor = _load_photo_model(args)
+        model, processor = _load_photo_model(args, args.photo_crop)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # each skipped file is printed below; huge images are refused by the processor's own pixel limit
@@ -154,12 +154,12 @@ def index_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_photo_model(args):
-    """`(model, processor)` of `zse-sbir index`: the processor crops photos as `--photo-crop` says
-    (default: as the model's saved processor does)."""
+def _load_photo_model(args, photo_crop: str | None):
+    """`(model, processor)` of `zse-sbir index`: the processor crops photos as `photo_crop` (a
+    `--photo-crop` value) says; None: as the model's saved processor does."""
     model, processor = _load_model(args.model, args.device)
-    if args.photo_crop is not None:
-        processor = with_photo_crop(processor, None if args.photo_crop == "none" else args.photo_crop)
+    if photo_crop is not None:
+        processor = with_photo_crop(processor, None if photo_crop == "none" else photo_crop)
     return model, processor
 
 
@@ -187,14 +187,12 @@ def _recorded_store_crop(address):
     zse-sbir collection there yet (an embedded file that does not exist is not created)."""
     from .milvus_store import ZseMilvusStore
 
-    if address.embedded and not Path(address.uri).exists():
-        return _NO_STORE
     try:
-        store = ZseMilvusStore(address, token=os.environ.get("MILVUS_TOKEN"))
+        store = ZseMilvusStore.open(address, token=os.environ.get("MILVUS_TOKEN"))
     except ValueError:
         return _NO_STORE
     with store:
-        return _NO_STORE if store.layout is None else recorded_photo_crop(store.model_info)
+        return recorded_photo_crop(store.model_info)
 
 
 def _index_store(args) -> int:
@@ -220,11 +218,12 @@ def _index_store(args) -> int:
         ids = [f.relative_to(root).as_posix() for f in list_images(root)]
         metadata = _store_metadata(args.metadata, args.photo_dir, ids)
         token_codec = resolve_token_codec(Path(args.token_codec_from) if args.token_codec_from else args.token_codec)
-        if args.photo_crop is None and not args.recreate:  # continuing a store: crop as it recorded
+        photo_crop = args.photo_crop
+        if photo_crop is None and not args.recreate:  # continuing a store: crop as it recorded
             recorded = _recorded_store_crop(address)
             if recorded is not _NO_STORE:
-                args.photo_crop = recorded or "none"
-        model, processor = _load_photo_model(args)
+                photo_crop = recorded or "none"
+        model, processor = _load_photo_model(args, photo_crop)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"skipped \d+ unreadable", category=UserWarning)

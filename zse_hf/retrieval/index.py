@@ -656,10 +656,7 @@ class ZseIndex(SegmentIngest):
             ValueError: a newer format version, a missing, truncated or modified file, or a
                 model whose weights differ from the recorded ones.
         """
-        index = load_index(cls, directory, model=model, processor=processor, verify=verify, use_gpu=use_gpu)
-        if processor is None and model is not None:  # later adds and explanations crop as the rows were
-            index.processor = default_processor(model, index.model_info)
-        return index
+        return load_index(cls, directory, model=model, processor=processor, verify=verify, use_gpu=use_gpu)
 
     @classmethod
     def merge(cls, directories: Sequence[str | os.PathLike], model=None, index_factory: str | None = "same",

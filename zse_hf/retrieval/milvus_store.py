@@ -160,6 +160,8 @@ class ZseMilvusStore(MilvusIngest):
                 the database cannot be reached (one line).
         """
         address = uri if isinstance(uri, StoreAddress) else parse_store_uri(uri, collection)
+        if address.embedded and not Path(address.uri).exists():  # Milvus Lite would create it
+            raise ValueError(f"no zse-sbir collection {address.collection!r}: {address.uri} does not exist")
         store = cls(address, model, processor, token=token, timeout=timeout)
         if store.layout is None:
             store.close()

@@ -428,7 +428,8 @@ def _load_from(cls, dir_fd: int, where: Path, model, processor, verify: bool, us
                 use_gpu=use_gpu, train_size=manifest.get("train_size", DEFAULT_TRAIN_SIZE),
                 store_projections=tokens.get("projections", False), token_codec=codec)
     index.model, index.model_info = model, manifest["model"]
-    index.processor = processor if processor is not None or model is None else default_processor(model)
+    index.processor = processor if processor is not None or model is None else \
+        default_processor(model, index.model_info)  # later adds and explanations crop as the rows were
     index.factory, index.search_params, index.dim = manifest["factory"], manifest["search_params"], dim
     index.token_shape = token_shape
     index.grid_size = tuple(tokens["grid_size"]) if tokens.get("grid_size") else None

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..explain import ink_map
-from ..image_processing_zse import BlankSketchError
+from ..image_processing_zse import BlankSketchError, ZseImageProcessor, to_rgb_on_white
 from ..model_summary import format_metric, mode_description
 from ..retrieval import ZseIndex, is_store_uri, open_store, parse_store_uri
 from . import gallery_index
@@ -157,13 +157,9 @@ class Ranking:
 
 def thumbnail(path, size: int = THUMBNAIL_PX) -> Image.Image:
     """The photo at `path` fit in `size` x `size` pixels (RGB, upright), or a grey tile when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # a JPEG is decoded at a reduced scale
-            image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((size, size))
-        return image
-    except (OSError, ValueError, Image.DecompressionBombError):
+    try:  # the processor's loader: JPEGs decoded at a reduced scale, the pixel limit, EXIF orientation
+        return to_rgb_on_white(ZseImageProcessor(max_input_side=size).load_image(path))
+    except (OSError, ValueError):
         return Image.new("RGB", (size, size), "#d0d0d0")
 
 
@@ -234,10 +230,6 @@ class SketchSearchService:
     def _open_collection(self, photos):
         """`photos` opened with the served model (`open_store`); UserError, one line, when it cannot be."""
         try:
-            if is_store_uri(photos):
-                address = parse_store_uri(photos)
-                if address.embedded and not Path(address.uri).exists():  # not created by a typo
-                    raise ValueError(f"{address.uri} does not exist")
             return open_store(photos, self.dm.model, self.dm.processor)
         except (ValueError, OSError, ImportError) as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
