@@ -107,12 +107,22 @@ def exported(tmp_path_factory):
                    "warmup_steps": 50},
         "relation_stage": {"step": 400, "best_val_rn_mAP@all": 0.63529,
                            "config": {"top_k": 10, "lr": 1e-5, "batch_size": 8}},
+        "natural_photos": [{"class": "cat", "resource_path": "a/cat.webp", "sha256": "0" * 64},
+                           {"class": "cat", "resource_path": "b/cat.webp", "sha256": "1" * 64},
+                           {"class": "bee", "resource_path": "a/bee.webp", "sha256": "2" * 64}],
     }))
     payload = _eval_payload(model)
+    payload["results_crisp"] = {"ret": _metrics(0.29979)}
     eval_json = root / "results.json"
     eval_json.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-    hub = export(model_dir, eval_json, root / "hub_card", repo_id=REPO_ID)
-    return SimpleNamespace(root=root, model=model, model_dir=model_dir, eval_json=eval_json, payload=payload, hub=hub)
+    val_payload = dict(_eval_payload(model), split="val", command="zse-sbir eval --split val",
+                       results={"ret": _metrics(0.61803)},
+                       results_natural={"ret": dict(_metrics(0.57721), n_gallery=5)})
+    val_json = root / "val.json"
+    val_json.write_text(json.dumps(val_payload))
+    hub = export(model_dir, eval_json, root / "hub_card", repo_id=REPO_ID, eval_val=val_json)
+    return SimpleNamespace(root=root, model=model, model_dir=model_dir, eval_json=eval_json, payload=payload, hub=hub,
+                           val_json=val_json, val_payload=val_payload)
 
 
 # ----------------------------------------------------------------------------- export
@@ -122,6 +132,7 @@ def test_export_writes_every_file(exported):
     hub = exported.hub
     assert sorted(p.name for p in hub.iterdir()) == sorted((*EXPORTED_FILES, *OPTIONAL_FILES))
     assert json.loads((hub / "eval_results.json").read_text()) == exported.payload
+    assert json.loads((hub / "eval_results_val.json").read_text()) == exported.val_payload
     assert (hub / "training_summary.json").read_bytes() == (exported.model_dir / "training_summary.json").read_bytes()
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "zse"
@@ -182,6 +193,32 @@ def test_export_refuses_numbers_of_other_weights(exported, tmp_path, capsys):
     assert export_main(["--model", str(tmp_path / "nope"), "--eval", str(exported.eval_json),
                         "--out", str(tmp_path / "x")]) == 1
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_card_table_of_what_users_bring_and_its_validation_json(exported, tmp_path):
+    """`--eval-val`: the validation JSON's cut-out and natural rows join the test JSON's standard and
+    crisp rows in one table (not the model-index); a JSON of another split or other weights is refused."""
+    card = (exported.hub / "README.md").read_text()
+    rows = [line for line in card.splitlines() if line.startswith("| test |") or line.startswith("| val |")]
+    assert [r.split(" | ")[0] for r in rows] == ["| test", "| test", "| val", "| val"], rows
+    assert "0.314 [0.214, 0.404]" in rows[0] and "0.272" in rows[0]  # ret and rn@10 of the test gallery
+    assert "crisp" in rows[1] and "0.300" in rows[1] and "not measured" in rows[1]  # no rn on crisp
+    assert "natural photos with backgrounds" in rows[3] and "(5)" in rows[3] and "0.577" in rows[3]
+    assert "0.618" not in " ".join(card.split("---")[1:2])  # validation numbers stay out of the model-index
+    assert "- **Natural photos**: 3 photos with their backgrounds of 2 training classes" in card
+    assert "GCompris" in card.split("## Licences")[1]
+    wrong = tmp_path / "test-as-val.json"
+    wrong.write_text(json.dumps(exported.payload))
+    with pytest.raises(HubError, match="--split val"):
+        export(exported.model_dir, exported.eval_json, tmp_path / "out", eval_val=wrong)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(exported.val_payload, model_hash="ffffffffffffffff")))
+    with pytest.raises(HubError, match="other.json was computed for model_hash"):
+        export(exported.model_dir, exported.eval_json, tmp_path / "out", eval_val=other)
+    assert not (tmp_path / "out").exists()
+    export(exported.model_dir, exported.eval_json, tmp_path / "out")  # without it: no table, no file
+    assert not (tmp_path / "out" / "eval_results_val.json").exists()
+    assert "| val |" not in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_export_refuses_rn_numbers_of_another_rerank_weight(exported, tmp_path):

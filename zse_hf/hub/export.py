@@ -90,7 +90,7 @@ def _load_source(model_dir: Path):
 
 def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: str | os.PathLike, *,
            dtype: str = "fp16", repo_id: str = DEFAULT_REPO_ID, allow_hash_mismatch: bool = False,
-           default_ranking: str | None = None) -> Path:
+           default_ranking: str | None = None, eval_val: str | os.PathLike | None = None) -> Path:
     """Write the Hub repo content of a trained model folder to `out_dir`.
 
     Args:
@@ -107,6 +107,9 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
             `model_dir` (the card then says the numbers are unverified).
         default_ranking: the exported config's `default_ranking` (`"ret"` or `"rn@K"`, the
             ranking search follows when none is asked for); None keeps `model_dir`'s.
+        eval_val: optionally, a `zse-sbir eval --split val` JSON of the same weights: its cut-out,
+            crisp and natural-photo rows join the card's table of what users bring (never the
+            `model-index`), and it is written as `eval_results_val.json`.
 
     Writes `config.json` (`auto_map` for AutoConfig, AutoModel, AutoImageProcessor,
     AutoProcessor; `custom_pipelines` for the `"sketch-based-image-retrieval"` pipeline),
@@ -134,6 +137,10 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
         except ValueError as err:
             raise HubError(str(err)) from None
     payload = load_eval_results(eval_json)
+    val_payload = load_eval_results(eval_val) if eval_val is not None else None
+    if val_payload is not None and val_payload.get("split") != "val":
+        raise HubError(f"{eval_val} is an eval of split {val_payload.get('split')!r}; --eval-val takes a "
+                       "`zse-sbir eval --split val` JSON")
     storage = _source_dtype(model_dir) if dtype == "source" else _DTYPES[dtype]
     from transformers.utils import logging as hf_logging
 
@@ -141,29 +148,33 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
     hf_logging.disable_progress_bar()  # no per-step loading/saving bars
     try:
         return _export(model_dir, payload, eval_json, out_dir, storage, repo_id, allow_hash_mismatch,
-                       default_ranking)
+                       default_ranking, (val_payload, eval_val))
     finally:
         if bars:
             hf_logging.enable_progress_bar()
 
 
 def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: torch.dtype, repo_id: str,
-            allow_hash_mismatch: bool, default_ranking: str | None = None) -> Path:
+            allow_hash_mismatch: bool, default_ranking: str | None = None,
+            val: tuple[dict | None, str | os.PathLike | None] = (None, None)) -> Path:
     model, processor = _load_source(model_dir)
     if default_ranking is not None:
         model.config.default_ranking = default_ranking
 
     digest = weights_fingerprint(model, short=True)
-    claimed = payload.get("model_hash")
-    verified = claimed == digest
-    if not verified and not allow_hash_mismatch:
-        raise HubError(f"{eval_json} was computed for model_hash {claimed!r}, but {model_dir} has {digest!r}: "
-                       "re-run `zse-sbir eval` on this model (or pass --allow-hash-mismatch)")
-    used = payload.get("rerank_ret_weight")
-    if used is not None and float(used) != model.config.rerank_ret_weight:
-        raise HubError(f"{eval_json} scored the re-rank with rerank_ret_weight={used}, but {model_dir}'s config has "
-                       f"{model.config.rerank_ret_weight}: its rn numbers would not describe the exported model "
-                       "(re-run `zse-sbir eval` without --rerank-ret-weight, or set the config's value)")
+    verified = payload.get("model_hash") == digest
+    val_payload, val_json = val
+    for data, path in ((payload, eval_json), *([val] if val_payload is not None else [])):
+        claimed = data.get("model_hash")
+        if claimed != digest and not allow_hash_mismatch:
+            raise HubError(f"{path} was computed for model_hash {claimed!r}, but {model_dir} has {digest!r}: "
+                           "re-run `zse-sbir eval` on this model (or pass --allow-hash-mismatch)")
+        verified = verified and claimed == digest
+        used = data.get("rerank_ret_weight")
+        if used is not None and float(used) != model.config.rerank_ret_weight:
+            raise HubError(f"{path} scored the re-rank with rerank_ret_weight={used}, but {model_dir}'s config has "
+                           f"{model.config.rerank_ret_weight}: its rn numbers would not describe the exported model "
+                           "(re-run `zse-sbir eval` without --rerank-ret-weight, or set the config's value)")
     reference = _probe_embeddings(model, processor)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -206,10 +217,12 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
             data_stats=offline_data_stats(),
         )
         (tmp / "LICENSE.md").write_text(render_license())
-        text = render_card(reloaded.config, payload, info)
+        text = render_card(reloaded.config, payload, info, [val_payload] if val_payload is not None else [])
         validate_card(text)
         (tmp / "README.md").write_text(text)
         shutil.copyfile(eval_json, tmp / "eval_results.json")  # the card's numbers, for the demo and users
+        if val_json is not None:
+            shutil.copyfile(val_json, tmp / "eval_results_val.json")
         if (model_dir / "training_summary.json").is_file():
             shutil.copyfile(model_dir / "training_summary.json", tmp / "training_summary.json")
 
@@ -233,6 +246,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="zse-sbir export", description=export_main.__doc__)
     p.add_argument("--model", required=True, help="trained model folder (save_pretrained output)")
     p.add_argument("--eval", required=True, dest="eval_json", help="`zse-sbir eval --out` JSON of that model")
+    p.add_argument("--eval-val", default=None, metavar="VAL_JSON",
+                   help="a `zse-sbir eval --split val` JSON of that model: its cut-out, crisp and natural-photo "
+                        "rows join the card's table (saved as eval_results_val.json)")
     p.add_argument("--out", default="hub_card", help="output folder (default: hub_card)")
     p.add_argument("--dtype", default="fp16", choices=[*_DTYPES, "source"],
                    help="storage dtype of model.safetensors (default fp16; the model computes in fp32)")
@@ -244,7 +260,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = export(args.model, args.eval_json, args.out, dtype=args.dtype, repo_id=args.repo,
-                     allow_hash_mismatch=args.allow_hash_mismatch, default_ranking=args.default_ranking)
+                     allow_hash_mismatch=args.allow_hash_mismatch, default_ranking=args.default_ranking,
+                     eval_val=args.eval_val)
     except (HubError, OSError, ValueError) as err:
         print(f"zse-sbir export: error: {one_line(err)}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Sequence
 
 from ..model_summary import (
     TrainingSummary,
@@ -138,11 +138,87 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
         "- **Extra photos**: the other Tux Paint stamps reviewed as real photos of objects outside every class "
         "and every unseen concept (the project's `stamps_review.csv`), as " + " and ".join(uses) + ".",
         width=105, subsequent_indent="  ", break_on_hyphens=False) + "\n" if uses else ""
+    natural = _natural_photos(info)
+    n_nat_classes = len({r.get("class") for r in natural})
+    if natural:
+        extra += textwrap.fill(
+            f"- **Natural photos**: {len(natural)} photos with their backgrounds of {n_nat_classes} training classes "
+            "from GCompris (Debian `gcompris-qt-data` 3.1-2), reviewed by eye and recorded with their resource "
+            "path and sha256 in `training_summary.json`, beside the cut-outs; the natural photos of the "
+            "validation classes were kept out of training for model selection.",
+            width=105, subsequent_indent="  ", break_on_hyphens=False) + "\n"
     section = Template(_template("training_data_offline.md")).substitute(
         photos=photos, held_out=held_out, concepts=concepts, extra=extra).rstrip("\n")
-    few = (f"- **Few photos.** Training saw {photos}, mostly one per class, so the photo side of "
-           "the embedding is under-trained; expect weak results on natural photos with backgrounds.")
+    if natural:
+        few = textwrap.fill(
+            f"- **Few photos.** Training saw {photos} and {len(natural)} natural photos, mostly one or a few per "
+            "class, so the photo side of the embedding is under-trained; photos with backgrounds are validated "
+            "on a few photos of five classes only, and no test class has one.",
+            width=105, subsequent_indent="  ", break_on_hyphens=False)
+    else:
+        few = (f"- **Few photos.** Training saw {photos}, mostly one per class, so the photo side of "
+               "the embedding is under-trained; expect weak results on natural photos with backgrounds.")
     return section, few
+
+
+def _natural_photos(info: ExportInfo) -> list[dict]:
+    """The natural photos (GCompris) the exported model's training recorded, `[]` when none."""
+    rows = (info.training.extra.get("natural_photos") if info.training else None) or []
+    return [r for r in rows if isinstance(r, dict)]
+
+
+# eval JSON result blocks -> (sketches, photos) of the card's "as users bring them" table
+_USER_ROWS = (
+    ("results", "QuickDraw 28 px bitmaps", "cut-outs on white"),
+    ("results_crisp", "the same, re-drawn as crisp 2 px strokes", "cut-outs on white"),
+    ("results_gallery_all", "QuickDraw 28 px bitmaps", "cut-outs on white, with every training photo as distractor"),
+    ("results_natural", "QuickDraw 28 px bitmaps", "natural photos with backgrounds (GCompris)"),
+)
+
+
+def users_table(payloads: Sequence[dict]) -> str:
+    """Markdown table of every gallery / sketch rendering the eval payloads scored (test first,
+    then validation): `split | sketches | photos | <mode> mAP@all [CI] ...` and its lead-in;
+    `""` when the payloads hold nothing beyond the standard test gallery."""
+    rows = [(p, key, sketches, photos) for p in payloads for key, sketches, photos in _USER_ROWS
+            if isinstance(p.get(key), dict) and model_modes(p[key])]
+    if len(rows) < 2:
+        return ""
+    modes = list(dict.fromkeys(m for p, key, *_ in rows for m in model_modes(p[key])))
+    lines = ["| split | sketches | photos | " + " | ".join(f"`{m}` mAP@all [95% CI]" for m in modes) + " |",
+             "|" + "---|" * (3 + len(modes))]
+    for p, key, sketches, photos in rows:
+        block = p[key]
+        first = block[model_modes(block)[0]]
+        n_photos = first.get("n_gallery", p.get("n_gallery"))
+        cells = [f"{format_metric(block[m]['mAP@all'])} {format_interval(block[m].get('mAP@all_CI'))}".strip()
+                 if m in block else "not measured" for m in modes]
+        lines.append(f"| {p.get('split', 'test')} | {sketches} ({first.get('n_queries', '?')}) | {photos} "
+                     f"({n_photos}) | " + " | ".join(cells) + " |")
+    lead = ("The same model on the sketches and photos users bring (numbers of sketches and photos in brackets). "
+            "The validation classes are held-out training classes, used for model selection; no test class has a "
+            "natural photo. Rows with fewer photos rank among fewer distractors, so compare a row only with "
+            "another model's same row:")
+    return lead + "\n\n" + "\n".join(lines)
+
+
+def instance_line(payload: dict) -> str:
+    """The card's sentence on the instance-level proxy (`eval --instance`), or `""`."""
+    inst = payload.get("instance_level")
+    if not isinstance(inst, dict) or not isinstance(inst.get("split"), dict):
+        return ""
+    parts = []
+    for where, label in (("split", "the test gallery"), ("all", "all photos")):
+        block = inst.get(where) or {}
+        accs = ", ".join(f"`{m}` {format_metric(block[m].get('acc@1'))}" for m in model_modes(block)
+                         if is_finite(block[m].get("acc@1")))
+        if accs:
+            n = block[model_modes(block)[0]].get("n_gallery", "?")
+            parts.append(f"among {label} ({n}): {accs}")
+    if not parts:
+        return ""
+    return (f"Instance-level proxy (`--instance`: {inst.get('n_queries', '?')} pseudo-sketches of the test photos, "
+            "a hit is the query's own photo), acc@1 " + "; ".join(parts) + ".")
 
 
 def headline_mode(config, modes: list[str]) -> str:
@@ -152,10 +228,12 @@ def headline_mode(config, modes: list[str]) -> str:
     return default if default in modes else modes[0]
 
 
-def render_card(config, payload: dict, info: ExportInfo) -> str:
+def render_card(config, payload: dict, info: ExportInfo, extra_payloads: Sequence[dict] = ()) -> str:
     """The model card (`README.md`): YAML metadata with a `model-index` read from the eval
     payload, then the Markdown of `templates/model_card.md` (use, evaluation, data,
-    limitations, licences, citation) filled in from the config, payload and `info`."""
+    limitations, licences, citation) filled in from the config, payload and `info`.
+    `extra_payloads` (a validation eval JSON, say) add rows to the card's table of the
+    galleries and sketch renderings users bring; they never enter the `model-index`."""
     from huggingface_hub import ModelCardData
 
     repo_name = info.repo_id.split("/")[-1]
@@ -226,6 +304,13 @@ def render_card(config, payload: dict, info: ExportInfo) -> str:
                       f"**Unverified**: the eval JSON's `model_hash` ({payload.get('model_hash')!r}) is not that of "
                       f"the exported checkpoint (`{info.model_hash}`); the numbers may belong to other weights."),
         "command_line": f"Command: `{sanitize_command(command)}`." if command else "",
+        "instance_line": instance_line(payload),
+        "users_table": users_table([payload, *extra_payloads]),
+        "natural_licence": ("; natural photos with backgrounds from GCompris (Debian `gcompris-qt-data` 3.1-2), "
+                            "GPL-3 or GPL-3.0-or-later by the package's copyright file, with upstream "
+                            "licences per photo (public domain, CC0, CC BY, CC BY-SA) listed in the project's "
+                            "`natural_photos.csv`"
+                            if _natural_photos(info) else ""),
         "training_data": training_data,
         "training_section": _training_section(info.training),
         "few_photos": few_photos,

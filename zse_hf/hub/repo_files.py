@@ -20,7 +20,7 @@ EXPORTED_FILES = (
     "eval_results.json",
     *REMOTE_CODE_FILES,
 )
-OPTIONAL_FILES = ("training_summary.json",)  # exported when the model folder has it
+OPTIONAL_FILES = ("training_summary.json", "eval_results_val.json")  # exported when there is one
 AUTO_MAP = {
     "AutoConfig": "configuration_zse.ZseConfig",
     "AutoModel": "modeling_zse.ZseModel",
