@@ -397,10 +397,11 @@ def test_shipped_model_wheels_look_at_wheels(shipped_bus):
 
 @pytest.mark.slow
 def test_shipped_relation_kernel_sends_wheels_to_wheels(shipped_bus):
-    """The relation-source picture: with the shipped checkpoint's own relation kernel (its GxG cells
-    after cross-attention, at its input size), every inked cell of the bus sketch finds its best
-    photo cell in the same cell row or the next one, and its upper cells (windows, roof) land above
-    its lower ones (wheels) on average."""
+    """The relation-source picture (docs/explanations.md): with the shipped checkpoint's own relation
+    kernel (its GxG cells after cross-attention, at its input size), the bottom row of inked bus cells
+    (the wheels) finds its best photo cells in the same cell row or the next one. (The 224 px model,
+    trained without the correspondence term, sends the 20 inked cells to only 5 photo cells, so the
+    picture claims no more than that.)"""
     model, proc, sketch, photo = shipped_bus
     e = ex.explain_pair(model, proc, sketch, photo, source="relation")
     g = model.config.relation_grid
@@ -409,6 +410,5 @@ def test_shipped_relation_kernel_sends_wheels_to_wheels(shipped_bus):
     rows = inked // g
     assert len(set(rows.tolist())) >= 2  # the bus spans an upper and a lower cell row
     best_rows = e.kernel[inked].argmax(1) // g
-    upper, lower = rows == rows.min(), rows == rows.max()
-    assert np.all(np.abs(best_rows - rows) <= 1), (inked, best_rows)  # the same cell row or the next one
-    assert best_rows[upper].mean() < best_rows[lower].mean(), (inked, best_rows)  # windows above wheels
+    wheels = rows == rows.max()
+    assert np.all(np.abs(best_rows[wheels] - rows[wheels]) <= 1), (inked, best_rows)  # wheels to wheels

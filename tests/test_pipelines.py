@@ -190,11 +190,19 @@ def test_sbir_searches_a_zse_index_like_a_list(remote, package, reference, image
     try:
         listed = sbir(images.sketch, photos=images.photos, top_k=3, rerank_k=2)
         searched = sbir(images.sketch, photos=index, top_k=3, rerank_k=2)
-        assert [(r["photo"], r["rank"]) for r in searched] == [(r["photo"], r["rank"]) for r in listed]
+        # the re-ranked top 2 hold the same photos; their order may swap only on a near tie, since the
+        # index's fp16 tokens round the relation scores (the two house photos score ~0.995 each)
+        assert {r["photo"] for r in searched[:2]} == {r["photo"] for r in listed[:2]}
+        assert searched[2]["photo"] == listed[2]["photo"]
+        if abs(listed[0]["score"] - listed[1]["score"]) > 1e-2 * abs(listed[0]["score"]):
+            assert [r["photo"] for r in searched] == [r["photo"] for r in listed]
+        assert [r["rank"] for r in searched] == [1, 2, 3]
         assert [("relation_score" in r) for r in searched] == [True, True, False]
-        assert_close_to_scale([r["ret_score"] for r in searched], [r["ret_score"] for r in listed], rel=1e-4)
+        by_photo = {r["photo"]: r["ret_score"] for r in listed}
+        assert_close_to_scale([r["ret_score"] for r in searched], [by_photo[r["photo"]] for r in searched],
+                              rel=1e-4)
         # the index stores local tokens in fp16: relation scores agree up to that rounding
-        assert_close_to_scale([r["score"] for r in searched], [r["score"] for r in listed], rel=1e-2)
+        assert_close_to_scale(sorted(r["score"] for r in searched), sorted(r["score"] for r in listed), rel=1e-2)
         plain = sbir(images.sketch, photos=index, top_k=3)  # the default ranking of the card: [Ret]
         assert [r["photo"] for r in plain] == reference.by_ret[:3]
         _check_ranked(plain, 3, reranked=0)

@@ -67,9 +67,11 @@ def _training_section(training: TrainingSummary | None) -> str:
              f"{cfg.get('triplet_weight')} / {cfg.get('relation_weight')} / {cfg.get('infonce_weight')}"
              if "triplet_weight" in cfg else None),
             ("augmentation", cfg.get("augment")), ("pseudo-sketch probability", cfg.get("pseudo_sketch_prob")),
+            ("sketch anchors re-drawn as crisp strokes", cfg.get("crisp_sketch_prob") or None),
             ("validation classes (held out of training, for model selection)", cfg.get("val_classes")),
-            ("best validation mAP@all", format_metric(training.best_val_map) if training.best_val_map is not None
-             else None),
+            ("best validation mean of cut-out and natural [Ret] mAP@all" if cfg.get("selection") == "cutout+natural"
+             else "best validation mAP@all",
+             format_metric(training.best_val_map) if training.best_val_map is not None else None),
             ("seed", cfg.get("seed"))]
     lines = ["| setting | value |", "|---|---|"]
     lines += [f"| {k} | {({True: 'yes', False: 'no'}.get(v, v) if isinstance(v, bool) else v)} |"
@@ -78,10 +80,17 @@ def _training_section(training: TrainingSummary | None) -> str:
     schedule = str(cfg.get("lr_schedule") or "constant").replace("_", " ")
     warmup = f" after {cfg['warmup_steps']} warm-up steps" if cfg.get("warmup_steps") else ""
     lines.append(f"Optimiser: AdamW, {schedule} learning rate{warmup}, fp32, with the Hugging Face `Trainer` "
-                 "(`zse-sbir train`); the checkpoint with the best validation mAP@all was kept. "
+                 "(`zse-sbir train`); the checkpoint with the best validation score above was kept. "
                  "Losses: triplet margin loss on the [Ret] embeddings and MSE of the relation scores "
                  "(1 for positive, 0 for negative pairs), as in the paper"
                  + (", plus an InfoNCE term on [Ret] (not in the paper)." if cfg.get("infonce_weight") else "."))
+    parent = training.extra.get("init_from_summary")
+    if cfg.get("init_from") and isinstance(parent, dict):
+        pcfg = parent.get("config") or {}
+        origin = "from another model" if pcfg.get("init_from") else "from the converted backbone"
+        lines += ["", f"Warm-started from an earlier model (`init_from`), itself trained for "
+                  f"{parent.get('global_step')} steps at {pcfg.get('image_size')} px {origin}; its recipe is "
+                  "recorded in `training_summary.json` (`init_from_summary`)."]
     stage = training.extra.get("relation_stage")
     if isinstance(stage, dict):
         lines += ["", _relation_stage_sentence(stage)]
@@ -142,7 +151,8 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
     n_nat_classes = len({r.get("class") for r in natural})
     if natural:
         extra += textwrap.fill(
-            f"- **Natural photos**: {len(natural)} photos with their backgrounds of {n_nat_classes} training classes "
+            f"- **Natural photos**: {len(natural)} photos with their backgrounds of {n_nat_classes} classes "
+            "(none an unseen concept; some have no cut-out) "
             "from GCompris (Debian `gcompris-qt-data` 3.1-2), reviewed by eye and recorded with their resource "
             "path and sha256 in `training_summary.json`, beside the cut-outs; the natural photos of the "
             "validation classes were kept out of training for model selection.",
