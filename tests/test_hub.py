@@ -205,7 +205,7 @@ def test_card_table_of_what_users_bring_and_its_validation_json(exported, tmp_pa
     assert "crisp" in rows[1] and "0.300" in rows[1] and "not measured" in rows[1]  # no rn on crisp
     assert "natural photos with backgrounds" in rows[3] and "(5)" in rows[3] and "0.577" in rows[3]
     assert "0.618" not in " ".join(card.split("---")[1:2])  # validation numbers stay out of the model-index
-    assert "- **Natural photos**: 3 photos with their backgrounds of 2 training classes" in card
+    assert "- **Natural photos**: 3 photos with their backgrounds of 2 classes" in card
     assert "GCompris" in card.split("## Licences")[1]
     wrong = tmp_path / "test-as-val.json"
     wrong.write_text(json.dumps(exported.payload))
