@@ -483,7 +483,7 @@ def docs_screenshot(out: str | Path, example: str = "airplane", width: int = 140
         demo.close()
 
 
-def docs_picture(out: str | Path, good: str = "penguin", miss: str = "giraffe", width: int = 1400) -> Path:
+def docs_picture(out: str | Path, good: str = "penguin", miss: str = "tree", width: int = 1400) -> Path:
     """docs/demo.png: the page after clicking the `good` example (its class first among the bundled
     photos) beside the page after clicking the `miss` example, each under a label that says which it is."""
     from PIL import ImageDraw, ImageFont
