@@ -5,7 +5,8 @@ Runs locally (`zse-sbir demo`, `python demo/app.py`) and as a Hugging Face Space
 handlers, which turn Gradio's values into calls of `zse_hf.serving.SketchSearchService` (the model,
 the bundled gallery's index and its cache, each browser session's photos and pictures, the model
 thread) and its answers into page updates. It passes this folder's paths in: `gallery/`,
-`examples/`, `index_cache/` (the shipped index, `--prebuild-index`), `space_config.json`, `hub_card/`.
+`examples/`, `index_cache/` (a prebuilt index if any: a Space's, or `--prebuild-index`),
+`space_config.json`, `hub_card/`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ model_note = functools.partial(models.model_note, roots=[HERE.parent])
 
 def prebuild_seed_index(model: str | None = None, gallery_dir: Path = GALLERY_DIR, root: Path = SEED_INDEX_DIR) -> Path:
     """Write the read-only index entry of `model` (default: the demo's) and the bundled gallery under
-    `root` (`index_cache/`, shipped so a first start loads it), removing other entries; its folder."""
+    `root` (`index_cache/`, read by a first start before it encodes the photos), removing other entries; its folder."""
     return gallery_index.prebuild_seed_index(load_demo_model(*resolve_model_path(model)), gallery_dir, root)
 
 
@@ -467,7 +468,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
     p.add_argument("--prebuild-index", action="store_true", help="write the bundled gallery's index for the model "
-                   "into index_cache/ next to the app (read only at start; shipped with the repository) and exit")
+                   "into index_cache/ next to the app (read only at start; not tracked by git) and exit")
     return p.parse_args(argv)
 
 

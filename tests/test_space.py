@@ -151,9 +151,12 @@ def test_space_without_options_bundles_the_shipped_model_and_serves_offline(tmp_
     names = {p.name for p in out.iterdir()}
     assert {"app.py", "zse_hf", "requirements.txt", "README.md", "gallery", "examples", "space_config.json",
             ".gitattributes", "model", "index_cache"} <= names
-    # the demo's prebuilt index of the shipped model and gallery travels with them
-    assert sorted(p.name for p in (out / "index_cache").iterdir()) == sorted(
-        p.name for p in (DEMO / "index_cache").iterdir())
+    # the index of the shipped model and the bundled gallery is built into the Space: one entry, bound to both
+    from zse_hf.loading import load_model, weights_fingerprint
+    from zse_hf.serving.gallery_index import cache_key, gallery_files, gallery_fingerprint
+
+    key = cache_key(weights_fingerprint(load_model(shipped)[0]), gallery_fingerprint(gallery_files(out / "gallery")))
+    assert [p.name for p in (out / "index_cache").iterdir()] == [key]
     shipped_files = sorted(p.name for p in shipped.iterdir() if p.is_file() and not p.name.startswith("."))
     assert sorted(p.name for p in (out / "model").iterdir()) == shipped_files
     same, differ, errors = cmpfiles(shipped, out / "model", shipped_files, shallow=False)

@@ -1,8 +1,8 @@
 """The bundled gallery's index and its cache: a folder of photos indexed with faiss
 (`zse_hf.retrieval.ZseIndex`, ids = file names), cached under
 `<cache root>/<model hash[:16]>-<gallery hash[:16]>/` and loaded back only for the same weights and
-gallery files (every file's checksum checked). Read-only "seed" roots hold prebuilt entries (the
-demo ships one in `demo/index_cache/`).
+gallery files (every file's checksum checked). Read-only "seed" roots hold prebuilt entries (a
+Space's `index_cache/`, or the demo's after `python demo/app.py --prebuild-index`).
 
 [`BundledGallery`] is a server's view of it: loaded from a cache entry, else built, in a
 background thread if asked, with its progress readable while it runs.
@@ -153,7 +153,7 @@ def bundled_index(dm: DemoModel, gallery_dir: Path, cache_root: Path | None, pro
 
 def prebuild_seed_index(dm: DemoModel, gallery_dir: str | os.PathLike, root: str | os.PathLike) -> Path:
     """Write the read-only cache entry of `dm` and the photos in `gallery_dir` under `root` (a
-    seed root, e.g. the demo's `index_cache/`, shipped so a first start loads the index instead of
+    seed root, e.g. a Space's `index_cache/`, so a first start loads the index instead of
     encoding the photos), and remove entries of other models or galleries there.
 
     Returns:

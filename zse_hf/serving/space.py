@@ -20,8 +20,8 @@ DIR gets what the Space repository holds:
   `"model"` for the model folder copied to `model/` (the default, or `--model DIR`), or a Hub id
   (`--model owner/name`, downloaded by the Space at start);
 - `index_cache/`: the gallery's index prebuilt with that model, so the Space's first start loads
-  it instead of encoding the photos (it is rebuilt if the model or the gallery differ): the one
-  shipped beside the demo for the shipped model and gallery, or built here with `--with-index`;
+  it instead of encoding the photos (it is rebuilt if the model or the gallery differ): built here
+  for the shipped model and the bundled gallery, and for any other with `--with-index`;
 - `.gitattributes`: weights and index arrays through Git LFS.
 
 Push DIR to a Space created with the Gradio SDK (`hf upload USER/SPACE DIR . --repo-type space`).
@@ -211,7 +211,7 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
             `space_config.json` once [`resolve_hub_model`] finds it); default: [`shipped_model`].
         gallery, examples: default: those next to the demo app.
         with_index: prebuild the gallery's index into `index_cache/` (loads the model; a Hub id
-            is downloaded unless cached).
+            is downloaded unless cached); always done for the shipped model and bundled gallery.
 
     Raises:
         SpaceError: a missing input, an unusable model argument or a Hub id that does not
@@ -262,9 +262,9 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
                                                      for p in LFS_PATTERNS))
         if with_index:
             prebuild_index(work, str(work / "model") if bundled else model)
-        elif shipped and gallery == demo_dir / "gallery" and (demo_dir / "index_cache").is_dir():
-            # the demo's prebuilt entry for exactly this model and gallery (its test keeps them in step)
-            shutil.copytree(demo_dir / "index_cache", work / "index_cache")
+        elif shipped and gallery == demo_dir / "gallery":
+            # the shipped model and the bundled gallery: the Space's first start loads their index
+            prebuild_index(work, str(work / "model") if bundled else model)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
