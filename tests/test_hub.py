@@ -110,6 +110,7 @@ def exported(tmp_path_factory):
         "natural_photos": [{"class": "cat", "resource_path": "a/cat.webp", "sha256": "0" * 64},
                            {"class": "cat", "resource_path": "b/cat.webp", "sha256": "1" * 64},
                            {"class": "bee", "resource_path": "a/bee.webp", "sha256": "2" * 64}],
+        "natural_validation_classes": ["duck", "spoon"],
     }))
     payload = _eval_payload(model)
     payload["results_crisp"] = {"ret": _metrics(0.29979)}
@@ -207,6 +208,7 @@ def test_card_table_of_what_users_bring_and_its_validation_json(exported, tmp_pa
     assert "0.618" not in " ".join(card.split("---")[1:2])  # validation numbers stay out of the model-index
     assert "- **Natural photos**: 3 photos with their backgrounds of 2 classes" in card
     assert "GCompris" in card.split("## Licences")[1]
+    assert "validated on a few photos of 2 classes only" in " ".join(card.split())  # the summary's count
     wrong = tmp_path / "test-as-val.json"
     wrong.write_text(json.dumps(exported.payload))
     with pytest.raises(HubError, match="--split val"):

@@ -136,40 +136,39 @@ def export(model_dir: str | os.PathLike, eval_json: str | os.PathLike, out_dir: 
             check_default_ranking(default_ranking)
         except ValueError as err:
             raise HubError(str(err)) from None
-    payload = load_eval_results(eval_json)
-    val_payload = load_eval_results(eval_val) if eval_val is not None else None
-    if val_payload is not None and val_payload.get("split") != "val":
-        raise HubError(f"{eval_val} is an eval of split {val_payload.get('split')!r}; --eval-val takes a "
-                       "`zse-sbir eval --split val` JSON")
+    evals = [(load_eval_results(eval_json), eval_json)]  # the card's headline eval, then the validation one
+    if eval_val is not None:
+        evals.append((load_eval_results(eval_val), eval_val))
+        if evals[1][0].get("split") != "val":
+            raise HubError(f"{eval_val} is an eval of split {evals[1][0].get('split')!r}; --eval-val takes a "
+                           "`zse-sbir eval --split val` JSON")
     storage = _source_dtype(model_dir) if dtype == "source" else _DTYPES[dtype]
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no per-step loading/saving bars
     try:
-        return _export(model_dir, payload, eval_json, out_dir, storage, repo_id, allow_hash_mismatch,
-                       default_ranking, (val_payload, eval_val))
+        return _export(model_dir, evals, out_dir, storage, repo_id, allow_hash_mismatch, default_ranking)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
 
 
-def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: torch.dtype, repo_id: str,
-            allow_hash_mismatch: bool, default_ranking: str | None = None,
-            val: tuple[dict | None, str | os.PathLike | None] = (None, None)) -> Path:
+def _export(model_dir: Path, evals: list[tuple[dict, str | os.PathLike]], out_dir: Path, storage: torch.dtype,
+            repo_id: str, allow_hash_mismatch: bool, default_ranking: str | None = None) -> Path:
+    """`export` of loaded eval payloads: `evals` is `[(payload, path)]`, the test eval first."""
+    (payload, eval_json), *extra = evals
     model, processor = _load_source(model_dir)
     if default_ranking is not None:
         model.config.default_ranking = default_ranking
 
     digest = weights_fingerprint(model, short=True)
-    verified = payload.get("model_hash") == digest
-    val_payload, val_json = val
-    for data, path in ((payload, eval_json), *([val] if val_payload is not None else [])):
+    verified = all(data.get("model_hash") == digest for data, _ in evals)
+    for data, path in evals:
         claimed = data.get("model_hash")
         if claimed != digest and not allow_hash_mismatch:
             raise HubError(f"{path} was computed for model_hash {claimed!r}, but {model_dir} has {digest!r}: "
                            "re-run `zse-sbir eval` on this model (or pass --allow-hash-mismatch)")
-        verified = verified and claimed == digest
         used = data.get("rerank_ret_weight")
         if used is not None and float(used) != model.config.rerank_ret_weight:
             raise HubError(f"{path} scored the re-rank with rerank_ret_weight={used}, but {model_dir}'s config has "
@@ -217,12 +216,12 @@ def _export(model_dir: Path, payload: dict, eval_json, out_dir: Path, storage: t
             data_stats=offline_data_stats(),
         )
         (tmp / "LICENSE.md").write_text(render_license())
-        text = render_card(reloaded.config, payload, info, [val_payload] if val_payload is not None else [])
+        text = render_card(reloaded.config, payload, info, [data for data, _ in extra])
         validate_card(text)
         (tmp / "README.md").write_text(text)
         shutil.copyfile(eval_json, tmp / "eval_results.json")  # the card's numbers, for the demo and users
-        if val_json is not None:
-            shutil.copyfile(val_json, tmp / "eval_results_val.json")
+        for _, path in extra:  # the validation eval
+            shutil.copyfile(path, tmp / "eval_results_val.json")
         if (model_dir / "training_summary.json").is_file():
             shutil.copyfile(model_dir / "training_summary.json", tmp / "training_summary.json")
 

@@ -160,10 +160,11 @@ def _training_data(info: ExportInfo, trained_on: str) -> tuple[str, str]:
     section = Template(_template("training_data_offline.md")).substitute(
         photos=photos, held_out=held_out, concepts=concepts, extra=extra).rstrip("\n")
     if natural:
+        n_val = len((info.training.extra.get("natural_validation_classes") if info.training else None) or [])
         few = textwrap.fill(
             f"- **Few photos.** Training saw {photos} and {len(natural)} natural photos, mostly one or a few per "
             "class, so the photo side of the embedding is under-trained; photos with backgrounds are validated "
-            "on a few photos of five classes only, and no test class has one.",
+            f"on a few photos of {n_val or 'a few'} classes only, and no test class has one.",
             width=105, subsequent_indent="  ", break_on_hyphens=False)
     else:
         few = (f"- **Few photos.** Training saw {photos}, mostly one per class, so the photo side of "

@@ -260,10 +260,7 @@ def assemble(out: str | os.PathLike, model: str | os.PathLike | None = None, *,
         (work / "space_config.json").write_text(json.dumps(config, indent=1) + "\n")
         (work / ".gitattributes").write_text("".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n"
                                                      for p in LFS_PATTERNS))
-        if with_index:
-            prebuild_index(work, str(work / "model") if bundled else model)
-        elif shipped and gallery == demo_dir / "gallery":
-            # the shipped model and the bundled gallery: the Space's first start loads their index
+        if with_index or (shipped and gallery == demo_dir / "gallery"):  # always for the shipped pair
             prebuild_index(work, str(work / "model") if bundled else model)
         if out.exists():
             shutil.rmtree(out)
